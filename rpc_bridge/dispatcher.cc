@@ -1,0 +1,157 @@
+#include "rpc_bridge/dispatcher.h"
+
+#include <cstdio>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "rpc_bridge/status_mapping.h"
+
+namespace llmbridge::rpc {
+
+Dispatcher::Dispatcher(CloseDescriber describe_close)
+    : describe_close_(std::move(describe_close)) {}
+
+void Dispatcher::Reply(const std::shared_ptr<PendingCall>& call,
+                       absl::StatusOr<Json> reply) {
+  std::lock_guard<std::mutex> lock(call->mu);
+  if (call->replied) return;
+  call->replied = true;
+  if (call->handlers.on_reply) call->handlers.on_reply(std::move(reply));
+}
+
+void Dispatcher::Deliver(const std::shared_ptr<PendingCall>& call,
+                         const Notification& notification) {
+  std::lock_guard<std::mutex> lock(call->mu);
+  if (call->replied || !call->handlers.on_notification) return;
+  call->handlers.on_notification(notification);
+}
+
+int64_t Dispatcher::Call(const std::string& method, Json params,
+                         CallHandlers handlers) {
+  const int64_t id = next_id_.fetch_add(1);
+  auto call = std::make_shared<PendingCall>();
+  call->handlers = std::move(handlers);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (closed_) {
+      Reply(call, close_status_);
+      return id;
+    }
+    pending_[id] = call;
+  }
+  absl::Status sent =
+      transport_ == nullptr
+          ? absl::FailedPreconditionError("dispatcher has no transport")
+          : transport_->Send(EncodeRequest({method, std::move(params), id}));
+  if (!sent.ok()) {
+    if (auto taken = Take(id)) Reply(taken, sent);
+  }
+  return id;
+}
+
+absl::Status Dispatcher::Notify(const std::string& method, Json params) {
+  if (transport_ == nullptr) {
+    return absl::FailedPreconditionError("dispatcher has no transport");
+  }
+  return transport_->Send(EncodeNotification({method, std::move(params)}));
+}
+
+void Dispatcher::Cancel(int64_t id, const absl::Status& why) {
+  std::shared_ptr<PendingCall> call = Take(id);
+  if (call == nullptr) return;
+  // Best effort: if the pipe is gone the sidecar has no work to stop.
+  (void)Notify(kNotifyCancelRequest, Json{{"id", id}});
+  Reply(call, why);
+}
+
+void Dispatcher::FailAll(const absl::Status& why) {
+  std::map<int64_t, std::shared_ptr<PendingCall>> calls;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    calls.swap(pending_);
+  }
+  for (auto& [id, call] : calls) Reply(call, why);
+}
+
+size_t Dispatcher::pending_count() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return pending_.size();
+}
+
+bool Dispatcher::closed() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return closed_;
+}
+
+std::shared_ptr<Dispatcher::PendingCall> Dispatcher::Take(int64_t id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = pending_.find(id);
+  if (it == pending_.end()) return nullptr;
+  std::shared_ptr<PendingCall> call = std::move(it->second);
+  pending_.erase(it);
+  return call;
+}
+
+std::shared_ptr<Dispatcher::PendingCall> Dispatcher::Find(int64_t id) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = pending_.find(id);
+  return it == pending_.end() ? nullptr : it->second;
+}
+
+std::shared_ptr<Dispatcher::PendingCall> Dispatcher::FindForNotification(
+    const Json& params) const {
+  if (std::optional<int64_t> id = StreamRequestId(params)) return Find(*id);
+  if (tagged_streams_) return nullptr;
+  // A seed-style sidecar: the caller runs one stream at a time, so the oldest
+  // pending call is the stream's.
+  std::lock_guard<std::mutex> lock(mu_);
+  return pending_.empty() ? nullptr : pending_.begin()->second;
+}
+
+void Dispatcher::OnMessage(IncomingMessage message) {
+  if (message.notification.has_value()) {
+    const Notification& n = *message.notification;
+    if (!absl::StartsWith(n.method, "stream.")) return;  // e.g. log messages
+    // A call that was cancelled or already replied to is gone from the map:
+    // its late notifications are dropped here.
+    if (auto call = FindForNotification(n.params)) Deliver(call, n);
+    return;
+  }
+  Response& response = *message.response;
+  if (!response.id.has_value()) {
+    // The sidecar could not even read one of our requests (id null): we
+    // cannot tell which, so it is only logged.
+    std::fprintf(stderr, "llmbridge: sidecar error without id: %s\n",
+                 response.error ? response.error->message.c_str() : "?");
+    return;
+  }
+  std::shared_ptr<PendingCall> call = Take(*response.id);
+  if (call == nullptr) return;  // cancelled earlier: late reply dropped
+  if (response.error.has_value()) {
+    Reply(call, RpcErrorToStatus(*response.error));
+  } else {
+    Reply(call, std::move(response.result));
+  }
+}
+
+void Dispatcher::OnBadLine(const absl::Status& why) {
+  std::fprintf(stderr, "llmbridge: ignoring a bad line from the sidecar: %s\n",
+               std::string(why.message()).c_str());
+}
+
+void Dispatcher::OnClosed(const absl::Status& why) {
+  absl::Status status =
+      describe_close_ ? describe_close_(why)
+                      : absl::UnavailableError(absl::StrCat(
+                            "the sidecar closed its output: ", why.message()));
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    closed_ = true;
+    close_status_ = status;
+  }
+  FailAll(status);
+}
+
+}  // namespace llmbridge::rpc

@@ -1,0 +1,104 @@
+// Routes the sidecar's messages to the calls waiting for them.
+//
+// Every call lives in one map keyed by its JSON-RPC id, from Call() until its
+// single reply: the sidecar's response, a cancellation, or the sidecar's
+// exit. Stream notifications name their call in params.request_id, so many
+// streams share one pipe. A sidecar written only to the seed's text sends no
+// request_id: then untagged stream notifications go to the oldest pending
+// call (callers must run such a sidecar's streams one at a time).
+//
+// Threading: Call, Notify and Cancel may be called from any thread. Handlers
+// run on the transport's reader thread, or on the thread calling Cancel or
+// FailAll; for one call they never run concurrently, and nothing runs after
+// its on_reply. A handler must not call Cancel for its own call.
+#ifndef LLMBRIDGE_RPC_BRIDGE_DISPATCHER_H_
+#define LLMBRIDGE_RPC_BRIDGE_DISPATCHER_H_
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "rpc_bridge/protocol.h"
+#include "rpc_bridge/transport.h"
+
+namespace llmbridge::rpc {
+
+struct CallHandlers {
+  // stream.* notifications addressed to this call. Optional.
+  std::function<void(const Notification&)> on_notification;
+  // Called exactly once: the result, or the error as a status.
+  std::function<void(absl::StatusOr<Json>)> on_reply;
+};
+
+class Dispatcher : public MessageHandler {
+ public:
+  // Decides the status that pending calls fail with when the sidecar's
+  // stdout closes (the owner knows the exit code and stderr). Runs on the
+  // reader thread.
+  using CloseDescriber = std::function<absl::Status(const absl::Status&)>;
+
+  explicit Dispatcher(CloseDescriber describe_close = nullptr);
+
+  // Must be set before the first Call; not owned.
+  void set_transport(Transport* transport) { transport_ = transport; }
+  // Whether stream notifications carry request_id (from the init result).
+  void set_stream_request_id(bool tagged) { tagged_streams_ = tagged; }
+
+  // Sends a request and returns its id. If it cannot be sent, on_reply runs
+  // before Call returns.
+  int64_t Call(const std::string& method, Json params, CallHandlers handlers);
+
+  absl::Status Notify(const std::string& method, Json params);
+
+  // Sends $/cancelRequest for `id` and replies `why` at once; the sidecar's
+  // late reply and notifications for `id` are dropped. No-op if `id` already
+  // had its reply.
+  void Cancel(int64_t id, const absl::Status& why);
+
+  // Replies `why` to every pending call.
+  void FailAll(const absl::Status& why);
+
+  size_t pending_count() const;
+  bool closed() const;
+
+  // MessageHandler, on the reader thread.
+  void OnMessage(IncomingMessage message) override;
+  void OnBadLine(const absl::Status& why) override;
+  void OnClosed(const absl::Status& why) override;
+
+ private:
+  struct PendingCall {
+    std::mutex mu;  // serialises this call's handlers
+    bool replied ABSL_GUARDED_BY(mu) = false;
+    CallHandlers handlers;
+  };
+
+  std::shared_ptr<PendingCall> Take(int64_t id);
+  std::shared_ptr<PendingCall> Find(int64_t id) const;
+  std::shared_ptr<PendingCall> FindForNotification(const Json& params) const;
+  static void Reply(const std::shared_ptr<PendingCall>& call,
+                    absl::StatusOr<Json> reply);
+  static void Deliver(const std::shared_ptr<PendingCall>& call,
+                      const Notification& notification);
+
+  CloseDescriber describe_close_;
+  Transport* transport_ = nullptr;
+  std::atomic<bool> tagged_streams_{true};
+  std::atomic<int64_t> next_id_{1};
+
+  mutable std::mutex mu_;
+  std::map<int64_t, std::shared_ptr<PendingCall>> pending_ ABSL_GUARDED_BY(mu_);
+  bool closed_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Status close_status_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace llmbridge::rpc
+
+#endif  // LLMBRIDGE_RPC_BRIDGE_DISPATCHER_H_

@@ -1,0 +1,72 @@
+#include "rpc_bridge/line_reader.h"
+
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+
+namespace llmbridge::rpc {
+
+namespace {
+constexpr size_t kReadChunk = 64 * 1024;
+}
+
+LineReader::LineReader(int fd, size_t max_line_bytes)
+    : fd_(fd), max_line_bytes_(max_line_bytes) {}
+
+bool LineReader::FillBuffer(absl::Status& error) {
+  char chunk[kReadChunk];
+  while (true) {
+    ssize_t n = ::read(fd_, chunk, sizeof(chunk));
+    if (n > 0) {
+      buffer_.append(chunk, static_cast<size_t>(n));
+      return true;
+    }
+    if (n == 0) {
+      error = absl::OutOfRangeError("end of stream");
+      return false;
+    }
+    if (errno == EINTR) continue;  // a signal is no reason to stop reading
+    error = absl::InternalError(
+        absl::StrCat("read from sidecar failed: ", std::strerror(errno)));
+    return false;
+  }
+}
+
+absl::StatusOr<std::string> LineReader::Next() {
+  size_t scanned = 0;
+  while (true) {
+    size_t newline = buffer_.find('\n', scanned);
+    if (newline != std::string::npos) {
+      if (discarding_) {
+        // The tail of an over-long line: drop it and report once.
+        buffer_.erase(0, newline + 1);
+        discarding_ = false;
+        return absl::ResourceExhaustedError(absl::StrCat(
+            "sidecar sent a line longer than ", max_line_bytes_, " bytes"));
+      }
+      if (newline > max_line_bytes_) {
+        buffer_.erase(0, newline + 1);
+        return absl::ResourceExhaustedError(absl::StrCat(
+            "sidecar sent a line longer than ", max_line_bytes_, " bytes"));
+      }
+      std::string line = buffer_.substr(0, newline);
+      buffer_.erase(0, newline + 1);
+      if (!line.empty() && line.back() == '\r') line.pop_back();
+      return line;
+    }
+    if (buffer_.size() > max_line_bytes_) {
+      // Keep memory bounded: forget what we have of this line.
+      buffer_.clear();
+      discarding_ = true;
+    }
+    scanned = buffer_.size();
+    absl::Status error;
+    if (!FillBuffer(error)) return error;
+  }
+}
+
+}  // namespace llmbridge::rpc

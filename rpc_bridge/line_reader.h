@@ -1,0 +1,42 @@
+// Splits a byte stream from a file descriptor into '\n'-terminated lines.
+//
+// Defensive by design: the sidecar is another process and may send anything.
+// A line longer than the cap is discarded (reported as ResourceExhausted) and
+// reading resumes at the next line, so one huge message cannot exhaust memory
+// or kill the reader. Not thread-safe: one reader thread owns it.
+#ifndef LLMBRIDGE_RPC_BRIDGE_LINE_READER_H_
+#define LLMBRIDGE_RPC_BRIDGE_LINE_READER_H_
+
+#include <cstddef>
+#include <string>
+
+#include "absl/status/statusor.h"
+
+namespace llmbridge::rpc {
+
+inline constexpr size_t kDefaultMaxLineBytes = 16 * 1024 * 1024;
+
+class LineReader {
+ public:
+  // Does not take ownership of `fd`.
+  explicit LineReader(int fd, size_t max_line_bytes = kDefaultMaxLineBytes);
+
+  // Blocks until a whole line is read; returns it without the '\n' (and
+  // without a trailing '\r'). Errors:
+  //   OutOfRange         end of stream (a partial last line is dropped);
+  //   ResourceExhausted  the line exceeded the cap and was skipped;
+  //   Internal           read(2) failed.
+  absl::StatusOr<std::string> Next();
+
+ private:
+  bool FillBuffer(absl::Status& error);
+
+  int fd_;
+  size_t max_line_bytes_;
+  std::string buffer_;
+  bool discarding_ = false;  // inside an over-long line, skipping to '\n'
+};
+
+}  // namespace llmbridge::rpc
+
+#endif  // LLMBRIDGE_RPC_BRIDGE_LINE_READER_H_

@@ -1,0 +1,33 @@
+// The one place where a JSON-RPC error from the sidecar becomes an
+// absl::Status. Codes are chosen by what the caller should do next
+// (REFERENCE.md section 3): UNAVAILABLE = retry this call with backoff,
+// NOT_FOUND / INVALID_ARGUMENT = fix the request, INTERNAL = a bug.
+#ifndef LLMBRIDGE_RPC_BRIDGE_STATUS_MAPPING_H_
+#define LLMBRIDGE_RPC_BRIDGE_STATUS_MAPPING_H_
+
+#include <optional>
+
+#include "absl/status/status.h"
+#include "rpc_bridge/protocol.h"
+
+namespace llmbridge::rpc {
+
+// Payload key under which RpcErrorToStatus attaches the original error as
+// JSON ({"code", "message", "data"}), so the gRPC layer can build rich error
+// details (ErrorInfo metadata) without re-parsing the message.
+inline constexpr char kRpcErrorPayloadUrl[] =
+    "type.llmbridge.dev/llmbridge.rpc.RpcError";
+
+// Maps the error's code (and, for backend errors, data.http_status) to a
+// status code; the message is the sidecar's, which says what to do.
+absl::Status RpcErrorToStatus(const RpcError& error);
+
+// The status code an upstream HTTP status maps to (kBackendError).
+absl::StatusCode HttpStatusToCode(int http_status);
+
+// The JSON-RPC error attached by RpcErrorToStatus, if any.
+std::optional<RpcError> RpcErrorFromStatus(const absl::Status& status);
+
+}  // namespace llmbridge::rpc
+
+#endif  // LLMBRIDGE_RPC_BRIDGE_STATUS_MAPPING_H_

@@ -1,0 +1,247 @@
+#include "rpc_bridge/subprocess.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "rpc_bridge/line_reader.h"
+
+extern char** environ;
+
+namespace llmbridge::rpc {
+namespace {
+
+void CloseFd(int& fd) {
+  if (fd >= 0) ::close(fd);
+  fd = -1;
+}
+
+int PidfdOpen(pid_t pid) {
+#ifdef SYS_pidfd_open
+  return static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+#else
+  (void)pid;
+  return -1;
+#endif
+}
+
+ExitInfo FromWaitStatus(int status) {
+  ExitInfo info;
+  if (WIFSIGNALED(status)) {
+    info.signaled = true;
+    info.signal = WTERMSIG(status);
+  } else if (WIFEXITED(status)) {
+    info.exit_code = WEXITSTATUS(status);
+  }
+  return info;
+}
+
+// Environment for the child: ours, with `extra` overriding.
+std::vector<std::string> BuildEnv(
+    const std::map<std::string, std::string>& extra) {
+  std::vector<std::string> env;
+  for (char** e = environ; e != nullptr && *e != nullptr; ++e) {
+    std::string entry(*e);
+    std::string key = entry.substr(0, entry.find('='));
+    if (extra.count(key) == 0) env.push_back(std::move(entry));
+  }
+  for (const auto& [k, v] : extra) env.push_back(k + "=" + v);
+  return env;
+}
+
+std::vector<char*> CStrings(std::vector<std::string>& strings) {
+  std::vector<char*> out;
+  for (std::string& s : strings) out.push_back(s.data());
+  out.push_back(nullptr);
+  return out;
+}
+
+}  // namespace
+
+std::string ExitInfo::Describe() const {
+  if (signaled) {
+    const char* name = sigabbrev_np(signal);
+    return absl::StrCat("killed by signal ", signal,
+                        name ? absl::StrCat(" (SIG", name, ")") : "");
+  }
+  return absl::StrCat("exited with code ", exit_code);
+}
+
+absl::StatusOr<std::unique_ptr<Subprocess>> Subprocess::Spawn(
+    const SubprocessOptions& options) {
+  if (options.argv.empty()) {
+    return absl::InvalidArgumentError("no command to run");
+  }
+  // Everything the child needs is prepared before fork: after fork only
+  // async-signal-safe calls are allowed (gRPC has threads running).
+  std::vector<std::string> argv_storage = options.argv;
+  std::vector<char*> argv = CStrings(argv_storage);
+  std::vector<std::string> env_storage = BuildEnv(options.extra_env);
+  std::vector<char*> envp = CStrings(env_storage);
+  const char* work_dir =
+      options.work_dir.empty() ? nullptr : options.work_dir.c_str();
+
+  int in_pipe[2], out_pipe[2], err_pipe[2], exec_pipe[2];
+  if (::pipe2(in_pipe, O_CLOEXEC) != 0) {
+    return absl::InternalError(absl::StrCat("pipe: ", std::strerror(errno)));
+  }
+  if (::pipe2(out_pipe, O_CLOEXEC) != 0 || ::pipe2(err_pipe, O_CLOEXEC) != 0 ||
+      ::pipe2(exec_pipe, O_CLOEXEC) != 0) {
+    return absl::InternalError(absl::StrCat("pipe: ", std::strerror(errno)));
+  }
+  const pid_t parent = ::getpid();
+  pid_t pid = ::fork();
+  if (pid < 0) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("fork: ", std::strerror(errno)));
+  }
+  if (pid == 0) {
+    // Child. Die with the parent, even if it is SIGKILLed.
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (::getppid() != parent) ::_exit(127);
+    ::dup2(in_pipe[0], STDIN_FILENO);
+    ::dup2(out_pipe[1], STDOUT_FILENO);
+    ::dup2(err_pipe[1], STDERR_FILENO);
+    // Own process group: a Ctrl-C at the server's terminal reaches the server,
+    // which then stops the sidecar in order.
+    ::setpgid(0, 0);
+    // Default signal dispositions and mask for the new program.
+    sigset_t none;
+    sigemptyset(&none);
+    ::sigprocmask(SIG_SETMASK, &none, nullptr);
+    if (work_dir != nullptr && ::chdir(work_dir) != 0) {
+      int err = errno;
+      (void)!::write(exec_pipe[1], &err, sizeof(err));
+      ::_exit(127);
+    }
+    ::execvpe(argv[0], argv.data(), envp.data());
+    int err = errno;
+    (void)!::write(exec_pipe[1], &err, sizeof(err));
+    ::_exit(127);
+  }
+  ::close(in_pipe[0]);
+  ::close(out_pipe[1]);
+  ::close(err_pipe[1]);
+  ::close(exec_pipe[1]);
+  // exec_pipe is close-on-exec: EOF means exec succeeded, data is its errno.
+  int child_errno = 0;
+  ssize_t n;
+  do {
+    n = ::read(exec_pipe[0], &child_errno, sizeof(child_errno));
+  } while (n < 0 && errno == EINTR);
+  ::close(exec_pipe[0]);
+  if (n > 0) {
+    ::close(in_pipe[1]);
+    ::close(out_pipe[0]);
+    ::close(err_pipe[0]);
+    int status;
+    while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    return absl::FailedPreconditionError(absl::StrCat(
+        "cannot start '", options.argv[0], "'",
+        work_dir ? absl::StrCat(" in '", work_dir, "'") : "", ": ",
+        std::strerror(child_errno)));
+  }
+
+  std::unique_ptr<Subprocess> process(new Subprocess());
+  process->pid_ = pid;
+  process->pidfd_ = PidfdOpen(pid);
+  process->stdin_fd_ = in_pipe[1];
+  process->stdout_fd_ = out_pipe[0];
+  process->tail_lines_ = options.stderr_tail_lines;
+  process->stderr_thread_ = std::thread(&Subprocess::PumpStderr, process.get(),
+                                        err_pipe[0], options.stderr_prefix);
+  return process;
+}
+
+Subprocess::~Subprocess() {
+  if (!Wait(std::chrono::milliseconds(0)).has_value()) {
+    Signal(SIGKILL);
+    Wait(std::chrono::hours(1));
+  }
+  if (stderr_thread_.joinable()) stderr_thread_.join();
+  CloseFd(stdin_fd_);
+  CloseFd(stdout_fd_);
+  CloseFd(pidfd_);
+}
+
+int Subprocess::TakeStdinFd() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return std::exchange(stdin_fd_, -1);
+}
+
+int Subprocess::TakeStdoutFd() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return std::exchange(stdout_fd_, -1);
+}
+
+void Subprocess::Signal(int signo) {
+  std::lock_guard<std::mutex> lock(mu_);
+  // Never signal a reaped pid: it may belong to another process by now.
+  if (!exit_.has_value()) ::kill(pid_, signo);
+}
+
+std::optional<ExitInfo> Subprocess::Wait(std::chrono::milliseconds timeout) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (true) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (exit_.has_value()) return exit_;
+      int status = 0;
+      pid_t r = ::waitpid(pid_, &status, WNOHANG);
+      if (r == pid_) {
+        exit_ = FromWaitStatus(status);
+        return exit_;
+      }
+    }
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) return std::nullopt;
+    if (pidfd_ >= 0) {
+      // Readable when the child exits: no polling interval.
+      pollfd p{pidfd_, POLLIN, 0};
+      ::poll(&p, 1, static_cast<int>(std::min<int64_t>(left.count(), 1000)));
+    } else {
+      ::usleep(static_cast<useconds_t>(
+          std::min<int64_t>(left.count(), 10) * 1000));
+    }
+  }
+}
+
+void Subprocess::PumpStderr(int fd, std::string prefix) {
+  LineReader reader(fd, 64 * 1024);
+  while (true) {
+    absl::StatusOr<std::string> line = reader.Next();
+    if (absl::IsResourceExhausted(line.status())) continue;
+    if (!line.ok()) break;
+    std::string out = prefix + *line + "\n";
+    (void)!::write(STDERR_FILENO, out.data(), out.size());
+    std::lock_guard<std::mutex> lock(mu_);
+    stderr_tail_.push_back(std::move(*line));
+    while (stderr_tail_.size() > tail_lines_) stderr_tail_.pop_front();
+  }
+  ::close(fd);
+}
+
+std::string Subprocess::StderrTail() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::string out;
+  for (const std::string& line : stderr_tail_) {
+    if (!out.empty()) out += "\n";
+    out += line;
+  }
+  return out;
+}
+
+}  // namespace llmbridge::rpc

@@ -1,0 +1,81 @@
+#include "service/request_conversion.h"
+
+#include <cmath>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "google/protobuf/util/json_util.h"
+
+namespace llmbridge::service {
+namespace {
+
+bool KnownRole(const std::string& role) {
+  return role == "system" || role == "user" || role == "assistant" ||
+         role == "tool";
+}
+
+}  // namespace
+
+absl::StatusOr<rpc::CompleteParams> ToCompleteParams(
+    const llmbridge::v1::CompleteRequest& request) {
+  rpc::CompleteParams params;
+  if (request.messages().empty()) {
+    return absl::InvalidArgumentError(
+        "messages: at least one message is required, e.g. "
+        R"({"messages":[{"role":"user","content":"Hello"}]})");
+  }
+  for (int i = 0; i < request.messages_size(); ++i) {
+    const auto& m = request.messages(i);
+    if (!KnownRole(m.role())) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "messages[", i, "].role: unknown role '", m.role(),
+          "'; use system, user, assistant or tool"));
+    }
+    params.messages.push_back({m.role(), m.content(), m.name()});
+  }
+  if (request.max_tokens() < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "max_tokens: must be >= 0 (0 means the backend's default), got ",
+        request.max_tokens()));
+  }
+  if (request.has_temperature()) {
+    double t = request.temperature();
+    if (!std::isfinite(t) || t < 0.0 || t > 2.0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "temperature: must be between 0 and 2, got ", t));
+    }
+    params.temperature = t;
+  }
+  params.model = request.model();
+  params.system_prompt = request.system_prompt();
+  params.max_tokens = request.max_tokens();
+  if (request.has_options()) {
+    std::string json;
+    auto converted =
+        google::protobuf::util::MessageToJsonString(request.options(), &json);
+    if (!converted.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("options: ", converted.ToString()));
+    }
+    params.options = rpc::Json::parse(json, nullptr, false);
+    if (!params.options.is_object()) {
+      return absl::InvalidArgumentError("options: must be a JSON object");
+    }
+  }
+  return params;
+}
+
+llmbridge::v1::CompleteResponse ToFinalResponse(
+    const rpc::CompleteResult& result) {
+  llmbridge::v1::CompleteResponse response;
+  response.set_done(true);
+  response.set_finish_reason(result.finish_reason);
+  response.set_model(result.model);
+  auto* usage = response.mutable_usage();
+  usage->set_input_tokens(result.usage.input_tokens);
+  usage->set_output_tokens(result.usage.output_tokens);
+  usage->set_total_tokens(result.usage.total_tokens);
+  return response;
+}
+
+}  // namespace llmbridge::service

@@ -1,0 +1,22 @@
+// Checks a CompleteRequest and turns it into the sidecar's CompleteParams.
+// Bad input is rejected here, before the sidecar is involved.
+#ifndef LLMBRIDGE_SERVICE_REQUEST_CONVERSION_H_
+#define LLMBRIDGE_SERVICE_REQUEST_CONVERSION_H_
+
+#include "absl/status/statusor.h"
+#include "llmbridge/v1/llmbridge.pb.h"
+#include "rpc_bridge/protocol.h"
+
+namespace llmbridge::service {
+
+// InvalidArgument naming the offending field, e.g. "messages[1].role: ...".
+absl::StatusOr<rpc::CompleteParams> ToCompleteParams(
+    const llmbridge::v1::CompleteRequest& request);
+
+// The final message of a stream (done = true) from the sidecar's result.
+llmbridge::v1::CompleteResponse ToFinalResponse(
+    const rpc::CompleteResult& result);
+
+}  // namespace llmbridge::service
+
+#endif  // LLMBRIDGE_SERVICE_REQUEST_CONVERSION_H_

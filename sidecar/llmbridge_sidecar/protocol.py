@@ -1,0 +1,211 @@
+"""Wire contract between the llmbridge C++ bridge and this sidecar.
+
+JSON-RPC 2.0, one JSON object per line on stdin/stdout. Methods:
+
+* ``init`` {backend, model, host?, mcp_servers?, options?} -> InitResult
+* ``complete`` {messages, model?, system_prompt?, max_tokens?, temperature?,
+  stream?, options?} -> CompleteResult; with ``stream: true`` it first sends
+  ``stream.chunk`` notifications, then ``stream.done``, each carrying
+  ``request_id``.
+* ``shutdown`` -> {"success": true}, then the process exits 0.
+* notification ``$/cancelRequest`` {id}: the request gets one -32800 reply.
+* notification ``stream.start`` (the Go seed client's form of streaming):
+  same params as ``complete``; notifications carry no ``request_id`` and a
+  failure ends the stream with ``stream.error`` {code, message, data}.
+
+Parsing here never raises anything but ``BackendError`` so the server can
+always answer.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import BackendError
+
+# Standard JSON-RPC 2.0 codes.
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+# Application codes shared with the Go seed (-32000..-32099 is the implementation range).
+BACKEND_ERROR = -32000
+MODEL_NOT_FOUND = -32001
+STREAM_ERROR = -32002
+CONNECTION_ERROR = -32003
+# LSP's RequestCancelled: the reply to a request cancelled by $/cancelRequest.
+REQUEST_CANCELLED = -32800
+
+JSONRPC_VERSION = "2.0"
+
+# Request ids the sidecar accepts: JSON numbers (integers) and strings.
+RequestId = int | str
+
+
+def response(request_id: RequestId | None, result: Any) -> dict[str, Any]:
+    return {"jsonrpc": JSONRPC_VERSION, "id": request_id, "result": result}
+
+
+def error_response(request_id: RequestId | None, error: dict[str, Any]) -> dict[str, Any]:
+    return {"jsonrpc": JSONRPC_VERSION, "id": request_id, "error": error}
+
+
+def notification(method: str, params: dict[str, Any]) -> dict[str, Any]:
+    return {"jsonrpc": JSONRPC_VERSION, "method": method, "params": params}
+
+
+@dataclass(frozen=True)
+class Usage:
+    input_tokens: int
+    output_tokens: int
+
+    def to_wire(self) -> dict[str, int]:
+        return {
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "total_tokens": self.input_tokens + self.output_tokens,
+        }
+
+
+@dataclass(frozen=True)
+class Message:
+    role: str
+    content: str
+    name: str | None = None
+
+    def to_chat(self) -> dict[str, str]:
+        """The OpenAI/Ollama chat shape; ``name`` only when set."""
+        out = {"role": self.role, "content": self.content}
+        if self.name:
+            out["name"] = self.name
+        return out
+
+
+@dataclass(frozen=True)
+class InitParams:
+    backend: str
+    model: str
+    host: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    mcp_servers: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CompleteParams:
+    messages: tuple[Message, ...]
+    model: str = ""
+    system_prompt: str = ""
+    max_tokens: int = 0
+    temperature: float | None = None
+    stream: bool = False
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def chat_messages(self) -> list[Message]:
+        """Messages with ``system_prompt`` as a leading system message."""
+        lead = [Message("system", self.system_prompt)] if self.system_prompt else []
+        return lead + list(self.messages)
+
+
+def invalid_params(field: str, why: str) -> BackendError:
+    """-32602 naming the offending field, so the caller can fix its request."""
+    return BackendError(INVALID_PARAMS, f"invalid params: '{field}' {why}", {"field": field})
+
+
+def _params_object(params: Any) -> dict[str, Any]:
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise BackendError(INVALID_PARAMS, "invalid params: 'params' must be a JSON object")
+    return params
+
+
+def _opt_str(params: dict[str, Any], key: str, default: str = "") -> str:
+    value = params.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, str):
+        raise invalid_params(key, "must be a string")
+    return value
+
+
+def _opt_object(params: dict[str, Any], key: str) -> dict[str, Any]:
+    value = params.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise invalid_params(key, "must be a JSON object")
+    return value
+
+
+def parse_init(raw: Any) -> InitParams:
+    params = _params_object(raw)
+    backend = params.get("backend")
+    if not isinstance(backend, str) or not backend:
+        raise invalid_params("backend", "is required and must be a non-empty string")
+    return InitParams(
+        backend=backend,
+        model=_opt_str(params, "model"),
+        host=_opt_str(params, "host") or None,
+        options=_opt_object(params, "options"),
+        mcp_servers=_opt_object(params, "mcp_servers"),
+    )
+
+
+def _parse_message(index: int, raw: Any) -> Message:
+    where = f"messages[{index}]"
+    if not isinstance(raw, dict):
+        raise invalid_params(where, "must be an object with 'role' and 'content'")
+    role = raw.get("role")
+    if not isinstance(role, str) or not role:
+        raise invalid_params(f"{where}.role", "is required and must be a non-empty string")
+    content = raw.get("content", "")
+    if not isinstance(content, str):
+        raise invalid_params(f"{where}.content", "must be a string")
+    name = raw.get("name")
+    if name is not None and not isinstance(name, str):
+        raise invalid_params(f"{where}.name", "must be a string")
+    return Message(role=role, content=content, name=name or None)
+
+
+def parse_complete(raw: Any) -> CompleteParams:
+    params = _params_object(raw)
+    messages = params.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise invalid_params("messages", "is required and must be a non-empty array")
+
+    max_tokens = params.get("max_tokens", 0)
+    if max_tokens is None:
+        max_tokens = 0
+    # bool is an int subclass in Python; true is not a token count.
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0:
+        raise invalid_params("max_tokens", "must be a non-negative integer")
+
+    temperature = params.get("temperature")
+    if temperature is not None:
+        if (
+            isinstance(temperature, bool)
+            or not isinstance(temperature, (int, float))
+            or not math.isfinite(temperature)
+            or temperature < 0
+        ):
+            raise invalid_params("temperature", "must be a non-negative number")
+        temperature = float(temperature)
+
+    stream = params.get("stream", False)
+    if stream is None:
+        stream = False
+    if not isinstance(stream, bool):
+        raise invalid_params("stream", "must be a boolean")
+
+    return CompleteParams(
+        messages=tuple(_parse_message(i, m) for i, m in enumerate(messages)),
+        model=_opt_str(params, "model"),
+        system_prompt=_opt_str(params, "system_prompt"),
+        max_tokens=max_tokens,
+        temperature=temperature,
+        stream=stream,
+        options=_opt_object(params, "options"),
+    )

@@ -1,0 +1,115 @@
+"""Shared fixtures: the fake Ollama server and a real sidecar subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from fake_ollama import FakeOllama  # noqa: E402
+
+SIDECAR_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SIDECAR_SCRIPT = os.path.join(SIDECAR_DIR, "sidecar.py")
+# Generous: only hit when the sidecar is broken; tests never wait this long otherwise.
+READ_TIMEOUT_S = 60.0
+
+
+class SidecarProcess:
+    """The real sidecar over real pipes, speaking line-delimited JSON-RPC."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self._next_id = 0
+
+    def next_id(self) -> int:
+        self._next_id += 1
+        return self._next_id
+
+    async def send_raw(self, data: bytes) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(data)
+        await self.proc.stdin.drain()
+
+    async def send(self, message: dict[str, Any]) -> None:
+        await self.send_raw(json.dumps(message).encode() + b"\n")
+
+    async def request(self, method: str, params: Any = None) -> int:
+        rid = self.next_id()
+        msg: dict[str, Any] = {"jsonrpc": "2.0", "id": rid, "method": method}
+        if params is not None:
+            msg["params"] = params
+        await self.send(msg)
+        return rid
+
+    async def notify(self, method: str, params: Any) -> None:
+        await self.send({"jsonrpc": "2.0", "method": method, "params": params})
+
+    async def read(self) -> dict[str, Any]:
+        """The next line of stdout; every line must be one JSON-RPC object."""
+        assert self.proc.stdout is not None
+        line = await asyncio.wait_for(self.proc.stdout.readline(), READ_TIMEOUT_S)
+        assert line, "sidecar closed stdout"
+        assert line.endswith(b"\n")
+        msg = json.loads(line)
+        assert isinstance(msg, dict) and msg["jsonrpc"] == "2.0", line
+        return msg
+
+    async def read_until_reply(self, rid: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """Notifications received before the reply to ``rid``, and that reply."""
+        before: list[dict[str, Any]] = []
+        while True:
+            msg = await self.read()
+            if msg.get("id") == rid and "method" not in msg:
+                return before, msg
+            before.append(msg)
+
+    async def call(self, method: str, params: Any = None) -> dict[str, Any]:
+        rid = await self.request(method, params)
+        notes, reply = await self.read_until_reply(rid)
+        assert notes == [], f"unexpected messages before reply: {notes}"
+        return reply
+
+    async def close_stdin(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        await self.proc.stdin.wait_closed()
+
+    async def wait(self) -> int:
+        return await asyncio.wait_for(self.proc.wait(), READ_TIMEOUT_S)
+
+
+async def start_sidecar(*args: str) -> SidecarProcess:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        SIDECAR_SCRIPT,
+        *args,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=None,  # inherited: pytest shows it for failing tests
+        limit=16 * 1024 * 1024,
+    )
+    return SidecarProcess(proc)
+
+
+@pytest.fixture
+async def sidecar() -> AsyncIterator[SidecarProcess]:
+    sc = await start_sidecar("--log-level", "DEBUG")
+    try:
+        yield sc
+    finally:
+        if sc.proc.returncode is None:
+            sc.proc.kill()
+            await sc.proc.wait()
+
+
+@pytest.fixture
+def fake_ollama() -> Iterator[FakeOllama]:
+    with FakeOllama() as fake:
+        yield fake

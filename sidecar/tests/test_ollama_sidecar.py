@@ -1,0 +1,265 @@
+"""The real sidecar process against the fake Ollama, over real pipes."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+from conftest import SidecarProcess
+from fake_ollama import CHUNKS, PROMPT_EVAL_COUNT, FakeOllama
+
+USER = [{"role": "user", "content": "Say hello"}]
+
+
+async def init_ollama(sc: SidecarProcess, host: str, model: str = "llama3.2:latest") -> None:
+    reply = await sc.call("init", {"backend": "ollama", "model": model, "host": host})
+    result = reply["result"]
+    assert result["ready"] is True
+    assert result["stream_request_id"] is True
+    assert result["capabilities"] == {
+        "streaming": True,
+        "tools": False,
+        "mcp": False,
+        "sessions": False,
+        "images": False,
+        "native_tools": [],
+    }
+    assert isinstance(result["version"], str) and result["version"]
+
+
+def error_of(reply: dict[str, Any]) -> dict[str, Any]:
+    assert "result" not in reply, reply
+    err = reply["error"]
+    assert isinstance(err["code"], int) and isinstance(err["message"], str)
+    assert "backend" in err["data"] and "model" in err["data"]
+    return err  # type: ignore[no-any-return]
+
+
+async def test_streamed_complete(sidecar: SidecarProcess, fake_ollama: FakeOllama) -> None:
+    # The host without a scheme, as the seed's config gives it.
+    await init_ollama(sidecar, fake_ollama.host)
+    rid = await sidecar.request(
+        "complete",
+        {
+            "messages": USER,
+            "system_prompt": "Be brief.",
+            "max_tokens": 100,
+            "temperature": 0.5,
+            "stream": True,
+            "options": {"seed": 7},
+        },
+    )
+    notes, reply = await sidecar.read_until_reply(rid)
+
+    assert fake_ollama.requests == [
+        {
+            "model": "llama3.2:latest",
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Say hello"},
+            ],
+            "stream": True,
+            "options": {"seed": 7, "temperature": 0.5, "num_predict": 100},
+        }
+    ]
+    chunks = [n for n in notes if n["method"] == "stream.chunk"]
+    assert [n["method"] for n in notes] == ["stream.chunk"] * len(CHUNKS) + ["stream.done"]
+    assert [c["params"] for c in chunks] == [
+        {"request_id": rid, "content": text, "done": False} for text in CHUNKS
+    ]
+    assert all("id" not in n for n in notes)
+    assert notes[-1]["params"] == {
+        "request_id": rid,
+        "usage": {
+            "input_tokens": PROMPT_EVAL_COUNT,
+            "output_tokens": len(CHUNKS),
+            "total_tokens": PROMPT_EVAL_COUNT + len(CHUNKS),
+        },
+        "finish_reason": "stop",
+        "model": "llama3.2:latest",
+    }
+    assert reply["result"] == {
+        "content": "".join(CHUNKS),
+        "model": "llama3.2:latest",
+        "finish_reason": "stop",
+        "usage": notes[-1]["params"]["usage"],
+    }
+
+
+async def test_non_stream_complete_with_http_host_and_length(
+    sidecar: SidecarProcess, fake_ollama: FakeOllama
+) -> None:
+    await init_ollama(sidecar, f"http://{fake_ollama.host}/", model="tiny")
+    reply = await sidecar.call("complete", {"messages": USER, "max_tokens": 2})
+    assert reply["result"] == {
+        "content": "".join(CHUNKS[:2]),
+        "model": "tiny",
+        "finish_reason": "length",
+        "usage": {
+            "input_tokens": PROMPT_EVAL_COUNT,
+            "output_tokens": 2,
+            "total_tokens": PROMPT_EVAL_COUNT + 2,
+        },
+    }
+    # No temperature given: none sent; the sidecar always streams from Ollama.
+    assert fake_ollama.requests == [
+        {"model": "tiny", "messages": USER, "stream": True, "options": {"num_predict": 2}}
+    ]
+
+
+async def test_model_override_and_unknown_model(
+    sidecar: SidecarProcess, fake_ollama: FakeOllama
+) -> None:
+    await init_ollama(sidecar, fake_ollama.host)
+    ok = await sidecar.call("complete", {"messages": USER, "model": "tiny"})
+    assert ok["result"]["model"] == "tiny"
+
+    reply = await sidecar.call("complete", {"messages": USER, "model": "no-such:7b"})
+    err = error_of(reply)
+    assert err["code"] == -32001
+    assert '"no-such:7b"' in err["message"]
+    assert "ollama pull no-such:7b" in err["message"]
+    assert err["data"]["http_status"] == 404
+    assert err["data"]["backend"] == "ollama"
+    assert err["data"]["model"] == "no-such:7b"
+
+
+async def test_unreachable_host(sidecar: SidecarProcess) -> None:
+    # A port that was just free: nothing listens there.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    await init_ollama(sidecar, f"127.0.0.1:{port}")  # init is lazy: must succeed
+    reply = await sidecar.call("complete", {"messages": USER, "stream": True})
+    err = error_of(reply)
+    assert err["code"] == -32003
+    assert f"cannot reach Ollama at http://127.0.0.1:{port}" in err["message"]
+    assert "ollama serve" in err["message"]
+    assert "http_status" not in err["data"]
+
+
+async def test_midstream_error(sidecar: SidecarProcess, fake_ollama: FakeOllama) -> None:
+    await init_ollama(sidecar, fake_ollama.host)
+    rid = await sidecar.request(
+        "complete",
+        {"messages": [{"role": "user", "content": "[[midstream-error]]"}], "stream": True},
+    )
+    notes, reply = await sidecar.read_until_reply(rid)
+    assert [n["params"]["content"] for n in notes] == list(CHUNKS[:2])
+    err = error_of(reply)
+    assert err["code"] == -32002
+    assert "fake mid-stream failure" in err["message"]
+
+
+async def test_http_error_reports_status_and_upstream_text(
+    sidecar: SidecarProcess, fake_ollama: FakeOllama
+) -> None:
+    await init_ollama(sidecar, fake_ollama.host)
+    reply = await sidecar.call(
+        "complete", {"messages": [{"role": "user", "content": "[[http-500]]"}]}
+    )
+    err = error_of(reply)
+    assert err["code"] == -32000
+    assert "fake server failure" in err["message"]
+    assert err["data"]["http_status"] == 500
+
+
+async def test_cancel_closes_upstream_stream(
+    sidecar: SidecarProcess, fake_ollama: FakeOllama
+) -> None:
+    await init_ollama(sidecar, fake_ollama.host)
+    rid = await sidecar.request(
+        "complete", {"messages": [{"role": "user", "content": "[[hold]]"}], "stream": True}
+    )
+    first = await sidecar.read()
+    assert first["params"] == {"request_id": rid, "content": CHUNKS[0], "done": False}
+    assert fake_ollama.holding.is_set()
+
+    await sidecar.notify("$/cancelRequest", {"id": rid})
+    notes, reply = await sidecar.read_until_reply(rid)
+    assert notes == []
+    err = error_of(reply)
+    assert err["code"] == -32800
+    assert err["message"] == "request cancelled"
+    # The sidecar hung up on Ollama, which is what stops Ollama generating.
+    assert await asyncio.to_thread(fake_ollama.client_disconnected.wait, 30)
+
+    # Exactly one reply: the next message is the answer to a new request.
+    assert (await sidecar.call("complete", {"messages": USER}))["result"]["content"]
+
+
+async def test_concurrent_streams_are_tagged(
+    sidecar: SidecarProcess, fake_ollama: FakeOllama
+) -> None:
+    await init_ollama(sidecar, fake_ollama.host)
+    held = await sidecar.request(
+        "complete", {"messages": [{"role": "user", "content": "[[hold]]"}], "stream": True}
+    )
+    assert (await sidecar.read())["params"]["request_id"] == held
+    # A second stream completes while the first one is still open.
+    quick = await sidecar.request("complete", {"messages": USER, "stream": True})
+    notes, reply = await sidecar.read_until_reply(quick)
+    assert {n["params"]["request_id"] for n in notes} == {quick}
+    assert reply["result"]["content"] == "".join(CHUNKS)
+
+    fake_ollama.release.set()
+    notes, reply = await sidecar.read_until_reply(held)
+    assert {n["params"]["request_id"] for n in notes} == {held}
+    assert [n["method"] for n in notes][-1] == "stream.done"
+    assert reply["result"]["content"] == "".join(CHUNKS)
+
+
+async def test_seed_stream_start_notification(
+    sidecar: SidecarProcess, fake_ollama: FakeOllama
+) -> None:
+    await init_ollama(sidecar, fake_ollama.host)
+    await sidecar.notify("stream.start", {"messages": USER})
+    notes = [await sidecar.read() for _ in range(len(CHUNKS) + 1)]
+    assert [n["params"] for n in notes[:-1]] == [
+        {"content": text, "done": False} for text in CHUNKS
+    ]
+    assert notes[-1]["method"] == "stream.done"
+    assert "request_id" not in notes[-1]["params"]
+    assert notes[-1]["params"]["usage"]["output_tokens"] == len(CHUNKS)
+    assert all("id" not in n for n in notes)
+
+    # A failing seed stream ends with stream.error, not a response.
+    await sidecar.notify("stream.start", {"messages": USER, "model": "missing"})
+    note = await sidecar.read()
+    assert note["method"] == "stream.error"
+    assert note["params"]["code"] == -32001
+    assert "missing" in note["params"]["message"]
+
+
+async def test_shutdown_exits_zero(sidecar: SidecarProcess, fake_ollama: FakeOllama) -> None:
+    await init_ollama(sidecar, fake_ollama.host)
+    held = await sidecar.request(
+        "complete", {"messages": [{"role": "user", "content": "[[hold]]"}], "stream": True}
+    )
+    await sidecar.read()  # first chunk: the request is in flight
+    rid = await sidecar.request("shutdown")
+    replies: dict[Any, dict[str, Any]] = {}
+    while len(replies) < 2:
+        msg = await sidecar.read()
+        if "id" in msg:
+            replies[msg["id"]] = msg
+    assert replies[rid]["result"] == {"success": True}
+    assert replies[held]["error"]["code"] == -32800
+    assert await sidecar.wait() == 0
+
+
+async def test_eof_answers_pending_requests_and_exits_zero(
+    sidecar: SidecarProcess, fake_ollama: FakeOllama
+) -> None:
+    await init_ollama(sidecar, fake_ollama.host)
+    held = await sidecar.request(
+        "complete", {"messages": [{"role": "user", "content": "[[hold]]"}], "stream": True}
+    )
+    await sidecar.read()  # first chunk: the request is in flight
+    await sidecar.close_stdin()
+    notes, reply = await sidecar.read_until_reply(held)
+    assert notes == []
+    assert reply["error"]["code"] == -32800
+    assert await sidecar.wait() == 0
+    assert await asyncio.to_thread(fake_ollama.client_disconnected.wait, 30)

@@ -1,0 +1,109 @@
+#include "rpc_bridge/protocol.h"
+
+#include "gtest/gtest.h"
+
+namespace llmbridge::rpc {
+namespace {
+
+TEST(ProtocolTest, EncodesRequestAsOneLineWithSeedKeys) {
+  CompleteParams params;
+  params.messages = {{"user", "line one\nline two", ""}};
+  params.max_tokens = 16;
+  params.temperature = 0.5;
+  params.stream = true;
+  std::string line = EncodeRequest({"complete", params, 7});
+  EXPECT_EQ(line.find('\n'), std::string::npos);
+  Json j = Json::parse(line);
+  EXPECT_EQ(j["jsonrpc"], "2.0");
+  EXPECT_EQ(j["method"], "complete");
+  EXPECT_EQ(j["id"], 7);
+  EXPECT_EQ(j["params"]["messages"][0]["content"], "line one\nline two");
+  EXPECT_FALSE(j["params"]["messages"][0].contains("name"));
+  EXPECT_EQ(j["params"]["max_tokens"], 16);
+  EXPECT_EQ(j["params"]["temperature"], 0.5);
+  EXPECT_EQ(j["params"]["stream"], true);
+  EXPECT_FALSE(j["params"].contains("model"));  // empty: server default
+}
+
+TEST(ProtocolTest, ParsesResultResponse) {
+  auto m = ParseIncoming(
+      R"({"jsonrpc":"2.0","id":3,"result":{"content":"hi","model":"m",)"
+      R"("finish_reason":"stop","usage":{"input_tokens":2,"output_tokens":1}}})");
+  ASSERT_TRUE(m.ok()) << m.status();
+  ASSERT_TRUE(m->response.has_value());
+  EXPECT_EQ(m->response->id, 3);
+  CompleteResult r = m->response->result.get<CompleteResult>();
+  EXPECT_EQ(r.content, "hi");
+  EXPECT_EQ(r.usage.total_tokens, 3);  // derived when absent
+}
+
+TEST(ProtocolTest, ParsesErrorResponseWithData) {
+  auto m = ParseIncoming(
+      R"({"jsonrpc":"2.0","id":4,"error":{"code":-32001,"message":"no model",)"
+      R"("data":{"http_status":404}}})");
+  ASSERT_TRUE(m.ok()) << m.status();
+  ASSERT_TRUE(m->response->error.has_value());
+  EXPECT_EQ(m->response->error->code, kModelNotFound);
+  EXPECT_EQ(m->response->error->data["http_status"], 404);
+}
+
+TEST(ProtocolTest, ParseErrorReplyHasNullId) {
+  auto m = ParseIncoming(
+      R"({"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"x"}})");
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_FALSE(m->response->id.has_value());
+}
+
+TEST(ProtocolTest, RejectsMalformedMessages) {
+  EXPECT_FALSE(ParseIncoming("not json").ok());
+  EXPECT_FALSE(ParseIncoming("[1,2]").ok());
+  EXPECT_FALSE(ParseIncoming(R"({"id":1,"result":{}})").ok());  // no jsonrpc
+  EXPECT_FALSE(
+      ParseIncoming(R"({"jsonrpc":"2.0","id":1,"result":1,"error":{}})").ok());
+  EXPECT_FALSE(ParseIncoming(R"({"jsonrpc":"2.0","id":1})").ok());
+  EXPECT_FALSE(ParseIncoming(R"({"jsonrpc":"2.0","id":"x","result":1})").ok());
+  EXPECT_FALSE(
+      ParseIncoming(R"({"jsonrpc":"2.0","method":"init","id":1})").ok());
+}
+
+TEST(ProtocolTest, NotificationHelpersFollowTheSeed) {
+  const char* chunk =
+      R"({"jsonrpc":"2.0","method":"stream.chunk","params":{"content":"Hel","done":false}})";
+  EXPECT_TRUE(IsNotification(chunk));
+  EXPECT_FALSE(IsNotification(R"({"jsonrpc":"2.0","id":1,"result":{}})"));
+  EXPECT_FALSE(IsNotification("{broken"));
+  auto n = ParseNotification(chunk);
+  ASSERT_TRUE(n.ok());
+  ASSERT_TRUE(n->has_value());
+  auto parsed = ParseStreamChunk((*n)->params);
+  ASSERT_TRUE(parsed.ok());
+  EXPECT_EQ(parsed->content, "Hel");
+  EXPECT_FALSE(parsed->request_id.has_value());  // seed-style: untagged
+  auto not_notification = ParseNotification(R"({"jsonrpc":"2.0","id":1,"result":2})");
+  ASSERT_TRUE(not_notification.ok());
+  EXPECT_FALSE(not_notification->has_value());
+}
+
+TEST(ProtocolTest, ParsesStreamDoneWithRequestId) {
+  auto done = ParseStreamDone(Json::parse(
+      R"({"request_id":9,"usage":{"input_tokens":12,"output_tokens":4,"total_tokens":16},)"
+      R"("finish_reason":"stop","model":"tiny"})"));
+  ASSERT_TRUE(done.ok());
+  EXPECT_EQ(done->request_id, 9);
+  EXPECT_EQ(done->usage.input_tokens, 12);
+  EXPECT_EQ(done->usage.output_tokens, 4);
+  EXPECT_EQ(done->finish_reason, "stop");
+  EXPECT_FALSE(ParseStreamDone(Json::parse(R"({"usage":"lots"})")).ok());
+  EXPECT_FALSE(ParseStreamChunk(Json::parse("[]")).ok());
+}
+
+TEST(ProtocolTest, InitResultDetectsTaggedStreams) {
+  InitResult seed = Json::parse(R"({"ready":true,"version":"1"})").get<InitResult>();
+  EXPECT_FALSE(seed.stream_request_id);
+  InitResult ours =
+      Json::parse(R"({"ready":true,"stream_request_id":true})").get<InitResult>();
+  EXPECT_TRUE(ours.stream_request_id);
+}
+
+}  // namespace
+}  // namespace llmbridge::rpc

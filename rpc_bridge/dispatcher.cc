@@ -21,11 +21,17 @@ void Dispatcher::Reply(const std::shared_ptr<PendingCall>& call,
   if (call->handlers.on_reply) call->handlers.on_reply(std::move(reply));
 }
 
-void Dispatcher::Deliver(const std::shared_ptr<PendingCall>& call,
+void Dispatcher::Deliver(int64_t id, const std::shared_ptr<PendingCall>& call,
                          const Notification& notification) {
   std::lock_guard<std::mutex> lock(call->mu);
   if (call->replied || !call->handlers.on_notification) return;
-  call->handlers.on_notification(notification);
+  NotificationOutcome outcome = call->handlers.on_notification(notification);
+  if (!outcome.has_value()) return;
+  // The notification ended the call: it gets no other reply, and a late
+  // response for its id is dropped.
+  Take(id);
+  call->replied = true;
+  if (call->handlers.on_reply) call->handlers.on_reply(*std::move(outcome));
 }
 
 int64_t Dispatcher::Call(const std::string& method, Json params,
@@ -33,13 +39,19 @@ int64_t Dispatcher::Call(const std::string& method, Json params,
   const int64_t id = next_id_.fetch_add(1);
   auto call = std::make_shared<PendingCall>();
   call->handlers = std::move(handlers);
+  std::optional<absl::Status> closed;
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (closed_) {
-      Reply(call, close_status_);
-      return id;
+      closed = close_status_;
+    } else {
+      pending_[id] = call;
     }
-    pending_[id] = call;
+  }
+  if (closed.has_value()) {
+    // Outside mu_: the handler may call back into the dispatcher.
+    Reply(call, *closed);
+    return id;
   }
   absl::Status sent =
       transport_ == nullptr
@@ -100,14 +112,14 @@ std::shared_ptr<Dispatcher::PendingCall> Dispatcher::Find(int64_t id) const {
   return it == pending_.end() ? nullptr : it->second;
 }
 
-std::shared_ptr<Dispatcher::PendingCall> Dispatcher::FindForNotification(
-    const Json& params) const {
-  if (std::optional<int64_t> id = StreamRequestId(params)) return Find(*id);
-  if (tagged_streams_) return nullptr;
+std::optional<int64_t> Dispatcher::FindId(const Json& params) const {
+  if (std::optional<int64_t> id = StreamRequestId(params)) return id;
+  if (tagged_streams_) return std::nullopt;
   // A seed-style sidecar: the caller runs one stream at a time, so the oldest
   // pending call is the stream's.
   std::lock_guard<std::mutex> lock(mu_);
-  return pending_.empty() ? nullptr : pending_.begin()->second;
+  if (pending_.empty()) return std::nullopt;
+  return pending_.begin()->first;
 }
 
 void Dispatcher::OnMessage(IncomingMessage message) {
@@ -116,7 +128,9 @@ void Dispatcher::OnMessage(IncomingMessage message) {
     if (!absl::StartsWith(n.method, "stream.")) return;  // e.g. log messages
     // A call that was cancelled or already replied to is gone from the map:
     // its late notifications are dropped here.
-    if (auto call = FindForNotification(n.params)) Deliver(call, n);
+    std::optional<int64_t> id = FindId(n.params);
+    if (!id.has_value()) return;
+    if (auto call = Find(*id)) Deliver(*id, call, n);
     return;
   }
   Response& response = *message.response;
@@ -136,9 +150,45 @@ void Dispatcher::OnMessage(IncomingMessage message) {
   }
 }
 
-void Dispatcher::OnBadLine(const absl::Status& why) {
-  std::fprintf(stderr, "llmbridge: ignoring a bad line from the sidecar: %s\n",
-               std::string(why.message()).c_str());
+namespace {
+
+// The integer after `"key":` in a JSON text prefix, if any. Enough to tell
+// which call an over-long (unparsable) line belonged to.
+std::optional<int64_t> ScanId(std::string_view text, std::string_view key) {
+  size_t at = text.find(key);
+  if (at == std::string_view::npos) return std::nullopt;
+  size_t i = at + key.size();
+  while (i < text.size() && (text[i] == ' ' || text[i] == ':')) ++i;
+  int64_t value = 0;
+  size_t digits = 0;
+  for (; i < text.size() && text[i] >= '0' && text[i] <= '9'; ++i, ++digits) {
+    value = value * 10 + (text[i] - '0');
+  }
+  if (digits == 0 || digits > 18) return std::nullopt;
+  return value;
+}
+
+}  // namespace
+
+void Dispatcher::OnBadLine(const absl::Status& why,
+                           std::string_view line_start) {
+  if (absl::IsResourceExhausted(why)) {
+    // Too big to parse: fail the call it names, so it does not hang.
+    std::optional<int64_t> id = ScanId(line_start, "\"request_id\"");
+    if (!id.has_value()) id = ScanId(line_start, "\"id\"");
+    if (id.has_value()) {
+      if (auto call = Take(*id)) {
+        Reply(call, absl::ResourceExhaustedError(absl::StrCat(
+                        why.message(),
+                        " for this call; the message was dropped (raise the "
+                        "line cap if such answers are expected)")));
+        return;
+      }
+    }
+  }
+  std::fprintf(stderr, "llmbridge: ignoring a bad line from the sidecar: %s: %.120s\n",
+               std::string(why.message()).c_str(),
+               std::string(line_start).c_str());
 }
 
 void Dispatcher::OnClosed(const absl::Status& why) {

@@ -19,6 +19,8 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
+#include <string_view>
 #include <mutex>
 #include <string>
 
@@ -30,9 +32,14 @@
 
 namespace llmbridge::rpc {
 
+// What a notification handler returns: nullopt to keep the call open, or
+// the call's reply. A stream that a seed-style sidecar ends with stream.done
+// or stream.error (and no response) completes this way.
+using NotificationOutcome = std::optional<absl::StatusOr<Json>>;
+
 struct CallHandlers {
   // stream.* notifications addressed to this call. Optional.
-  std::function<void(const Notification&)> on_notification;
+  std::function<NotificationOutcome(const Notification&)> on_notification;
   // Called exactly once: the result, or the error as a status.
   std::function<void(absl::StatusOr<Json>)> on_reply;
 };
@@ -70,7 +77,7 @@ class Dispatcher : public MessageHandler {
 
   // MessageHandler, on the reader thread.
   void OnMessage(IncomingMessage message) override;
-  void OnBadLine(const absl::Status& why) override;
+  void OnBadLine(const absl::Status& why, std::string_view line_start) override;
   void OnClosed(const absl::Status& why) override;
 
  private:
@@ -82,11 +89,11 @@ class Dispatcher : public MessageHandler {
 
   std::shared_ptr<PendingCall> Take(int64_t id);
   std::shared_ptr<PendingCall> Find(int64_t id) const;
-  std::shared_ptr<PendingCall> FindForNotification(const Json& params) const;
   static void Reply(const std::shared_ptr<PendingCall>& call,
                     absl::StatusOr<Json> reply);
-  static void Deliver(const std::shared_ptr<PendingCall>& call,
-                      const Notification& notification);
+  void Deliver(int64_t id, const std::shared_ptr<PendingCall>& call,
+               const Notification& notification);
+  std::optional<int64_t> FindId(const Json& params) const;
 
   CloseDescriber describe_close_;
   Transport* transport_ = nullptr;

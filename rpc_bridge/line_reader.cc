@@ -12,6 +12,7 @@ namespace llmbridge::rpc {
 
 namespace {
 constexpr size_t kReadChunk = 64 * 1024;
+constexpr size_t kPrefixBytes = 512;
 }
 
 LineReader::LineReader(int fd, size_t max_line_bytes)
@@ -49,6 +50,7 @@ absl::StatusOr<std::string> LineReader::Next() {
             "sidecar sent a line longer than ", max_line_bytes_, " bytes"));
       }
       if (newline > max_line_bytes_) {
+        overlong_prefix_ = buffer_.substr(0, kPrefixBytes);
         buffer_.erase(0, newline + 1);
         return absl::ResourceExhaustedError(absl::StrCat(
             "sidecar sent a line longer than ", max_line_bytes_, " bytes"));
@@ -60,6 +62,7 @@ absl::StatusOr<std::string> LineReader::Next() {
     }
     if (buffer_.size() > max_line_bytes_) {
       // Keep memory bounded: forget what we have of this line.
+      if (!discarding_) overlong_prefix_ = buffer_.substr(0, kPrefixBytes);
       buffer_.clear();
       discarding_ = true;
     }

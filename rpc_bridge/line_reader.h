@@ -28,6 +28,10 @@ class LineReader {
   //   Internal           read(2) failed.
   absl::StatusOr<std::string> Next();
 
+  // After Next() returned ResourceExhausted: the first bytes of the skipped
+  // line, enough to find which call it belonged to.
+  const std::string& overlong_prefix() const { return overlong_prefix_; }
+
  private:
   bool FillBuffer(absl::Status& error);
 
@@ -35,6 +39,7 @@ class LineReader {
   size_t max_line_bytes_;
   std::string buffer_;
   bool discarding_ = false;  // inside an over-long line, skipping to '\n'
+  std::string overlong_prefix_;
 };
 
 }  // namespace llmbridge::rpc

@@ -62,9 +62,12 @@ absl::StatusOr<std::unique_ptr<Sidecar>> Sidecar::Start(
         " (check --python and --sidecar)"));
   }
   sidecar->process_ = *std::move(process);
+  StdioTransportOptions transport;
+  transport.max_line_bytes = sidecar->options_.max_line_bytes;
+  transport.write_timeout = sidecar->options_.write_timeout;
   sidecar->transport_ = MakeStdioTransport(
       sidecar->process_->TakeStdinFd(), sidecar->process_->TakeStdoutFd(),
-      &sidecar->dispatcher_, sidecar->options_.max_line_bytes);
+      &sidecar->dispatcher_, transport);
   sidecar->dispatcher_.set_transport(sidecar->transport_.get());
   absl::Status ready = sidecar->Handshake();
   if (!ready.ok()) {
@@ -116,14 +119,20 @@ absl::Status Sidecar::DescribeClose(const absl::Status& why) {
   } else if (!absl::IsOutOfRange(why)) {
     absl::StrAppend(&message, ": ", why.message());
   }
+  if (process_) process_->WaitStderrDrained(std::chrono::milliseconds(50));
   std::string tail = process_ ? process_->StderrTail() : "";
   if (!tail.empty()) absl::StrAppend(&message, "; its last stderr lines:\n", tail);
   return absl::UnavailableError(message);
 }
 
 std::optional<ExitInfo> Sidecar::ExitError() {
+  return WaitForExit(std::chrono::milliseconds(0));
+}
+
+std::optional<ExitInfo> Sidecar::WaitForExit(
+    std::chrono::milliseconds timeout) {
   if (process_ == nullptr) return std::nullopt;
-  return process_->Wait(std::chrono::milliseconds(0));
+  return process_->Wait(timeout);
 }
 
 ExitInfo Sidecar::Stop() {

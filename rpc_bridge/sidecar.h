@@ -22,6 +22,8 @@ namespace llmbridge::rpc {
 struct SidecarOptions {
   Config config;  // with defaults applied and validated
   size_t max_line_bytes = kDefaultMaxLineBytes;
+  // A write to the sidecar that makes no progress this long fails.
+  std::chrono::milliseconds write_timeout{10000};
   // How long Stop waits after the shutdown request and after each signal.
   std::chrono::milliseconds stop_grace{5000};
 };
@@ -48,6 +50,11 @@ class Sidecar {
 
   // How the process ended; nullopt while it runs.
   std::optional<ExitInfo> ExitError();
+
+  // Blocks until the process exits or `timeout` passes (the seed's Done).
+  std::optional<ExitInfo> WaitForExit(std::chrono::milliseconds timeout);
+
+  pid_t pid() const { return process_->pid(); }
 
   // Polite first: shutdown request, close stdin, wait; then SIGTERM, wait;
   // then SIGKILL. Idempotent. Returns how the process ended.

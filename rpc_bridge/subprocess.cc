@@ -232,6 +232,16 @@ void Subprocess::PumpStderr(int fd, std::string prefix) {
     while (stderr_tail_.size() > tail_lines_) stderr_tail_.pop_front();
   }
   ::close(fd);
+  std::lock_guard<std::mutex> lock(mu_);
+  stderr_closed_ = true;
+  stderr_cv_.notify_all();
+}
+
+void Subprocess::WaitStderrDrained(std::chrono::milliseconds timeout) const {
+  std::unique_lock<std::mutex> lock(mu_);
+  stderr_cv_.wait_for(lock, timeout, [this] {
+    return stderr_closed_;
+  });
 }
 
 std::string Subprocess::StderrTail() const {

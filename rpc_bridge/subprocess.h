@@ -11,6 +11,7 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <condition_variable>
 #include <deque>
 #include <map>
 #include <memory>
@@ -67,6 +68,10 @@ class Subprocess {
   // The last lines the child wrote to stderr, oldest first.
   std::string StderrTail() const;
 
+  // Waits up to `timeout` until the child's stderr reached EOF and every
+  // line of it is in the tail (it can lag behind the exit).
+  void WaitStderrDrained(std::chrono::milliseconds timeout) const;
+
  private:
   Subprocess() = default;
   void PumpStderr(int fd, std::string prefix);
@@ -81,6 +86,8 @@ class Subprocess {
   mutable std::mutex mu_;
   std::optional<ExitInfo> exit_ ABSL_GUARDED_BY(mu_);
   std::deque<std::string> stderr_tail_ ABSL_GUARDED_BY(mu_);
+  bool stderr_closed_ ABSL_GUARDED_BY(mu_) = false;
+  mutable std::condition_variable stderr_cv_;
 };
 
 }  // namespace llmbridge::rpc

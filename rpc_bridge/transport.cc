@@ -1,5 +1,7 @@
 #include "rpc_bridge/transport.h"
 
+#include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -17,8 +19,15 @@ namespace {
 class StdioTransport : public Transport {
  public:
   StdioTransport(int write_fd, int read_fd, MessageHandler* handler,
-                 size_t max_line_bytes)
-      : write_fd_(write_fd), read_fd_(read_fd), handler_(handler) {
+                 StdioTransportOptions options)
+      : write_fd_(write_fd),
+        read_fd_(read_fd),
+        handler_(handler),
+        write_timeout_(options.write_timeout) {
+    // Non-blocking, so a sidecar that stops reading cannot hold a caller's
+    // thread forever: Send waits with poll() up to the write timeout.
+    ::fcntl(write_fd_, F_SETFL, ::fcntl(write_fd_, F_GETFL) | O_NONBLOCK);
+    const size_t max_line_bytes = options.max_line_bytes;
     // A sidecar that died makes write(2) raise SIGPIPE, which would kill the
     // whole server; EPIPE is handled instead.
     ::signal(SIGPIPE, SIG_IGN);
@@ -43,30 +52,45 @@ class StdioTransport : public Transport {
     size_t left = framed.size();
     while (left > 0) {
       ssize_t n = ::write(write_fd_, p, left);
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        return absl::UnavailableError(
-            absl::StrCat("write to sidecar failed: ", std::strerror(errno)));
+      if (n >= 0) {
+        p += n;
+        left -= static_cast<size_t>(n);
+        continue;
       }
-      p += n;
-      left -= static_cast<size_t>(n);
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        pollfd pfd{write_fd_, POLLOUT, 0};
+        int ready = ::poll(&pfd, 1, static_cast<int>(write_timeout_.count()));
+        if (ready > 0 || (ready < 0 && errno == EINTR)) continue;
+        CloseSendLocked();
+        return absl::UnavailableError(absl::StrCat(
+            "the sidecar has not read its input for ",
+            write_timeout_.count(), " ms; it is stuck and is being stopped"));
+      }
+      CloseSendLocked();
+      return absl::UnavailableError(
+          absl::StrCat("write to sidecar failed: ", std::strerror(errno)));
     }
     return absl::OkStatus();
   }
 
   void CloseSend() override {
     std::lock_guard<std::mutex> lock(write_mu_);
+    CloseSendLocked();
+  }
+
+ private:
+  void CloseSendLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_) {
     if (write_fd_ >= 0) ::close(write_fd_);
     write_fd_ = -1;
   }
 
- private:
   void ReadLoop(size_t max_line_bytes) {
     LineReader reader(read_fd_, max_line_bytes);
     while (true) {
       absl::StatusOr<std::string> line = reader.Next();
       if (absl::IsResourceExhausted(line.status())) {
-        handler_->OnBadLine(line.status());
+        handler_->OnBadLine(line.status(), reader.overlong_prefix());
         continue;
       }
       if (!line.ok()) {
@@ -76,7 +100,8 @@ class StdioTransport : public Transport {
       if (line->empty()) continue;
       absl::StatusOr<IncomingMessage> message = ParseIncoming(*line);
       if (!message.ok()) {
-        handler_->OnBadLine(message.status());
+        handler_->OnBadLine(message.status(),
+                            std::string_view(*line).substr(0, 200));
         continue;
       }
       handler_->OnMessage(*std::move(message));
@@ -87,6 +112,7 @@ class StdioTransport : public Transport {
   int write_fd_ ABSL_GUARDED_BY(write_mu_);
   const int read_fd_;
   MessageHandler* const handler_;
+  const std::chrono::milliseconds write_timeout_;
   std::thread reader_;
 };
 
@@ -94,9 +120,8 @@ class StdioTransport : public Transport {
 
 std::unique_ptr<Transport> MakeStdioTransport(int write_fd, int read_fd,
                                               MessageHandler* handler,
-                                              size_t max_line_bytes) {
-  return std::make_unique<StdioTransport>(write_fd, read_fd, handler,
-                                          max_line_bytes);
+                                              StdioTransportOptions options) {
+  return std::make_unique<StdioTransport>(write_fd, read_fd, handler, options);
 }
 
 }  // namespace llmbridge::rpc

@@ -6,7 +6,9 @@
 #ifndef LLMBRIDGE_RPC_BRIDGE_TRANSPORT_H_
 #define LLMBRIDGE_RPC_BRIDGE_TRANSPORT_H_
 
+#include <chrono>
 #include <cstddef>
+#include <string_view>
 #include <memory>
 #include <string>
 
@@ -22,9 +24,11 @@ class MessageHandler {
  public:
   virtual ~MessageHandler() = default;
   virtual void OnMessage(IncomingMessage message) = 0;
-  // A line that could not be used (bad JSON, over the size cap). The reader
-  // keeps going: one bad line must not take every call down.
-  virtual void OnBadLine(const absl::Status& why) = 0;
+  // A line that could not be used (bad JSON, over the size cap), with its
+  // first bytes. The reader keeps going: one bad line must not take every
+  // call down.
+  virtual void OnBadLine(const absl::Status& why,
+                         std::string_view line_start) = 0;
   // The sidecar's stdout ended (it exited or closed it) or reading failed.
   virtual void OnClosed(const absl::Status& why) = 0;
 };
@@ -34,7 +38,9 @@ class MessageHandler {
 class Transport {
  public:
   virtual ~Transport() = default;
-  // Writes `line` plus '\n'. Fails with Unavailable once the pipe is broken.
+  // Writes `line` plus '\n'. Fails with Unavailable once the pipe is broken,
+  // or when the sidecar has not read its input for the write timeout: the
+  // pipe is then closed, since a half-written line cannot be taken back.
   virtual absl::Status Send(const std::string& line) = 0;
   // Closes the sending side (the sidecar sees EOF on stdin). Idempotent.
   virtual void CloseSend() = 0;
@@ -43,9 +49,15 @@ class Transport {
 // Takes ownership of both fds. Starts a reader thread that feeds `handler`
 // until end of stream; the destructor closes the fds and joins it, so the
 // handler must outlive the transport.
+struct StdioTransportOptions {
+  size_t max_line_bytes = kDefaultMaxLineBytes;
+  // A write that makes no progress for this long fails (see Send).
+  std::chrono::milliseconds write_timeout{10000};
+};
+
 std::unique_ptr<Transport> MakeStdioTransport(
     int write_fd, int read_fd, MessageHandler* handler,
-    size_t max_line_bytes = kDefaultMaxLineBytes);
+    StdioTransportOptions options = {});
 
 }  // namespace llmbridge::rpc
 

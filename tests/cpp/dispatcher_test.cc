@@ -28,8 +28,9 @@ struct Recorder {
   std::vector<std::string> chunks;
   std::vector<absl::StatusOr<Json>> replies;
   CallHandlers Handlers() {
-    return {[this](const Notification& n) {
+    return {[this](const Notification& n) -> NotificationOutcome {
               chunks.push_back(n.params.value("content", ""));
+              return std::nullopt;
             },
             [this](absl::StatusOr<Json> r) { replies.push_back(std::move(r)); }};
   }

@@ -84,6 +84,10 @@ absl::Status Sidecar::Handshake() {
   params.model = config.model;
   params.host = config.host;
   params.mcp_servers = config.mcp_servers;
+  // The sidecar waits for a loading backend (llama.cpp's 503) up to this
+  // long; a margin under our own deadline lets its clearer error arrive.
+  params.options["startup_timeout_s"] =
+      0.9 * static_cast<double>(config.startup_timeout.count()) / 1000.0;
   absl::StatusOr<Json> reply = CallAndWait(dispatcher_, kMethodInit, params,
                                            config.startup_timeout);
   if (!reply.ok()) {

@@ -20,7 +20,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="sidecar.py",
         description=(
             "llmbridge sidecar: speaks JSON-RPC 2.0 on stdin/stdout (one JSON object per "
-            "line) and forwards completions to a local model backend (ollama, gguf). "
+            "line) and forwards completions to a local model backend (ollama, llama.cpp, vllm, "
+            "transformers, gguf). "
             "Started by the llmbridge server; logs go to stderr."
         ),
     )

@@ -21,4 +21,3 @@ class BackendError(Exception):
 
     def to_error_object(self) -> dict[str, Any]:
         return {"code": self.code, "message": self.message, "data": self.data}
-

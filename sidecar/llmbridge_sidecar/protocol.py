@@ -2,12 +2,21 @@
 
 JSON-RPC 2.0, one JSON object per line on stdin/stdout. Methods:
 
-* ``init`` {backend, model, host?, mcp_servers?, options?} -> InitResult
+* ``init`` {backend, model, host?, mcp_servers?, options?} -> {ready, version,
+  message, stream_request_id: true, capabilities}. HTTP backends are checked
+  here: reachable (else -32003) and serving the model (else -32001).
+  ``options.startup_timeout_s`` (default 30) bounds the wait for a server that
+  is still loading; ``options.read_timeout_s`` (default 300) bounds the silence
+  between two stream lines. Other options go to the backend.
 * ``complete`` {messages, model?, system_prompt?, max_tokens?, temperature?,
   stream?, options?} -> CompleteResult; with ``stream: true`` it first sends
   ``stream.chunk`` notifications, then ``stream.done``, each carrying
   ``request_id``.
-* ``shutdown`` -> {"success": true}, then the process exits 0.
+* ``shutdown`` -> {"success": true}: in-flight requests are cancelled (each
+  still gets its -32800 reply), backend clients are closed, the process exits 0.
+* ``models`` {} -> {"backend", "models": [{"name", ...backend details}]}.
+* ``health`` {} -> {"ok", "backend", "model", "message", "http_status"?};
+  never an error, so a health checker can always read it.
 * notification ``$/cancelRequest`` {id}: the request gets one -32800 reply.
 * notification ``stream.start`` (the Go seed client's form of streaming):
   same params as ``complete``; notifications carry no ``request_id`` and a
@@ -40,6 +49,12 @@ CONNECTION_ERROR = -32003
 REQUEST_CANCELLED = -32800
 
 JSONRPC_VERSION = "2.0"
+
+# The seed's StartupTimeout; the bridge passes its own in init options.
+DEFAULT_STARTUP_TIMEOUT_S = 30.0
+# Longest silence between two lines of a backend's stream (CPU prompt
+# evaluation can take minutes).
+DEFAULT_READ_TIMEOUT_S = 300.0
 
 # Request ids the sidecar accepts: JSON numbers (integers) and strings.
 RequestId = int | str
@@ -89,6 +104,8 @@ class InitParams:
     backend: str
     model: str
     host: str | None = None
+    startup_timeout_s: float = DEFAULT_STARTUP_TIMEOUT_S
+    read_timeout_s: float = DEFAULT_READ_TIMEOUT_S
     options: dict[str, Any] = field(default_factory=dict)
     mcp_servers: dict[str, Any] = field(default_factory=dict)
 
@@ -140,18 +157,47 @@ def _opt_object(params: dict[str, Any], key: str) -> dict[str, Any]:
     return value
 
 
+def _pop_seconds(options: dict[str, Any], key: str, default: float) -> float:
+    value = options.pop(key, None)
+    if value is None:
+        return default
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise invalid_params(f"options.{key}", "must be a positive number of seconds")
+    return float(value)
+
+
 def parse_init(raw: Any) -> InitParams:
     params = _params_object(raw)
     backend = params.get("backend")
     if not isinstance(backend, str) or not backend:
         raise invalid_params("backend", "is required and must be a non-empty string")
+    # The sidecar's own settings leave; the rest is the backend's.
+    options = dict(_opt_object(params, "options"))
+    startup = _pop_seconds(options, "startup_timeout_s", DEFAULT_STARTUP_TIMEOUT_S)
+    read = _pop_seconds(options, "read_timeout_s", DEFAULT_READ_TIMEOUT_S)
     return InitParams(
         backend=backend,
         model=_opt_str(params, "model"),
         host=_opt_str(params, "host") or None,
-        options=_opt_object(params, "options"),
+        startup_timeout_s=startup,
+        read_timeout_s=read,
+        options=options,
         mcp_servers=_opt_object(params, "mcp_servers"),
     )
+
+
+def parse_no_params(raw: Any) -> None:
+    """``models`` and ``health`` take no params: absent, null, {} or []."""
+    if raw in (None, {}, []):
+        return
+    if isinstance(raw, dict):
+        raise invalid_params(next(iter(raw)), "is not a parameter of this method (it takes none)")
+    raise invalid_params("params", "must be absent or an empty object")
 
 
 def _parse_message(index: int, raw: Any) -> Message:

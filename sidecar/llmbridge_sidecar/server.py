@@ -47,6 +47,8 @@ class Server:
             "init": self._handle_init,
             "complete": self._handle_complete,
             "shutdown": self._handle_shutdown,
+            "models": self._handle_models,
+            "health": self._handle_health,
         }
 
     # ---- lifecycle -------------------------------------------------------
@@ -98,7 +100,10 @@ class Server:
             msg = json.loads(line)
         except (ValueError, UnicodeDecodeError) as e:
             await self._send_error(
-                None, BackendError(protocol.PARSE_ERROR, f"parse error: {e}: send one JSON object per line")
+                None,
+                BackendError(
+                    protocol.PARSE_ERROR, f"parse error: {e}: send one JSON object per line"
+                ),
             )
             return
         if not isinstance(msg, dict):
@@ -230,9 +235,7 @@ class Server:
         except asyncio.CancelledError:
             reply = protocol.error_response(
                 rid,
-                self._error_object(
-                    BackendError(protocol.REQUEST_CANCELLED, "request cancelled")
-                ),
+                self._error_object(BackendError(protocol.REQUEST_CANCELLED, "request cancelled")),
             )
         except BackendError as e:
             reply = protocol.error_response(rid, self._error_object(e))
@@ -280,12 +283,53 @@ class Server:
                 "sessions": False,
                 "images": False,
                 "native_tools": [],
+                "backend": params.backend,
+                "cancel": True,
+                "methods": sorted(self._handlers),
+                **backend.capabilities(),
             },
         }
 
     async def _handle_complete(self, rid: RequestId, raw: Any) -> dict[str, Any]:
         params = protocol.parse_complete(raw)
         return await self._complete(params, rid, stream=params.stream)
+
+    async def _handle_models(self, rid: RequestId, raw: Any) -> dict[str, Any]:
+        protocol.parse_no_params(raw)
+        backend = await self._ready_backend()
+        models = await backend.list_models()
+        return {"backend": backend.name, "models": [m.to_wire() for m in models]}
+
+    async def _handle_health(self, rid: RequestId, raw: Any) -> dict[str, Any]:
+        protocol.parse_no_params(raw)
+        backend = self._backend
+        if backend is None:
+            return {
+                "ok": False,
+                "backend": "",
+                "model": "",
+                "message": "sidecar not initialized: call init first",
+            }
+        report = await backend.health()
+        result: dict[str, Any] = {
+            "ok": report.ok,
+            "backend": backend.name,
+            "model": backend.model,
+            "message": report.message,
+        }
+        if report.http_status is not None:
+            result["http_status"] = report.http_status
+        return result
+
+    async def _ready_backend(self) -> Backend:
+        if self._backend is None and self._init_lock.locked():
+            # A pipelined client may send a request right behind init: let the
+            # init that is loading finish instead of failing the request.
+            async with self._init_lock:
+                pass
+        if self._backend is None:
+            raise BackendError(protocol.INTERNAL_ERROR, "sidecar not initialized: call init first")
+        return self._backend
 
     async def _handle_shutdown(self, rid: RequestId, raw: Any) -> dict[str, Any]:
         # Stop after this reply is written: the event is only observed by run().
@@ -312,16 +356,7 @@ class Server:
     async def _complete(
         self, params: protocol.CompleteParams, rid: RequestId | None, stream: bool
     ) -> dict[str, Any]:
-        if self._backend is None and self._init_lock.locked():
-            # A pipelined client may send complete right behind init: let the
-            # init that is loading finish instead of failing the request.
-            async with self._init_lock:
-                pass
-        backend = self._backend
-        if backend is None:
-            raise BackendError(
-                protocol.INTERNAL_ERROR, "sidecar not initialized: call init first"
-            )
+        backend = await self._ready_backend()
         model = params.model or backend.model
         if not model:
             raise protocol.invalid_params(
@@ -362,7 +397,12 @@ class Server:
             await self._send(
                 protocol.notification(
                     "stream.done",
-                    {**tag, "usage": usage, "finish_reason": done.finish_reason, "model": done.model},
+                    {
+                        **tag,
+                        "usage": usage,
+                        "finish_reason": done.finish_reason,
+                        "model": done.model,
+                    },
                 )
             )
         return {

@@ -13,7 +13,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from fake_ollama import FakeOllama  # noqa: E402
+from fake_ollama import FakeOllama
 
 SIDECAR_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIDECAR_SCRIPT = os.path.join(SIDECAR_DIR, "sidecar.py")

@@ -19,10 +19,12 @@ Behaviour (deterministic, so tests on both the Python and C++ side can assert it
   client disconnects (or ``release`` is set, or 60 s pass);
   ``[[midstream-error]]`` sends two chunks and then the line
   ``{"error":"fake mid-stream failure"}`` (HTTP status stays 200, like Ollama);
-  ``[[http-500]]`` answers HTTP 500 ``{"error":"fake server failure"}``.
+  ``[[http-500]]`` answers HTTP 500 ``{"error":"fake server failure"}``;
+  ``[[disconnect]]`` sends two chunks and closes the connection mid-stream.
 * ``GET /api/version`` and ``GET /api/tags`` answer like Ollama.
 
-Every received ``/api/chat`` body is recorded in ``FakeOllama.requests``.
+Every received ``/api/chat`` body is recorded in ``FakeOllama.requests``; the
+time a held stream's client hung up in ``FakeOllama.disconnected_at`` (monotonic).
 
 Run standalone: ``python fake_ollama.py --port 0``: prints ``PORT=<n>`` as
 its first stdout line, then serves until killed.
@@ -36,6 +38,7 @@ import select
 import socket
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -47,6 +50,7 @@ MIDSTREAM_ERROR_MARKER = "[[midstream-error]]"
 MIDSTREAM_ERROR = "fake mid-stream failure"
 HTTP_500_MARKER = "[[http-500]]"
 HTTP_500_ERROR = "fake server failure"
+DISCONNECT_MARKER = "[[disconnect]]"
 CREATED_AT = "2024-01-01T00:00:00.000000Z"
 HOLD_LIMIT_S = 60.0
 
@@ -61,6 +65,7 @@ class FakeOllama:
         self.holding = threading.Event()
         # Set by the fake when a held stream's client closed the connection.
         self.client_disconnected = threading.Event()
+        self.disconnected_at = 0.0
         # Set by a test to let held streams finish normally.
         self.release = threading.Event()
         fake = self
@@ -147,6 +152,13 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
         try:
+            if DISCONNECT_MARKER in last:
+                for text in chunks[:2]:
+                    self._line(_chunk_line(model, text))
+                # Abrupt close: no final line, no terminating chunk.
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
             if MIDSTREAM_ERROR_MARKER in last:
                 for text in chunks[:2]:
                     self._line(_chunk_line(model, text))
@@ -155,12 +167,12 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             for i, text in enumerate(chunks):
                 self._line(_chunk_line(model, text))
-                if i == 0 and HOLD_MARKER in last:
-                    if not self._hold():
-                        return
+                if i == 0 and HOLD_MARKER in last and not self._hold():
+                    return
             self._line(_final_line(model, done_reason, len(chunks), ""))
             self._end()
         except (BrokenPipeError, ConnectionResetError):
+            self.owner.disconnected_at = time.monotonic()
             self.owner.client_disconnected.set()
 
     def _line(self, obj: dict[str, Any]) -> None:
@@ -183,6 +195,7 @@ class _Handler(BaseHTTPRequestHandler):
             readable, _, _ = select.select([sock], [], [], 0.05)
             waited += 0.05
             if readable and sock.recv(1, socket.MSG_PEEK) == b"":
+                self.owner.disconnected_at = time.monotonic()
                 self.owner.client_disconnected.set()
                 self.close_connection = True
                 return False

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
+import sys
+import time
 from typing import Any
 
 from conftest import SidecarProcess
 from fake_ollama import CHUNKS, PROMPT_EVAL_COUNT, FakeOllama
 
+FAKE_OLLAMA_SCRIPT = os.path.join(os.path.dirname(__file__), "fake_ollama.py")
 USER = [{"role": "user", "content": "Say hello"}]
 
 
@@ -24,6 +28,10 @@ async def init_ollama(sc: SidecarProcess, host: str, model: str = "llama3.2:late
         "sessions": False,
         "images": False,
         "native_tools": [],
+        "backend": "ollama",
+        "cancel": True,
+        "methods": ["complete", "health", "init", "models", "shutdown"],
+        "in_process": False,
     }
     assert isinstance(result["version"], str) and result["version"]
 
@@ -125,18 +133,151 @@ async def test_model_override_and_unknown_model(
     assert err["data"]["model"] == "no-such:7b"
 
 
-async def test_unreachable_host(sidecar: SidecarProcess) -> None:
-    # A port that was just free: nothing listens there.
+def free_port() -> int:
+    """A port that was just free: nothing listens there."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    await init_ollama(sidecar, f"127.0.0.1:{port}")  # init is lazy: must succeed
-    reply = await sidecar.call("complete", {"messages": USER, "stream": True})
+        return int(s.getsockname()[1])
+
+
+async def test_init_checks_reachability(sidecar: SidecarProcess) -> None:
+    port = free_port()
+    reply = await sidecar.call(
+        "init", {"backend": "ollama", "model": "llama3.2:latest", "host": f"127.0.0.1:{port}"}
+    )
     err = error_of(reply)
     assert err["code"] == -32003
     assert f"cannot reach Ollama at http://127.0.0.1:{port}" in err["message"]
+    assert f"start Ollama at host 127.0.0.1:{port}" in err["message"]
     assert "ollama serve" in err["message"]
     assert "http_status" not in err["data"]
+    assert err["data"]["backend"] == "ollama"
+    assert err["data"]["model"] == "llama3.2:latest"
+    # Still not initialized: health says so instead of failing.
+    health = (await sidecar.call("health"))["result"]
+    assert health["ok"] is False and "init" in health["message"]
+
+
+async def test_init_checks_the_model_is_pulled(
+    sidecar: SidecarProcess, fake_ollama: FakeOllama
+) -> None:
+    reply = await sidecar.call(
+        "init", {"backend": "ollama", "model": "qwen3:0.6b", "host": fake_ollama.host}
+    )
+    err = error_of(reply)
+    assert err["code"] == -32001
+    assert "run `ollama pull qwen3:0.6b`" in err["message"]
+    assert "llama3.2:latest, tiny" in err["message"]
+    assert err["data"] == {"backend": "ollama", "model": "qwen3:0.6b", "http_status": 404}
+    # Ollama's own naming: "llama3.2" is "llama3.2:latest".
+    await init_ollama(sidecar, fake_ollama.host, model="llama3.2")
+    assert fake_ollama.requests == []  # init probes /api/tags, never /api/chat
+
+
+async def test_backend_going_away_after_init(sidecar: SidecarProcess) -> None:
+    # The standalone fake (the CLI the C++ end-to-end tests use), then killed.
+    fake = await asyncio.create_subprocess_exec(
+        sys.executable, FAKE_OLLAMA_SCRIPT, "--port", "0", stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert fake.stdout is not None
+        first = await asyncio.wait_for(fake.stdout.readline(), 30)
+        assert first.startswith(b"PORT=")
+        host = f"127.0.0.1:{int(first[5:])}"
+        await init_ollama(sidecar, host)
+    finally:
+        fake.kill()
+        await fake.wait()
+    reply = await sidecar.call("complete", {"messages": USER, "stream": True})
+    err = error_of(reply)
+    assert err["code"] == -32003
+    assert f"start Ollama at host {host}" in err["message"]
+    health = (await sidecar.call("health"))["result"]
+    assert health["ok"] is False
+    assert health["backend"] == "ollama" and "cannot reach Ollama" in health["message"]
+
+
+async def test_models_and_health(sidecar: SidecarProcess, fake_ollama: FakeOllama) -> None:
+    await init_ollama(sidecar, fake_ollama.host)
+    models = (await sidecar.call("models"))["result"]
+    assert models == {
+        "backend": "ollama",
+        "models": [
+            {"name": "llama3.2:latest", "model": "llama3.2:latest"},
+            {"name": "tiny", "model": "tiny"},
+        ],
+    }
+    health = (await sidecar.call("health", {}))["result"]
+    assert health == {
+        "ok": True,
+        "backend": "ollama",
+        "model": "llama3.2:latest",
+        "message": f"Ollama 0.0.0-fake at http://{fake_ollama.host}",
+        "http_status": 200,
+    }
+    bad = error_of(await sidecar.call("models", {"verbose": True}))
+    assert bad["code"] == -32602 and "'verbose'" in bad["message"]
+
+
+async def test_options_pass_through_and_init_options(
+    sidecar: SidecarProcess, fake_ollama: FakeOllama
+) -> None:
+    reply = await sidecar.call(
+        "init",
+        {
+            "backend": "ollama",
+            "model": "tiny",
+            "host": fake_ollama.host,
+            # The sidecar's own setting leaves; num_ctx goes to every request.
+            "options": {"num_ctx": 4096, "startup_timeout_s": 5},
+        },
+    )
+    assert reply["result"]["ready"] is True
+    reply = await sidecar.call(
+        "complete",
+        {
+            "messages": USER,
+            "temperature": 0,
+            "max_tokens": 3,
+            "options": {"stop": ["\n"], "seed": 42, "top_k": 20, "num_predict": 999},
+        },
+    )
+    assert fake_ollama.requests[-1]["options"] == {
+        "num_ctx": 4096,
+        "stop": ["\n"],
+        "seed": 42,
+        "top_k": 20,
+        "temperature": 0.0,
+        "num_predict": 3,  # max_tokens wins over options.num_predict
+    }
+    assert reply["result"]["finish_reason"] == "length"
+    assert reply["result"]["usage"]["output_tokens"] == 3
+
+
+async def test_init_option_types_are_checked(sidecar: SidecarProcess) -> None:
+    reply = await sidecar.call(
+        "init", {"backend": "ollama", "model": "x", "options": {"startup_timeout_s": "soon"}}
+    )
+    err = error_of(reply)
+    assert err["code"] == -32602
+    assert "'options.startup_timeout_s'" in err["message"]
+    assert err["data"]["field"] == "options.startup_timeout_s"
+
+
+async def test_disconnect_midstream_is_a_stream_error(
+    sidecar: SidecarProcess, fake_ollama: FakeOllama
+) -> None:
+    await init_ollama(sidecar, fake_ollama.host)
+    rid = await sidecar.request(
+        "complete",
+        {"messages": [{"role": "user", "content": "[[disconnect]]"}], "stream": True},
+    )
+    notes, reply = await sidecar.read_until_reply(rid)
+    assert [n["params"]["content"] for n in notes] == list(CHUNKS[:2])
+    err = error_of(reply)
+    assert err["code"] == -32002
+    assert err["data"]["http_status"] == 200
+    assert f"Ollama at http://{fake_ollama.host}" in err["message"]
 
 
 async def test_midstream_error(sidecar: SidecarProcess, fake_ollama: FakeOllama) -> None:
@@ -176,6 +317,7 @@ async def test_cancel_closes_upstream_stream(
     assert first["params"] == {"request_id": rid, "content": CHUNKS[0], "done": False}
     assert fake_ollama.holding.is_set()
 
+    sent_at = time.monotonic()
     await sidecar.notify("$/cancelRequest", {"id": rid})
     notes, reply = await sidecar.read_until_reply(rid)
     assert notes == []
@@ -184,6 +326,7 @@ async def test_cancel_closes_upstream_stream(
     assert err["message"] == "request cancelled"
     # The sidecar hung up on Ollama, which is what stops Ollama generating.
     assert await asyncio.to_thread(fake_ollama.client_disconnected.wait, 30)
+    assert fake_ollama.disconnected_at - sent_at < 0.2
 
     # Exactly one reply: the next message is the answer to a new request.
     assert (await sidecar.call("complete", {"messages": USER}))["result"]["content"]

@@ -9,6 +9,7 @@ import sys
 import tempfile
 
 from conftest import SIDECAR_DIR, SIDECAR_SCRIPT, SidecarProcess
+from fake_ollama import FakeOllama
 
 USER = [{"role": "user", "content": "hi"}]
 
@@ -42,7 +43,9 @@ async def test_unknown_method(sidecar: SidecarProcess) -> None:
     assert "frobnicate" in reply["error"]["message"]
 
 
-async def test_invalid_params_name_the_field(sidecar: SidecarProcess) -> None:
+async def test_invalid_params_name_the_field(
+    sidecar: SidecarProcess, fake_ollama: FakeOllama
+) -> None:
     reply = await sidecar.call("init", {"backend": "nosuch", "model": "m"})
     assert reply["error"]["code"] == -32602
     assert "ollama" in reply["error"]["message"] and "gguf" in reply["error"]["message"]
@@ -51,7 +54,8 @@ async def test_invalid_params_name_the_field(sidecar: SidecarProcess) -> None:
     assert reply["error"]["code"] == -32602
     assert "'backend'" in reply["error"]["message"]
 
-    assert (await sidecar.call("init", {"backend": "ollama", "model": "m"}))["result"]["ready"]
+    init = {"backend": "ollama", "model": "tiny", "host": fake_ollama.host}
+    assert (await sidecar.call("init", init))["result"]["ready"]
     cases = [
         ({}, "'messages'"),
         ({"messages": "hi"}, "'messages'"),

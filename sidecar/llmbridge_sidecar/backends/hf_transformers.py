@@ -1,0 +1,230 @@
+"""transformers backend: a Hugging Face causal LM in-process (``--backend transformers``).
+
+The model is a local directory (``save_pretrained`` output) or a hub id that
+is already in the local cache; the sidecar never downloads. The prompt comes
+from the tokenizer's chat template; ``model.generate`` runs on a worker
+thread and hands text to a ``TextIteratorStreamer``, which the event loop
+drains. A cancel sets a flag that a ``StoppingCriteria`` checks after every
+token, so the worker leaves ``generate`` at the next token. One generation
+runs at a time per model (a lock held by the worker thread).
+
+Device: CUDA when ``torch.cuda.is_available()``, else CPU; ``options.device``
+overrides. torch and transformers are the ``[transformers]`` extra.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import protocol
+from ..errors import BackendError
+from .base import Backend, ChatDone, ChatEvent, ChatRequest, TextDelta
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_TOKENS = 256
+# Longest wait for the next piece of text before the request fails.
+STREAM_TIMEOUT_S = 300.0
+# Request ``options`` passed to ``generate`` as is.
+GENERATE_OPTIONS = frozenset(
+    {"top_p", "top_k", "min_p", "repetition_penalty", "min_new_tokens", "no_repeat_ngram_size"}
+)
+
+
+@dataclass
+class _Generation:
+    """State shared between one request's task and its worker thread."""
+
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    output_ids: Any = None
+    error: BaseException | None = None
+
+
+def _missing_engine(e: ImportError) -> BackendError:
+    return BackendError(
+        protocol.INTERNAL_ERROR,
+        "the transformers backend needs torch and transformers: install the sidecar's "
+        f"[transformers] extra (pip install 'llmbridge-sidecar[transformers]') ({e})",
+        {"backend": "transformers"},
+    )
+
+
+class TransformersBackend(Backend):
+    name = "transformers"
+
+    def __init__(self, model: str, options: dict[str, Any]) -> None:
+        super().__init__(model)
+        self._options = options
+        self.device = ""
+        self._model: Any = None
+        self._tokenizer: Any = None
+        self._gen_lock = threading.Lock()
+
+    def capabilities(self) -> dict[str, Any]:
+        return {"in_process": True, "device": self.device}
+
+    async def start(self) -> None:
+        try:
+            import torch
+            import transformers
+        except ImportError as e:
+            raise _missing_engine(e) from e
+        if not self.model:
+            raise protocol.invalid_params(
+                "model", "is required for the transformers backend: a model directory"
+            )
+        device = self._options.get("device")
+        if device is not None and not isinstance(device, str):
+            raise protocol.invalid_params("options.device", "must be a string like 'cpu'")
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        path = os.path.expanduser(self.model)
+        log.info("loading transformers model %s on %s", path, self.device)
+
+        def load() -> tuple[Any, Any]:
+            tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
+            # Any: transformers' stubs type .to() too narrowly for a loaded model.
+            model: Any = transformers.AutoModelForCausalLM.from_pretrained(
+                path, local_files_only=True
+            )
+            return tokenizer, model.to(self.device).eval()
+
+        try:
+            self._tokenizer, self._model = await asyncio.to_thread(load)
+        except (OSError, ValueError) as e:
+            raise BackendError(
+                protocol.MODEL_NOT_FOUND,
+                f"cannot load transformers model {self.model!r}: {e}: pass a local model "
+                "directory (save_pretrained output) or a hub id already in the local cache",
+                self.error_data(),
+            ) from e
+        if not getattr(self._tokenizer, "chat_template", None):
+            raise BackendError(
+                protocol.MODEL_NOT_FOUND,
+                f"transformers model {self.model!r} has no chat template: use an instruct "
+                "model whose tokenizer_config.json has one",
+                self.error_data(),
+            )
+        self.model = os.path.basename(os.path.normpath(path)) if os.path.isdir(path) else path
+
+    async def aclose(self) -> None:
+        model, self._model = self._model, None
+        if model is not None:
+            # Wait for a running generation to leave generate() before dropping it.
+            await asyncio.to_thread(self._gen_lock.acquire)
+            self._gen_lock.release()
+
+    def _generate_kwargs(self, request: ChatRequest) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {k: v for k, v in request.options.items() if k in GENERATE_OPTIONS}
+        kwargs["max_new_tokens"] = request.max_tokens or DEFAULT_MAX_TOKENS
+        if request.temperature is not None:
+            kwargs["do_sample"] = request.temperature > 0
+            if request.temperature > 0:
+                kwargs["temperature"] = request.temperature
+        stop = request.options.get("stop")
+        if stop is not None:
+            if isinstance(stop, str):
+                stop = [stop]
+            if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
+                raise protocol.invalid_params("options.stop", "must be a string or strings")
+            kwargs["stop_strings"] = stop
+            kwargs["tokenizer"] = self._tokenizer
+        return kwargs
+
+    async def chat(self, request: ChatRequest) -> AsyncGenerator[ChatEvent, None]:
+        import torch
+        import transformers
+
+        model, tokenizer = self._model, self._tokenizer
+        if model is None:
+            raise BackendError(
+                protocol.INTERNAL_ERROR, "transformers model is not loaded", self.error_data()
+            )
+        if request.model and request.model not in (self.model, os.path.expanduser(self.model)):
+            raise BackendError(
+                protocol.MODEL_NOT_FOUND,
+                f"model {request.model!r} is not loaded: this transformers sidecar serves "
+                f"{self.model!r}; start another sidecar (init) for another model",
+                self.error_data(request.model),
+            )
+        kwargs = self._generate_kwargs(request)
+        seed = request.options.get("seed")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise protocol.invalid_params("options.seed", "must be an integer")
+        inputs = tokenizer.apply_chat_template(
+            [m.to_chat() for m in request.messages],
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=True,  # explicit: the default changed in transformers v5
+            return_tensors="pt",
+        ).to(self.device)
+        prompt_tokens = int(inputs["input_ids"].shape[-1])
+        gen = _Generation()
+
+        class StopOnCancel(transformers.StoppingCriteria):
+            def __call__(self, input_ids: Any, scores: Any, **kw: Any) -> Any:
+                return gen.cancelled.is_set()
+
+        streamer: Any = transformers.TextIteratorStreamer(
+            tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=STREAM_TIMEOUT_S
+        )
+
+        def work() -> None:
+            try:
+                with self._gen_lock:
+                    if gen.cancelled.is_set():
+                        return
+                    if seed is not None:
+                        torch.manual_seed(seed)
+                    with torch.inference_mode():
+                        gen.output_ids = model.generate(
+                            **inputs,
+                            streamer=streamer,
+                            stopping_criteria=transformers.StoppingCriteriaList([StopOnCancel()]),
+                            pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+                            **kwargs,
+                        )
+            except BaseException as e:  # handed to the async side, which raises it
+                gen.error = e
+            finally:
+                streamer.end()  # wakes the reader even if generate failed or never ran
+
+        worker = threading.Thread(target=work, name="transformers-generate", daemon=True)
+        worker.start()
+        pieces = iter(streamer)
+        done = object()
+        try:
+            while True:
+                text = await asyncio.to_thread(next, pieces, done)
+                if text is done:
+                    break
+                if isinstance(text, str) and text:
+                    yield TextDelta(text)
+        finally:
+            # Reached on completion, error, and cancel (aclose of this generator).
+            gen.cancelled.set()
+        await asyncio.to_thread(worker.join)
+        if gen.error is not None:
+            raise BackendError(
+                protocol.INTERNAL_ERROR,
+                f"transformers generation failed: {type(gen.error).__name__}: {gen.error}",
+                self.error_data(),
+            ) from gen.error
+        output = 0 if gen.output_ids is None else int(gen.output_ids.shape[-1]) - prompt_tokens
+        finish_reason = "length" if output >= kwargs["max_new_tokens"] else "stop"
+        if finish_reason == "stop" and output > 0:
+            eos = model.generation_config.eos_token_id
+            eos_ids = set(eos) if isinstance(eos, list) else {eos}
+            if int(gen.output_ids[0, -1]) in eos_ids:
+                # The end-of-turn token ends the answer but is not part of it.
+                output -= 1
+        yield ChatDone(
+            usage=protocol.Usage(input_tokens=prompt_tokens, output_tokens=output),
+            finish_reason=finish_reason,
+            model=self.model,
+        )

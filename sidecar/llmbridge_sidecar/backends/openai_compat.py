@@ -1,0 +1,266 @@
+"""OpenAI-compatible backend: ``POST /v1/chat/completions`` with SSE streaming.
+
+One module for the servers that speak this dialect: llama.cpp's
+``llama-server``, llama-cpp-python's server and vLLM (``--backend llama.cpp``
+and ``--backend vllm``). What differs between them is handled by reading the
+answers, not by the backend name:
+
+* readiness: ``GET /health`` is 200 when ready; llama.cpp answers 503
+  "Loading model" while loading (init waits, up to the startup timeout); a
+  server without ``/health`` (404, llama-cpp-python) is ready once it answers;
+* usage: requested with ``stream_options.include_usage``; a server that
+  ignores it (llama-cpp-python) gets its output counted one token per chunk;
+* errors: ``{"error": {"message", ...}}`` and vLLM < 0.10.1's flat
+  ``{"object": "error", "message": ...}`` are both understood, as HTTP bodies
+  and as SSE events mid-stream.
+
+Always streams from the server, so a cancel closes the HTTP connection, which
+vLLM and llama.cpp take as the signal to stop generating.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from typing import Any
+
+from .. import protocol
+from ..errors import BackendError
+from ..protocol import InitParams
+from .base import ChatDone, ChatEvent, ChatRequest, HealthReport, ModelInfo, TextDelta
+from .http import HttpBackend, error_text
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HOST = "localhost:8000"
+CHAT_PATH = "/v1/chat/completions"
+# Body fields the sidecar owns; ``options`` may set any other field as is.
+RESERVED_FIELDS = frozenset({"model", "messages", "stream", "stream_options"})
+
+
+@dataclass(frozen=True)
+class Flavor:
+    """How to name a server in messages and how to tell users to start it."""
+
+    product: str
+    start_hint: str
+
+
+FLAVORS = {
+    "llama.cpp": Flavor("llama.cpp server", "`llama-server -m MODEL.gguf --port PORT`"),
+    "vllm": Flavor("vLLM", "`vllm serve MODEL --port PORT`"),
+}
+
+
+def _event_error(obj: dict[str, Any]) -> str | None:
+    """The message of an SSE event that reports an error, in either shape."""
+    err = obj.get("error")
+    if isinstance(err, dict):
+        return str(err.get("message") or json.dumps(err))
+    if isinstance(err, str):
+        return err
+    if obj.get("object") == "error":
+        return str(obj.get("message") or json.dumps(obj))
+    return None
+
+
+class OpenAICompatBackend(HttpBackend):
+    def __init__(self, params: InitParams) -> None:
+        super().__init__(params.model, params.host, DEFAULT_HOST, params)
+        self.name = params.backend
+        flavor = FLAVORS[params.backend]
+        self.product = flavor.product
+        self.start_hint = flavor.start_hint
+        # Init options are request fields for every request (top_p, seed, ...).
+        self._init_options = params.options
+
+    def capabilities(self) -> dict[str, Any]:
+        return {"in_process": False}
+
+    # ---- readiness -------------------------------------------------------
+
+    async def _health_status(self) -> tuple[int, str]:
+        status, body = await self.get_json("/health")
+        message = ""
+        if isinstance(body, dict):
+            message = error_text(json.dumps(body).encode()) if "error" in body else ""
+        return status, message
+
+    async def start(self) -> None:
+        """Reachable, done loading, and serving the model init names."""
+
+        async def loaded() -> bool:
+            status, message = await self._health_status()
+            if status == 503 and "loading" in message.lower():
+                log.info("%s at %s is loading its model; waiting", self.product, self.base_url)
+                return False
+            if status in (200, 404):  # 404: no /health (llama-cpp-python)
+                return True
+            raise BackendError(
+                protocol.BACKEND_ERROR,
+                f"{self.product} at {self.base_url} is unhealthy: GET /health answered "
+                f"HTTP {status} {message}; check its log",
+                self.error_data(http_status=status),
+            )
+
+        await self.wait_until("loading its model", loaded)
+        served = [m.name for m in await self.list_models()]
+        if not self.model:
+            if not served:
+                raise BackendError(
+                    protocol.MODEL_NOT_FOUND,
+                    f"{self.product} at {self.base_url} serves no model: start it with one",
+                    self.error_data(http_status=200),
+                )
+            self.model = served[0]
+        elif self.model not in served:
+            raise BackendError(
+                protocol.MODEL_NOT_FOUND,
+                f"model {self.model!r} is not served by {self.product} at {self.base_url}: "
+                f"it serves {', '.join(served) or 'nothing'}; pass one of those as the model "
+                f"or start the server with {self.model!r}",
+                self.error_data(http_status=404, served_models=served),
+            )
+
+    async def list_models(self) -> list[ModelInfo]:
+        status, body = await self.get_json("/v1/models")
+        entries = body.get("data") if isinstance(body, dict) else None
+        if status != 200 or not isinstance(entries, list):
+            raise BackendError(
+                protocol.BACKEND_ERROR,
+                f"{self.product} at {self.base_url} answered GET /v1/models with HTTP "
+                f"{status} and no model list; is this an OpenAI-compatible server?",
+                self.error_data(http_status=status),
+            )
+        return [
+            ModelInfo(str(e["id"]), {k: v for k, v in e.items() if k != "id"})
+            for e in entries
+            if isinstance(e, dict) and isinstance(e.get("id"), str)
+        ]
+
+    async def health(self) -> HealthReport:
+        try:
+            status, message = await self._health_status()
+            if status == 404:  # no /health: answering the model list is health
+                status, _ = await self.get_json("/v1/models")
+        except BackendError as e:
+            return HealthReport(ok=False, message=e.message)
+        if status == 200:
+            return HealthReport(True, f"{self.product} at {self.base_url} is ready", status)
+        return HealthReport(
+            False,
+            f"{self.product} at {self.base_url} is not ready: HTTP {status} {message}".rstrip(),
+            status,
+        )
+
+    # ---- completion ------------------------------------------------------
+
+    def build_body(self, request: ChatRequest) -> dict[str, Any]:
+        options: dict[str, Any] = {**self._init_options, **request.options}
+        clash = sorted(RESERVED_FIELDS & options.keys())
+        if clash:
+            raise protocol.invalid_params(
+                f"options.{clash[0]}", "is set by the sidecar; use the request's own field"
+            )
+        body: dict[str, Any] = {
+            "model": request.model,
+            "messages": [m.to_chat() for m in request.messages],
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            **options,
+        }
+        if request.max_tokens > 0:
+            body["max_tokens"] = request.max_tokens
+        if request.temperature is not None:
+            body["temperature"] = request.temperature
+        return body
+
+    async def chat(self, request: ChatRequest) -> AsyncGenerator[ChatEvent, None]:
+        model = request.model
+        reported_model = model
+        finish_reason = ""
+        usage: protocol.Usage | None = None
+        deltas = 0
+        lines = self.stream_lines(model, CHAT_PATH, self.build_body(request))
+        async with contextlib.aclosing(lines):
+            async for line in lines:
+                if not line.startswith("data:"):
+                    continue  # SSE comments (":"), event:, id:, retry:
+                payload = line[len("data:") :].strip()
+                if payload == "[DONE]":
+                    break
+                obj = self._parse_event(model, payload)
+                if isinstance(obj.get("model"), str) and obj["model"]:
+                    reported_model = obj["model"]
+                raw_usage = obj.get("usage")
+                if isinstance(raw_usage, dict):
+                    usage = protocol.Usage(
+                        input_tokens=int(raw_usage.get("prompt_tokens") or 0),
+                        output_tokens=int(raw_usage.get("completion_tokens") or 0),
+                    )
+                for choice in obj.get("choices") or []:
+                    if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                        continue
+                    delta = choice.get("delta")
+                    content = delta.get("content") if isinstance(delta, dict) else None
+                    if isinstance(content, str) and content:
+                        deltas += 1
+                        yield TextDelta(content)
+                    if choice.get("finish_reason"):
+                        finish_reason = str(choice["finish_reason"])
+            else:
+                if not finish_reason:
+                    raise self.stream_broken(model, "closed the stream before [DONE]")
+        if usage is None:
+            # The server ignored include_usage: one chunk is one token on
+            # llama.cpp-based servers; the prompt size is unknown.
+            usage = protocol.Usage(input_tokens=0, output_tokens=deltas)
+        yield ChatDone(usage=usage, finish_reason=finish_reason or "stop", model=reported_model)
+
+    def _parse_event(self, model: str, payload: str) -> dict[str, Any]:
+        try:
+            obj = json.loads(payload)
+        except ValueError as e:
+            raise BackendError(
+                protocol.STREAM_ERROR,
+                f"{self.product} at {self.base_url} sent a malformed SSE event: {payload[:200]!r}",
+                self.error_data(model, http_status=200),
+            ) from e
+        if not isinstance(obj, dict):
+            raise BackendError(
+                protocol.STREAM_ERROR,
+                f"{self.product} at {self.base_url} sent an SSE event that is not an object: "
+                f"{payload[:200]!r}",
+                self.error_data(model, http_status=200),
+            )
+        upstream = _event_error(obj)
+        if upstream is not None:
+            raise BackendError(
+                protocol.STREAM_ERROR,
+                f"{self.product} at {self.base_url} reported an error mid-stream for model "
+                f"{model!r}: {upstream}",
+                self.error_data(model, http_status=200, upstream_error=upstream),
+            )
+        return obj
+
+    def http_error(self, model: str, status: int, body: bytes) -> BackendError:
+        upstream = error_text(body)
+        data = self.error_data(model, http_status=status)
+        if upstream:
+            data["upstream_error"] = upstream
+        if status == 404 and "model" in upstream.lower():
+            return BackendError(
+                protocol.MODEL_NOT_FOUND,
+                f"model {model!r} not found at {self.product} {self.base_url}: {upstream}; "
+                "the `models` method lists what it serves",
+                data,
+            )
+        return BackendError(
+            protocol.BACKEND_ERROR,
+            f"{self.product} at {self.base_url} answered HTTP {status} for model {model!r}: "
+            f"{upstream or '(empty body)'}",
+            data,
+        )

@@ -1,0 +1,384 @@
+"""A protocol-faithful fake of an OpenAI-compatible server (vLLM, llama.cpp) for tests.
+
+Behaviour (deterministic, so tests on both the Python and C++ side can assert it):
+
+* ``GET /v1/models`` lists ``fake-model`` and ``tiny`` (OpenAI's list shape).
+* ``GET /health``: 200 ``{"status":"ok"}``; while loading (``loading=True``,
+  or ``--loading-s N`` on the command line) 503
+  ``{"error":{"code":503,"message":"Loading model","type":"unavailable_error"}}``
+  like llama.cpp's server; with ``health=False`` (``--no-health``) 404, like
+  llama-cpp-python's server, which has no such route.
+* ``POST /v1/chat/completions`` checks the body as OpenAI does (model,
+  messages, ``stream`` a bool, ``stream_options`` only with ``stream: true``,
+  ``max_tokens`` >= 1, ``temperature`` 0-2) and answers HTTP 400 in the
+  ``{"error": {"message", "type", "param", "code"}}`` shape. Unknown model:
+  HTTP 404 ``The model `x` does not exist.``, as vLLM does.
+* The reply streams as SSE (``text/event-stream``): a role chunk, four
+  content chunks "Hello", " from", " fake", " server", a chunk with
+  ``finish_reason: "stop"``, then (only with ``stream_options.include_usage``)
+  a chunk with ``choices: []`` and ``usage`` {prompt_tokens 12,
+  completion_tokens 4, total_tokens 16}, then ``data: [DONE]``. With
+  ``max_tokens`` = n < 4 only n chunks are sent and finish_reason is
+  ``"length"``. With ``"stream": false`` one ``chat.completion`` object.
+* Markers in the last message's content change the behaviour:
+  ``[[hold]]`` sends the first content chunk, then holds the stream open until
+  the client disconnects (or ``release`` is set, or 60 s pass);
+  ``[[slow]]`` waits ``slow_s`` (default 1 s) before the first content chunk;
+  ``[[midstream-error]]`` sends two chunks, then
+  ``data: {"error":{"message":"fake mid-stream failure",...}}`` and ``[DONE]``;
+  ``[[disconnect]]`` sends two chunks and closes the connection mid-stream;
+  ``[[http-NNN]]`` answers HTTP NNN ``{"error":{"message":"fake error NNN",...}}``;
+  ``[[flat-error]]`` answers HTTP 400 in vLLM < 0.10.1's flat shape
+  ``{"object":"error","message":"fake flat error",...}``.
+
+Every received chat body is recorded in ``FakeOpenAI.requests``; the time a
+held stream's client hung up in ``FakeOpenAI.disconnected_at`` (monotonic).
+
+Run standalone: ``python fake_openai.py --port 0``: prints ``PORT=<n>`` as its
+first stdout line, then serves until killed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import select
+import socket
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+KNOWN_MODELS = ("fake-model", "tiny")
+CHUNKS = ("Hello", " from", " fake", " server")
+PROMPT_TOKENS = 12
+HOLD_MARKER = "[[hold]]"
+SLOW_MARKER = "[[slow]]"
+MIDSTREAM_ERROR_MARKER = "[[midstream-error]]"
+MIDSTREAM_ERROR = "fake mid-stream failure"
+DISCONNECT_MARKER = "[[disconnect]]"
+FLAT_ERROR_MARKER = "[[flat-error]]"
+FLAT_ERROR = "fake flat error"
+HTTP_MARKER = re.compile(r"\[\[http-(\d{3})\]\]")
+CREATED = 1_700_000_000
+COMPLETION_ID = "chatcmpl-fake"
+HOLD_LIMIT_S = 60.0
+
+
+class FakeOpenAI:
+    """Start with ``with FakeOpenAI() as fake:``; ``fake.host`` is ``127.0.0.1:<port>``."""
+
+    def __init__(
+        self, port: int = 0, loading: bool = False, health: bool = True, slow_s: float = 1.0
+    ) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+        self.health_route = health
+        self.slow_s = slow_s
+        # Cleared while the "model" loads; set by finish_loading().
+        self.loaded = threading.Event()
+        if not loading:
+            self.loaded.set()
+        # Set on every /health request answered 503 (so a test can see the wait).
+        self.health_polled_while_loading = threading.Event()
+        # Set when a [[hold]] stream has sent its first chunk.
+        self.holding = threading.Event()
+        # Set (and disconnected_at stamped) when a held stream's client hung up.
+        self.client_disconnected = threading.Event()
+        self.disconnected_at = 0.0
+        # Set by a test to let held streams finish normally.
+        self.release = threading.Event()
+        fake = self
+
+        class Handler(_Handler):
+            owner = fake
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.server.daemon_threads = True
+        self.port = int(self.server.server_address[1])
+        self.host = f"127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def finish_loading(self) -> None:
+        self.loaded.set()
+
+    def __enter__(self) -> FakeOpenAI:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _error_body(message: str, type_: str, code: int | None, param: str | None = None) -> Any:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    owner: FakeOpenAI
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        sys.stderr.write("fake_openai: " + (format % args) + "\n")
+
+    def _send_json(self, status: int, obj: Any) -> None:
+        body = json.dumps(obj).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        if self.path == "/v1/models":
+            self._send_json(
+                200,
+                {
+                    "object": "list",
+                    "data": [
+                        {"id": m, "object": "model", "created": CREATED, "owned_by": "fake"}
+                        for m in KNOWN_MODELS
+                    ],
+                },
+            )
+        elif self.path == "/health" and self.owner.health_route:
+            if self.owner.loaded.is_set():
+                self._send_json(200, {"status": "ok"})
+            else:
+                self.owner.health_polled_while_loading.set()
+                self._send_json(
+                    503,
+                    {
+                        "error": {
+                            "code": 503,
+                            "message": "Loading model",
+                            "type": "unavailable_error",
+                        }
+                    },
+                )
+        else:
+            self._send_json(404, {"detail": "Not Found"})
+
+    def do_POST(self) -> None:
+        if self.path != "/v1/chat/completions":
+            self._send_json(404, {"detail": "Not Found"})
+            return
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length)
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            self._send_json(400, _error_body("invalid JSON body", "invalid_request_error", 400))
+            return
+        with self.owner.lock:
+            self.owner.requests.append(body)
+        problem, param = _validate(body)
+        if problem:
+            self._send_json(400, _error_body(problem, "invalid_request_error", 400, param))
+            return
+        model = body["model"]
+        if model not in KNOWN_MODELS:
+            self._send_json(
+                404,
+                _error_body(f"The model `{model}` does not exist.", "NotFoundError", 404, "model"),
+            )
+            return
+        last = body["messages"][-1].get("content", "")
+        forced = HTTP_MARKER.search(last)
+        if forced:
+            status = int(forced.group(1))
+            self._send_json(status, _error_body(f"fake error {status}", "server_error", status))
+            return
+        if FLAT_ERROR_MARKER in last:
+            self._send_json(
+                400,
+                {
+                    "object": "error",
+                    "message": FLAT_ERROR,
+                    "type": "BadRequestError",
+                    "param": None,
+                    "code": 400,
+                },
+            )
+            return
+        chunks = list(CHUNKS)
+        finish_reason = "stop"
+        max_tokens = body.get("max_tokens")
+        if isinstance(max_tokens, int) and max_tokens < len(chunks):
+            chunks = chunks[:max_tokens]
+            finish_reason = "length"
+        usage = {
+            "prompt_tokens": PROMPT_TOKENS,
+            "completion_tokens": len(chunks),
+            "total_tokens": PROMPT_TOKENS + len(chunks),
+        }
+        if not body.get("stream", False):
+            self._send_json(200, _completion(model, "".join(chunks), finish_reason, usage))
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        try:
+            self._event(_chunk(model, {"role": "assistant", "content": ""}, None))
+            if SLOW_MARKER in last and not self._wait_or_disconnect(self.owner.slow_s):
+                return
+            if MIDSTREAM_ERROR_MARKER in last or DISCONNECT_MARKER in last:
+                for text in chunks[:2]:
+                    self._event(_chunk(model, {"content": text}, None))
+                if DISCONNECT_MARKER in last:
+                    # Abrupt close: no terminating chunk, no [DONE].
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                self._event(_error_body(MIDSTREAM_ERROR, "server_error", 500))
+                self._data("[DONE]")
+                self._end()
+                return
+            for i, text in enumerate(chunks):
+                self._event(_chunk(model, {"content": text}, None))
+                if i == 0 and HOLD_MARKER in last:
+                    self.owner.holding.set()
+                    if not self._wait_or_disconnect(HOLD_LIMIT_S, self.owner.release):
+                        return
+            self._event(_chunk(model, {}, finish_reason))
+            stream_options = body.get("stream_options") or {}
+            if stream_options.get("include_usage"):
+                event = _chunk(model, {}, None)
+                event["choices"] = []
+                event["usage"] = usage
+                self._event(event)
+            self._data("[DONE]")
+            self._end()
+        except (BrokenPipeError, ConnectionResetError):
+            self._disconnected()
+
+    def _data(self, payload: str) -> None:
+        data = f"data: {payload}\n\n".encode()
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        self.wfile.flush()
+
+    def _event(self, obj: Any) -> None:
+        self._data(json.dumps(obj))
+
+    def _end(self) -> None:
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
+
+    def _disconnected(self) -> None:
+        self.owner.disconnected_at = time.monotonic()
+        self.owner.client_disconnected.set()
+        self.close_connection = True
+
+    def _wait_or_disconnect(self, limit_s: float, until: threading.Event | None = None) -> bool:
+        """Wait up to ``limit_s`` (or until ``until`` is set): True, or False
+        as soon as the client closes the connection."""
+        sock: socket.socket = self.connection
+        deadline = time.monotonic() + limit_s
+        while time.monotonic() < deadline and not (until is not None and until.is_set()):
+            # A readable socket that yields no bytes is a closed connection
+            # (the client has nothing more to send us).
+            readable, _, _ = select.select([sock], [], [], 0.02)
+            if readable and sock.recv(1, socket.MSG_PEEK) == b"":
+                self._disconnected()
+                return False
+        return True
+
+
+def _validate(body: Any) -> tuple[str, str | None]:
+    if not isinstance(body, dict):
+        return "request body must be a JSON object", None
+    if not isinstance(body.get("model"), str) or not body["model"]:
+        return "model is required", "model"
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return "messages must be a non-empty array", "messages"
+    for m in messages:
+        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant", "tool"):
+            return "each message needs a valid role", "messages"
+        if not isinstance(m.get("content", ""), str):
+            return "message content must be a string", "messages"
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        return "stream must be a boolean", "stream"
+    if "stream_options" in body:
+        if not stream:
+            return "stream_options is only allowed when stream is true", "stream_options"
+        options = body["stream_options"]
+        if not isinstance(options, dict) or not isinstance(options.get("include_usage"), bool):
+            return "stream_options.include_usage must be a boolean", "stream_options"
+    max_tokens = body.get("max_tokens")
+    if max_tokens is not None and (
+        isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
+    ):
+        return "max_tokens must be a positive integer", "max_tokens"
+    temperature = body.get("temperature")
+    if temperature is not None and (
+        isinstance(temperature, bool)
+        or not isinstance(temperature, (int, float))
+        or not 0 <= temperature <= 2
+    ):
+        return "temperature must be between 0 and 2", "temperature"
+    return "", None
+
+
+def _chunk(model: str, delta: dict[str, Any], finish_reason: str | None) -> dict[str, Any]:
+    return {
+        "id": COMPLETION_ID,
+        "object": "chat.completion.chunk",
+        "created": CREATED,
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+    }
+
+
+def _completion(
+    model: str, content: str, finish_reason: str, usage: dict[str, int]
+) -> dict[str, Any]:
+    return {
+        "id": COMPLETION_ID,
+        "object": "chat.completion",
+        "created": CREATED,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content},
+                "logprobs": None,
+                "finish_reason": finish_reason,
+            }
+        ],
+        "usage": usage,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Fake OpenAI-compatible server for tests")
+    parser.add_argument("--port", type=int, default=0, help="TCP port on 127.0.0.1 (0: any)")
+    parser.add_argument(
+        "--loading-s",
+        type=float,
+        default=0.0,
+        help="answer /health with 503 'Loading model' for this many seconds",
+    )
+    parser.add_argument(
+        "--no-health", action="store_true", help="no /health route (like llama-cpp-python)"
+    )
+    args = parser.parse_args()
+    fake = FakeOpenAI(args.port, loading=args.loading_s > 0, health=not args.no_health)
+    if args.loading_s > 0:
+        threading.Timer(args.loading_s, fake.finish_loading).start()
+    print(f"PORT={fake.port}", flush=True)
+    try:
+        fake.server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "rpc_bridge/error_reason.h"
 #include "rpc_bridge/status_mapping.h"
 
 namespace llmbridge::rpc {
@@ -253,13 +254,14 @@ absl::StatusOr<std::shared_ptr<Sidecar>> Client::Running() {
   }
   if (quick_failures_ >= policy.max_quick_failures) {
     if (Clock::now() < next_start_) {
-      return absl::UnavailableError(absl::StrCat(
+      return WithReason(absl::UnavailableError(absl::StrCat(
           "the sidecar failed ", quick_failures_,
           " times in a row right after starting; last failure: ",
           last_failure_.message(),
           ". Fix the cause (see the sidecar's stderr in the server log); "
           "starts resume in ",
-          Millis(next_start_ - Clock::now()).count(), " ms"));
+          Millis(next_start_ - Clock::now()).count(), " ms")),
+          reason::kSidecarUnavailable);
     }
     quick_failures_ = policy.max_quick_failures - 1;  // one more try
   }
@@ -290,7 +292,16 @@ absl::StatusOr<std::shared_ptr<Sidecar>> Client::Running() {
     return started.status();
   }
   sidecar_ = std::shared_ptr<Sidecar>(*std::move(started));
+  if (options_.on_sidecar_start) options_.on_sidecar_start(starts_);
   return sidecar_;
+}
+
+absl::StatusOr<Json> Client::Call(const std::string& method, Json params,
+                                  std::chrono::milliseconds timeout) {
+  absl::StatusOr<std::shared_ptr<Sidecar>> sidecar = Running();
+  if (!sidecar.ok()) return sidecar.status();
+  return CallAndWait((*sidecar)->dispatcher(), method, std::move(params),
+                     timeout);
 }
 
 absl::Status Client::EnsureStarted() { return Running().status(); }
@@ -304,6 +315,7 @@ absl::StatusOr<CompleteResult> Client::Complete(CompleteParams params,
       call.deadline.value_or(Clock::now() + config_.request_timeout);
   auto timeout = std::max(Millis(deadline - Clock::now()),
                           std::chrono::milliseconds(0));
+  params.timeout_s = static_cast<double>(timeout.count()) / 1000.0;
   absl::StatusOr<Json> reply = CallAndWait((*sidecar)->dispatcher(),
                                            kMethodComplete, params, timeout);
   if (!reply.ok()) return reply.status();
@@ -319,8 +331,10 @@ void Client::StartQueued(std::shared_ptr<StreamCall> call) {
     sidecar = call->sidecar.lock();
   }
   if (sidecar == nullptr || !sidecar->IsRunning()) {
-    call->Finish(absl::UnavailableError(
-        "the sidecar stopped before this queued stream could start; retry"));
+    call->Finish(WithReason(
+        absl::UnavailableError(
+            "the sidecar stopped before this queued stream could start; retry"),
+        reason::kSidecarExited));
     if (call->legacy) OnLegacyStreamDone();
     return;
   }
@@ -384,19 +398,26 @@ absl::StatusOr<StreamHandle> Client::Stream(CompleteParams params,
   absl::StatusOr<std::shared_ptr<Sidecar>> sidecar = Running();
   if (!sidecar.ok()) return sidecar.status();
   auto call = std::make_shared<StreamCall>();
-  call->params = std::move(params);
   call->legacy = !(*sidecar)->init_result().stream_request_id;
   Clock::time_point deadline =
       options.deadline.value_or(Clock::now() + config_.request_timeout);
+  params.timeout_s =
+      static_cast<double>(
+          std::max(Millis(deadline - Clock::now()), std::chrono::milliseconds(0))
+              .count()) /
+      1000.0;
+  call->params = std::move(params);
   StreamHandle handle(call);
   {
     std::lock_guard<std::mutex> lock(call->mu);
     call->handlers = std::move(handlers);
     call->sidecar = *sidecar;
     call->timer = scheduler_->Schedule(deadline, [handle, deadline] {
-      handle.Cancel(absl::DeadlineExceededError(
-          "the request's deadline passed before the model finished; "
-          "raise the deadline or --request_timeout, or lower max_tokens"));
+      handle.Cancel(WithReason(
+          absl::DeadlineExceededError(
+              "the request's deadline passed before the model finished; "
+              "raise the deadline or --request_timeout, or lower max_tokens"),
+          reason::kDeadlineExceeded));
     });
   }
   if (call->legacy) {
@@ -460,7 +481,8 @@ void Client::Close() {
     legacy_stream_active_ = false;
   }
   for (auto& call : queued) {
-    call->Finish(absl::UnavailableError("the client was closed"));
+    call->Finish(WithReason(absl::UnavailableError("the client was closed"),
+                            reason::kShuttingDown));
   }
   if (sidecar != nullptr) sidecar->Stop();
 }

@@ -108,6 +108,9 @@ struct RestartPolicy {
 };
 
 struct ClientOptions {
+  // Called after each sidecar start (e.g. to count restarts), with the
+  // number of starts so far. Runs on the requesting thread.
+  std::function<void(int starts)> on_sidecar_start;
   size_t max_line_bytes = kDefaultMaxLineBytes;
   std::chrono::milliseconds write_timeout{10000};
   std::chrono::milliseconds stop_grace{5000};
@@ -141,6 +144,11 @@ class Client {
 
   // The running sidecar's capabilities, else the seed's.
   Capabilities GetCapabilities() const;
+
+  // Any other method of the sidecar (e.g. "health", "models"), starting it
+  // if needed; blocks up to `timeout`.
+  absl::StatusOr<Json> Call(const std::string& method, Json params,
+                            std::chrono::milliseconds timeout);
 
   static std::string Provider() { return "local"; }
 

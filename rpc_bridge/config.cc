@@ -29,13 +29,14 @@ Config WithDefaults(Config config) {
 absl::Status Validate(const Config& config) {
   static const char* const kBackends[] = {kBackendOllama, kBackendLlamaCpp,
                                           kBackendVllm, kBackendTransformers,
-                                          kBackendGguf};
+                                          kBackendGguf, kBackendEcho};
   bool known = false;
   for (const char* b : kBackends) known = known || config.backend == b;
   if (!known) {
     return absl::InvalidArgumentError(absl::StrCat(
         "backend: unknown backend '", config.backend,
-        "'; use one of: ollama, llama.cpp, vllm, transformers, gguf"));
+        "'; use one of: ollama, llama.cpp, vllm, transformers, gguf "
+        "(or echo, a debugging/benchmark backend)"));
   }
   if (config.sidecar_path.empty()) {
     return absl::InvalidArgumentError(

@@ -17,6 +17,9 @@ inline constexpr char kBackendLlamaCpp[] = "llama.cpp";
 inline constexpr char kBackendVllm[] = "vllm";
 inline constexpr char kBackendTransformers[] = "transformers";
 inline constexpr char kBackendGguf[] = "gguf";
+// Debugging/benchmark backend: echoes instantly, runs no model. Not for
+// production (bench/ uses it).
+inline constexpr char kBackendEcho[] = "echo";
 
 struct Config {
   // One of the kBackend* names.

@@ -6,6 +6,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "rpc_bridge/error_reason.h"
 #include "rpc_bridge/status_mapping.h"
 
 namespace llmbridge::rpc {
@@ -178,10 +179,12 @@ void Dispatcher::OnBadLine(const absl::Status& why,
     if (!id.has_value()) id = ScanId(line_start, "\"id\"");
     if (id.has_value()) {
       if (auto call = Take(*id)) {
-        Reply(call, absl::ResourceExhaustedError(absl::StrCat(
-                        why.message(),
-                        " for this call; the message was dropped (raise the "
-                        "line cap if such answers are expected)")));
+        Reply(call, WithReason(absl::ResourceExhaustedError(absl::StrCat(
+                                   why.message(),
+                                   " for this call; the message was dropped "
+                                   "(raise the line cap if such answers are "
+                                   "expected)")),
+                               reason::kResponseTooLarge));
         return;
       }
     }
@@ -193,9 +196,11 @@ void Dispatcher::OnBadLine(const absl::Status& why,
 
 void Dispatcher::OnClosed(const absl::Status& why) {
   absl::Status status =
-      describe_close_ ? describe_close_(why)
-                      : absl::UnavailableError(absl::StrCat(
-                            "the sidecar closed its output: ", why.message()));
+      describe_close_
+          ? describe_close_(why)
+          : WithReason(absl::UnavailableError(absl::StrCat(
+                           "the sidecar closed its output: ", why.message())),
+                       reason::kSidecarExited);
   {
     std::lock_guard<std::mutex> lock(mu_);
     closed_ = true;

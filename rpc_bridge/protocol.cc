@@ -111,6 +111,7 @@ void to_json(Json& j, const CompleteParams& p) {
   if (p.max_tokens > 0) j["max_tokens"] = p.max_tokens;
   if (p.temperature.has_value()) j["temperature"] = *p.temperature;
   if (p.stream) j["stream"] = true;
+  if (p.timeout_s.has_value()) j["timeout_s"] = *p.timeout_s;
   if (p.options.is_object() && !p.options.empty()) j["options"] = p.options;
 }
 

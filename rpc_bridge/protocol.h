@@ -114,6 +114,9 @@ struct CompleteParams {
   std::optional<double> temperature;
   bool stream = false;
   Json options = Json::object();
+  // Seconds left before the caller gives up (the gRPC deadline): the
+  // sidecar may stop the backend's work then.
+  std::optional<double> timeout_s;
 };
 
 struct UsageResult {

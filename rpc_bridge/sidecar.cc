@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "rpc_bridge/error_reason.h"
 
 namespace llmbridge::rpc {
 
@@ -33,9 +34,11 @@ absl::StatusOr<Json> CallAndWait(Dispatcher& dispatcher,
       return *std::move(slot->reply);
     }
   }
-  dispatcher.Cancel(id, absl::DeadlineExceededError(absl::StrCat(
-                            "sidecar did not answer '", method, "' within ",
-                            timeout.count(), " ms")));
+  dispatcher.Cancel(
+      id, WithReason(absl::DeadlineExceededError(absl::StrCat(
+                         "the sidecar did not answer '", method, "' within ",
+                         timeout.count(), " ms")),
+                     reason::kDeadlineExceeded));
   std::lock_guard<std::mutex> lock(slot->mu);
   return *std::move(slot->reply);
 }
@@ -57,9 +60,11 @@ absl::StatusOr<std::unique_ptr<Sidecar>> Sidecar::Start(
   absl::StatusOr<std::unique_ptr<Subprocess>> process =
       Subprocess::Spawn(spawn);
   if (!process.ok()) {
-    return absl::UnavailableError(absl::StrCat(
-        "cannot start the sidecar: ", process.status().message(),
-        " (check --python and --sidecar)"));
+    return WithReason(absl::UnavailableError(absl::StrCat(
+                          "cannot start the sidecar: ",
+                          process.status().message(),
+                          " (check --python and --sidecar)")),
+                      reason::kSidecarUnavailable);
   }
   sidecar->process_ = *std::move(process);
   StdioTransportOptions transport;
@@ -92,21 +97,27 @@ absl::Status Sidecar::Handshake() {
                                            config.startup_timeout);
   if (!reply.ok()) {
     if (absl::IsDeadlineExceeded(reply.status())) {
-      return absl::UnavailableError(absl::StrCat(
-          "the sidecar was not ready within ", config.startup_timeout.count(),
-          " ms (raise --startup_timeout if the model loads slowly)"));
+      return WithReason(
+          absl::UnavailableError(absl::StrCat(
+              "the sidecar was not ready within ",
+              config.startup_timeout.count(),
+              " ms (raise --startup_timeout if the model loads slowly)")),
+          reason::kSidecarUnavailable);
     }
     return reply.status();
   }
   try {
     init_result_ = reply->get<InitResult>();
   } catch (const Json::exception& e) {
-    return absl::InternalError(
-        absl::StrCat("malformed init result from the sidecar: ", e.what()));
+    return WithReason(absl::InternalError(absl::StrCat(
+                          "malformed init result from the sidecar: ", e.what())),
+                      reason::kSidecarError);
   }
   if (!init_result_.ready) {
-    return absl::UnavailableError(absl::StrCat(
-        "the sidecar reported it is not ready: ", init_result_.message));
+    return WithReason(absl::UnavailableError(absl::StrCat(
+                          "the sidecar reported it is not ready: ",
+                          init_result_.message)),
+                      reason::kSidecarUnavailable);
   }
   dispatcher_.set_stream_request_id(init_result_.stream_request_id);
   return absl::OkStatus();
@@ -126,7 +137,7 @@ absl::Status Sidecar::DescribeClose(const absl::Status& why) {
   if (process_) process_->WaitStderrDrained(std::chrono::milliseconds(50));
   std::string tail = process_ ? process_->StderrTail() : "";
   if (!tail.empty()) absl::StrAppend(&message, "; its last stderr lines:\n", tail);
-  return absl::UnavailableError(message);
+  return WithReason(absl::UnavailableError(message), reason::kSidecarExited);
 }
 
 std::optional<ExitInfo> Sidecar::ExitError() {

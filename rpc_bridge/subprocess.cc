@@ -11,6 +11,9 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <deque>
+#include <functional>
+#include <future>
 #include <utility>
 
 #include "absl/status/status.h"
@@ -67,6 +70,54 @@ std::vector<char*> CStrings(std::vector<std::string>& strings) {
   return out;
 }
 
+
+// PR_SET_PDEATHSIG fires when the *thread* that forked the child exits, not
+// the process. A sidecar started from a short-lived thread (a health probe,
+// a gRPC worker) would be killed with it, so every fork happens on one
+// thread that lives as long as the process.
+pid_t RunOnSpawnerThread(const std::function<pid_t()>& fork_fn) {
+  struct Spawner {
+    std::mutex mu;
+    std::condition_variable cv;
+    std::deque<std::packaged_task<pid_t()>> tasks;
+  };
+  // One spawner per process: a forked copy of this process (which has only
+  // the forking thread) makes its own.
+  static std::mutex init_mu;
+  static Spawner* current = nullptr;
+  static pid_t owner = 0;
+  Spawner* spawner;
+  {
+    std::lock_guard<std::mutex> lock(init_mu);
+    if (current == nullptr || owner != ::getpid()) {
+      current = new Spawner();  // never destroyed: the thread outlives main
+      owner = ::getpid();
+      Spawner* s = current;
+      std::thread([s] {
+        while (true) {
+          std::packaged_task<pid_t()> task;
+          {
+            std::unique_lock<std::mutex> lock(s->mu);
+            s->cv.wait(lock, [s] { return !s->tasks.empty(); });
+            task = std::move(s->tasks.front());
+            s->tasks.pop_front();
+          }
+          task();
+        }
+      }).detach();
+    }
+    spawner = current;
+  }
+  std::packaged_task<pid_t()> task(fork_fn);
+  std::future<pid_t> result = task.get_future();
+  {
+    std::lock_guard<std::mutex> lock(spawner->mu);
+    spawner->tasks.push_back(std::move(task));
+  }
+  spawner->cv.notify_one();
+  return result.get();
+}
+
 }  // namespace
 
 std::string ExitInfo::Describe() const {
@@ -101,12 +152,10 @@ absl::StatusOr<std::unique_ptr<Subprocess>> Subprocess::Spawn(
     return absl::InternalError(absl::StrCat("pipe: ", std::strerror(errno)));
   }
   const pid_t parent = ::getpid();
-  pid_t pid = ::fork();
-  if (pid < 0) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("fork: ", std::strerror(errno)));
-  }
-  if (pid == 0) {
+  pid_t pid = RunOnSpawnerThread([&]() -> pid_t {
+    pid_t forked = ::fork();
+    if (forked < 0) return -errno;  // errno is per thread: carry it back
+    if (forked != 0) return forked;
     // Child. Die with the parent, even if it is SIGKILLed.
     ::prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (::getppid() != parent) ::_exit(127);
@@ -129,6 +178,14 @@ absl::StatusOr<std::unique_ptr<Subprocess>> Subprocess::Spawn(
     int err = errno;
     (void)!::write(exec_pipe[1], &err, sizeof(err));
     ::_exit(127);
+  });
+  if (pid < 0) {
+    for (int fd : {in_pipe[0], in_pipe[1], out_pipe[0], out_pipe[1],
+                   err_pipe[0], err_pipe[1], exec_pipe[0], exec_pipe[1]}) {
+      ::close(fd);
+    }
+    return absl::ResourceExhaustedError(
+        absl::StrCat("fork: ", std::strerror(-pid)));
   }
   ::close(in_pipe[0]);
   ::close(out_pipe[1]);

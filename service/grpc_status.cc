@@ -1,27 +1,153 @@
 #include "service/grpc_status.h"
 
+#include <optional>
 #include <string>
 
-namespace llmbridge::service {
+#include "google/rpc/error_details.pb.h"
+#include "google/rpc/status.pb.h"
+#include "rpc_bridge/error_reason.h"
+#include "rpc_bridge/protocol.h"
+#include "rpc_bridge/status_mapping.h"
 
-grpc::Status ToGrpcStatus(const absl::Status& status) {
-  if (status.ok()) return grpc::Status::OK;
-  std::string message(status.message());
-  if (message.size() > kMaxStatusMessageBytes) {
-    constexpr char kMarker[] = " ...[truncated]";
-    message.resize(kMaxStatusMessageBytes - sizeof(kMarker) + 1);
-    // Do not leave half a UTF-8 sequence before the marker.
-    while (!message.empty() &&
-           (static_cast<unsigned char>(message.back()) & 0xC0) == 0x80) {
-      message.pop_back();
-    }
-    if (!message.empty() &&
-        (static_cast<unsigned char>(message.back()) & 0x80) != 0) {
-      message.pop_back();
-    }
-    message += kMarker;
+namespace llmbridge::service {
+namespace {
+
+namespace reason = rpc::reason;
+
+std::string Truncate(std::string message) {
+  if (message.size() <= kMaxStatusMessageBytes) return message;
+  constexpr char kMarker[] = " ...[truncated]";
+  message.resize(kMaxStatusMessageBytes - sizeof(kMarker) + 1);
+  // Do not leave half a UTF-8 sequence before the marker.
+  while (!message.empty() &&
+         (static_cast<unsigned char>(message.back()) & 0xC0) == 0x80) {
+    message.pop_back();
   }
-  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), message);
+  if (!message.empty() &&
+      (static_cast<unsigned char>(message.back()) & 0x80) != 0) {
+    message.pop_back();
+  }
+  return message + kMarker;
+}
+
+std::optional<int> HttpStatusOf(const rpc::RpcError& error) {
+  if (!error.data.is_object()) return std::nullopt;
+  auto it = error.data.find("http_status");
+  if (it == error.data.end() || !it->is_number_integer()) return std::nullopt;
+  return it->get<int>();
+}
+
+std::string ReasonForRpcError(const rpc::RpcError& error) {
+  switch (error.code) {
+    case rpc::kModelNotFound:
+      return reason::kModelNotFound;
+    case rpc::kConnectionError:
+      return reason::kBackendUnavailable;
+    case rpc::kStreamError:
+      return reason::kStreamInterrupted;
+    case rpc::kInvalidParams:
+      return reason::kInvalidRequest;
+    case rpc::kMethodNotFound:
+      return reason::kUnsupported;
+    case rpc::kRequestCancelled:
+      return reason::kRequestCancelled;
+    case rpc::kBackendError:
+      switch (HttpStatusOf(error).value_or(0)) {
+        case 404:
+          return reason::kModelNotFound;
+        case 429:
+          return reason::kBackendRateLimited;
+        case 502:
+        case 503:
+          return reason::kBackendUnavailable;
+        case 408:
+        case 504:
+          return reason::kBackendTimeout;
+        default:
+          return reason::kBackendError;
+      }
+    default:
+      return reason::kSidecarError;
+  }
+}
+
+std::string ReasonForCode(absl::StatusCode code) {
+  switch (code) {
+    case absl::StatusCode::kInvalidArgument:
+      return reason::kInvalidRequest;
+    case absl::StatusCode::kCancelled:
+      return reason::kRequestCancelled;
+    case absl::StatusCode::kDeadlineExceeded:
+      return reason::kDeadlineExceeded;
+    case absl::StatusCode::kUnavailable:
+      return reason::kSidecarUnavailable;
+    case absl::StatusCode::kResourceExhausted:
+      return reason::kBackendRateLimited;
+    case absl::StatusCode::kNotFound:
+      return reason::kModelNotFound;
+    case absl::StatusCode::kUnimplemented:
+      return reason::kUnsupported;
+    default:
+      return reason::kInternal;
+  }
+}
+
+bool Retryable(absl::StatusCode code) {
+  return code == absl::StatusCode::kUnavailable ||
+         code == absl::StatusCode::kResourceExhausted;
+}
+
+}  // namespace
+
+std::string ReasonFor(const absl::Status& status) {
+  if (std::optional<std::string> attached = rpc::AttachedReason(status)) {
+    return *attached;
+  }
+  if (std::optional<rpc::RpcError> error = rpc::RpcErrorFromStatus(status)) {
+    return ReasonForRpcError(*error);
+  }
+  return ReasonForCode(status.code());
+}
+
+grpc::Status ToGrpcStatus(const absl::Status& status,
+                          const ErrorContext& context) {
+  if (status.ok()) return grpc::Status::OK;
+  const auto code = static_cast<grpc::StatusCode>(status.code());
+  const std::string message = Truncate(std::string(status.message()));
+
+  google::rpc::ErrorInfo info;
+  info.set_reason(ReasonFor(status));
+  info.set_domain(kErrorDomain);
+  auto& metadata = *info.mutable_metadata();
+  if (!context.backend.empty()) metadata["backend"] = context.backend;
+  if (!context.model.empty()) metadata["model"] = context.model;
+  if (std::optional<rpc::RpcError> error = rpc::RpcErrorFromStatus(status)) {
+    metadata["jsonrpc_code"] = std::to_string(error->code);
+    if (std::optional<int> http = HttpStatusOf(*error)) {
+      metadata["http_status"] = std::to_string(*http);
+    }
+    if (error->data.is_object()) {
+      // The sidecar knows best which backend and model answered.
+      for (const char* key : {"backend", "model", "field"}) {
+        auto it = error->data.find(key);
+        if (it != error->data.end() && it->is_string() &&
+            !it->get<std::string>().empty()) {
+          metadata[key] = it->get<std::string>();
+        }
+      }
+    }
+  }
+
+  google::rpc::Status details;
+  details.set_code(static_cast<int>(code));
+  details.set_message(message);
+  details.add_details()->PackFrom(info);
+  if (Retryable(status.code())) {
+    google::rpc::RetryInfo retry;
+    retry.mutable_retry_delay()->set_seconds(1);
+    details.add_details()->PackFrom(retry);
+  }
+  return grpc::Status(code, message, details.SerializeAsString());
 }
 
 }  // namespace llmbridge::service

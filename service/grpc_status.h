@@ -1,20 +1,43 @@
 // The one conversion from absl::Status to grpc::Status for every RPC.
+//
+// Every error carries rich details (google.rpc.Status in the
+// grpc-status-details-bin trailer) with exactly one google.rpc.ErrorInfo:
+//   reason    UPPER_SNAKE_CASE, stable (rpc_bridge/error_reason.h);
+//   domain    "llmbridge.io";
+//   metadata  jsonrpc_code, backend, model, and http_status / field when
+//             known.
+// Errors worth retrying (UNAVAILABLE, RESOURCE_EXHAUSTED) also carry
+// google.rpc.RetryInfo.
 #ifndef LLMBRIDGE_SERVICE_GRPC_STATUS_H_
 #define LLMBRIDGE_SERVICE_GRPC_STATUS_H_
 
 #include <cstddef>
+#include <string>
 
 #include "absl/status/status.h"
 #include "grpcpp/support/status.h"
 
 namespace llmbridge::service {
 
+inline constexpr char kErrorDomain[] = "llmbridge.io";
+
 // Messages longer than this are cut (with a marker): a status travels in
 // HTTP/2 trailers, and a huge stderr quote must not break the call.
 inline constexpr size_t kMaxStatusMessageBytes = 2048;
 
+// What the server knows about the call, for ErrorInfo metadata when the
+// error itself does not say.
+struct ErrorContext {
+  std::string backend;
+  std::string model;
+};
+
 // absl and gRPC share code numbers, so the code maps one to one.
-grpc::Status ToGrpcStatus(const absl::Status& status);
+grpc::Status ToGrpcStatus(const absl::Status& status,
+                          const ErrorContext& context = {});
+
+// The ErrorInfo reason ToGrpcStatus gives `status`.
+std::string ReasonFor(const absl::Status& status);
 
 }  // namespace llmbridge::service
 

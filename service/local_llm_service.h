@@ -3,20 +3,35 @@
 //
 // Threading: gRPC calls the service on its own threads; stream data arrives
 // on the sidecar's reader thread. Each Complete call is one reactor object
-// with one write in flight; see complete_reactor.cc.
+// with one write in flight (see local_llm_service.cc).
 #ifndef LLMBRIDGE_SERVICE_LOCAL_LLM_SERVICE_H_
 #define LLMBRIDGE_SERVICE_LOCAL_LLM_SERVICE_H_
+
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <mutex>
 
 #include "grpcpp/grpcpp.h"
 #include "llmbridge/v1/llmbridge.grpc.pb.h"
 #include "rpc_bridge/client.h"
+#include "service/metrics.h"
 
 namespace llmbridge::service {
 
+struct ServiceOptions {
+  // Requests whose message text adds up to more are rejected up front.
+  size_t max_request_bytes = 4 * 1024 * 1024;
+  // Put prompt and answer sizes... and the text itself in the logs.
+  bool log_prompts = false;
+  Metrics* metrics = nullptr;  // optional, not owned
+};
+
 class LocalLLMService final : public llmbridge::v1::LocalLLM::CallbackService {
  public:
-  // `client` must outlive the service.
-  explicit LocalLLMService(rpc::Client* client) : client_(client) {}
+  // `client` (and options.metrics) must outlive the service.
+  LocalLLMService(rpc::Client* client, ServiceOptions options)
+      : client_(client), options_(options) {}
 
   grpc::ServerWriteReactor<llmbridge::v1::CompleteResponse>* Complete(
       grpc::CallbackServerContext* context,
@@ -27,8 +42,22 @@ class LocalLLMService final : public llmbridge::v1::LocalLLM::CallbackService {
       const llmbridge::v1::GetCapabilitiesRequest* request,
       llmbridge::v1::Capabilities* response) override;
 
+  // Graceful shutdown: from now on Complete calls are refused (UNAVAILABLE,
+  // reason SHUTTING_DOWN); returns once the calls in flight have ended, or at
+  // `deadline` (true if they all ended). Any thread.
+  bool DrainUntil(std::chrono::steady_clock::time_point deadline);
+
+  // Reactors report their start and end (any thread).
+  bool CallStarted();  // false when draining: refuse the call
+  void CallEnded();
+
  private:
   rpc::Client* const client_;
+  const ServiceOptions options_;
+  std::mutex drain_mu_;
+  std::condition_variable drain_cv_;
+  int in_flight_ = 0;
+  bool draining_ = false;
 };
 
 }  // namespace llmbridge::service

@@ -5,13 +5,16 @@
 #include <signal.h>
 
 #include <cstdio>
+#include <fstream>
 #include <memory>
+#include <sstream>
 #include <string>
 #include <thread>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
@@ -19,19 +22,31 @@
 #include "grpcpp/health_check_service_interface.h"
 #include "rpc_bridge/client.h"
 #include "rpc_bridge/config.h"
+#include "service/health_monitor.h"
 #include "service/local_llm_service.h"
+#include "service/logging.h"
+#include "service/metrics.h"
+#include "service/server_config.h"
 #include "service/sidecar_locator.h"
 
+ABSL_FLAG(std::string, config, "",
+          "JSON config file: the seed's Config keys (backend, sidecar_path, "
+          "model, host, python_path, startup_timeout, request_timeout, "
+          "work_dir, env, mcp_servers) plus the server keys (listen, "
+          "metrics_listen, shutdown_grace, health_interval, tls_cert, "
+          "tls_key, tls_client_ca, max_message_bytes, max_request_bytes, "
+          "log_prompts). Flags given on the command line override it.");
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
-          "Address to serve gRPC on. Loopback by default; use 0.0.0.0:50051 "
-          "to accept remote clients (there is no authentication yet).");
+          "Address to serve gRPC on. Loopback by default; 0.0.0.0:50051 "
+          "accepts remote clients (use TLS then).");
 ABSL_FLAG(std::string, backend, "gguf",
           "Model backend: gguf (embedded llama.cpp, default), ollama, "
           "llama.cpp, vllm or transformers.");
 ABSL_FLAG(std::string, model, "",
           "Default model, used when a request leaves 'model' empty. gguf: a "
-          ".gguf file path, empty for the bundled SmolLM2-135M-Instruct; "
-          "ollama: a model name such as llama3.2:latest.");
+          ".gguf file, empty for the bundled SmolLM2-135M-Instruct; ollama: "
+          "a pulled model such as llama3.2:latest; llama.cpp/vllm: a served "
+          "model name; transformers: a local model directory.");
 ABSL_FLAG(std::string, host, "",
           "host:port of an HTTP backend. Empty: localhost:11434 for ollama, "
           "localhost:8000 for llama.cpp and vllm.");
@@ -40,38 +55,125 @@ ABSL_FLAG(std::string, python, "python3",
           "sidecar's dependencies (scripts/run uses .venv/bin/python).");
 ABSL_FLAG(std::string, sidecar, "",
           "Path of the sidecar entry script. Empty: the sidecar shipped with "
-          "this binary (sidecar/sidecar.py).");
+          "this binary (sidecar/sidecar.py in its runfiles).");
+ABSL_FLAG(std::string, work_dir, "", "Working directory of the sidecar.");
 ABSL_FLAG(absl::Duration, startup_timeout, absl::Seconds(30),
           "How long the sidecar may take to start and load the model.");
 ABSL_FLAG(absl::Duration, request_timeout, absl::Minutes(5),
-          "Default time limit of a completion request.");
+          "Time limit of a request without a gRPC deadline (a shorter "
+          "client deadline wins).");
+ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(30),
+          "On SIGTERM/SIGINT: how long in-flight streams may run before they "
+          "are cancelled. Match Kubernetes' terminationGracePeriodSeconds.");
+ABSL_FLAG(absl::Duration, health_interval, absl::Seconds(5),
+          "How often the sidecar and its backend are health-checked.");
+ABSL_FLAG(std::string, metrics_listen, "",
+          "Serve Prometheus metrics on this host:port at /metrics (e.g. "
+          "0.0.0.0:9090). Empty: no metrics endpoint.");
+ABSL_FLAG(std::string, tls_cert, "",
+          "PEM certificate chain: serve TLS (with --tls_key).");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert.");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "PEM CA bundle: require and verify client certificates (mTLS).");
+ABSL_FLAG(int, max_message_bytes, 8 * 1024 * 1024,
+          "Largest gRPC message accepted or sent, in bytes.");
+ABSL_FLAG(int64_t, max_request_bytes, 4 * 1024 * 1024,
+          "Largest total text (messages + system_prompt) of a request; larger "
+          "requests get INVALID_ARGUMENT.");
+ABSL_FLAG(bool, log_prompts, false,
+          "Include prompt text in the request logs (off: only sizes).");
 
 namespace {
 
-constexpr char kServiceName[] = "llmbridge.v1.LocalLLM";
+namespace svc = llmbridge::service;
 
 std::chrono::milliseconds ToMillis(absl::Duration d) {
   return std::chrono::milliseconds(absl::ToInt64Milliseconds(d));
 }
 
-int Run() {
-  llmbridge::rpc::Config config;
-  config.backend = absl::GetFlag(FLAGS_backend);
-  config.model = absl::GetFlag(FLAGS_model);
-  config.host = absl::GetFlag(FLAGS_host);
-  config.python_path = absl::GetFlag(FLAGS_python);
-  config.sidecar_path = absl::GetFlag(FLAGS_sidecar);
-  if (config.sidecar_path.empty()) {
-    config.sidecar_path = llmbridge::service::ShippedSidecarPath();
+// Whether --name appeared on the command line (so it overrides --config).
+bool Given(int argc, char** argv, const std::string& name) {
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (arg == "--") break;
+    for (const std::string& prefix : {"--" + name, "-" + name}) {
+      if (arg == prefix || absl::StartsWith(arg, prefix + "=")) return true;
+    }
   }
-  config.startup_timeout = ToMillis(absl::GetFlag(FLAGS_startup_timeout));
-  config.request_timeout = ToMillis(absl::GetFlag(FLAGS_request_timeout));
-  config = llmbridge::rpc::WithDefaults(config);
-  if (absl::Status valid = llmbridge::rpc::Validate(config); !valid.ok()) {
-    std::fprintf(stderr, "llmbridge: bad configuration: %s\n",
-                 std::string(valid.message()).c_str());
+  return false;
+}
+
+absl::StatusOr<svc::ServerConfig> BuildConfig(int argc, char** argv) {
+  svc::ServerConfig c;
+  const std::string file = absl::GetFlag(FLAGS_config);
+  if (!file.empty()) {
+    absl::StatusOr<svc::ServerConfig> loaded = svc::LoadServerConfigFile(file);
+    if (!loaded.ok()) return loaded.status();
+    c = *std::move(loaded);
+  }
+  // Without a file every flag applies (defaults included); with one, only
+  // the flags given explicitly.
+  auto use = [&](const char* name) { return file.empty() || Given(argc, argv, name); };
+  if (use("backend") || c.client.backend.empty()) {
+    c.client.backend = absl::GetFlag(FLAGS_backend);
+  }
+  if (use("model")) c.client.model = absl::GetFlag(FLAGS_model);
+  if (use("host")) c.client.host = absl::GetFlag(FLAGS_host);
+  if (use("python")) c.client.python_path = absl::GetFlag(FLAGS_python);
+  if (use("sidecar")) c.client.sidecar_path = absl::GetFlag(FLAGS_sidecar);
+  if (use("work_dir")) c.client.work_dir = absl::GetFlag(FLAGS_work_dir);
+  if (use("startup_timeout") || c.client.startup_timeout.count() == 0) {
+    c.client.startup_timeout = ToMillis(absl::GetFlag(FLAGS_startup_timeout));
+  }
+  if (use("request_timeout") || c.client.request_timeout.count() == 0) {
+    c.client.request_timeout = ToMillis(absl::GetFlag(FLAGS_request_timeout));
+  }
+  if (use("listen")) c.listen = absl::GetFlag(FLAGS_listen);
+  if (use("metrics_listen")) c.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
+  if (use("shutdown_grace")) c.shutdown_grace = ToMillis(absl::GetFlag(FLAGS_shutdown_grace));
+  if (use("health_interval")) c.health_interval = ToMillis(absl::GetFlag(FLAGS_health_interval));
+  if (use("tls_cert")) c.tls_cert = absl::GetFlag(FLAGS_tls_cert);
+  if (use("tls_key")) c.tls_key = absl::GetFlag(FLAGS_tls_key);
+  if (use("tls_client_ca")) c.tls_client_ca = absl::GetFlag(FLAGS_tls_client_ca);
+  if (use("max_message_bytes")) c.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+  if (use("max_request_bytes")) {
+    int64_t v = absl::GetFlag(FLAGS_max_request_bytes);
+    c.max_request_bytes = v > 0 ? static_cast<size_t>(v) : 0;
+  }
+  if (use("log_prompts")) c.log_prompts = absl::GetFlag(FLAGS_log_prompts);
+  if (c.client.python_path.empty()) c.client.python_path = "python3";
+  if (c.client.sidecar_path.empty()) c.client.sidecar_path = svc::ShippedSidecarPath();
+  c.client = llmbridge::rpc::WithDefaults(c.client);
+  if (absl::Status valid = svc::ValidateServerConfig(c); !valid.ok()) return valid;
+  return c;
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+std::shared_ptr<grpc::ServerCredentials> Credentials(const svc::ServerConfig& c) {
+  if (c.tls_cert.empty()) return grpc::InsecureServerCredentials();
+  grpc::SslServerCredentialsOptions options(
+      c.tls_client_ca.empty()
+          ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
+          : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+  options.pem_key_cert_pairs.push_back({ReadFile(c.tls_key), ReadFile(c.tls_cert)});
+  if (!c.tls_client_ca.empty()) options.pem_root_certs = ReadFile(c.tls_client_ca);
+  return grpc::SslServerCredentials(options);
+}
+
+int Run(int argc, char** argv) {
+  absl::StatusOr<svc::ServerConfig> configured = BuildConfig(argc, argv);
+  if (!configured.ok()) {
+    std::fprintf(stderr, "llmbridge: bad configuration: %s\n(see --help)\n",
+                 std::string(configured.status().message()).c_str());
     return 2;
   }
+  const svc::ServerConfig& config = *configured;
 
   // SIGINT/SIGTERM are handled by one thread (sigwait), so every other
   // thread, gRPC's included, must block them: block before any starts.
@@ -81,43 +183,79 @@ int Run() {
   sigaddset(&stop_signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
 
-  llmbridge::rpc::Client client(config);
-  llmbridge::service::LocalLLMService service(&client);
+  svc::Metrics metrics;
+  int metrics_port = 0;
+  if (!config.metrics_listen.empty()) {
+    absl::StatusOr<int> served = metrics.Serve(config.metrics_listen);
+    if (!served.ok()) {
+      std::fprintf(stderr, "llmbridge: %s\n",
+                   std::string(served.status().message()).c_str());
+      return 2;
+    }
+    metrics_port = *served;
+  }
+  llmbridge::rpc::ClientOptions client_options;
+  client_options.on_sidecar_start = [&metrics](int) { metrics.SidecarStarted(); };
+  llmbridge::rpc::Client client(config.client, client_options);
+  svc::ServiceOptions service_options;
+  service_options.max_request_bytes = config.max_request_bytes;
+  service_options.log_prompts = config.log_prompts;
+  service_options.metrics = &metrics;
+  svc::LocalLLMService service(&client, service_options);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int port = 0;
-  const std::string listen = absl::GetFlag(FLAGS_listen);
-  builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort(config.listen, Credentials(config), &port);
   builder.RegisterService(&service);
+  builder.SetMaxReceiveMessageSize(config.max_message_bytes);
+  builder.SetMaxSendMessageSize(config.max_message_bytes);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
     std::fprintf(stderr,
-                 "llmbridge: cannot listen on %s (address in use or invalid; "
-                 "choose another with --listen)\n",
-                 listen.c_str());
+                 "llmbridge: cannot listen on %s (address in use or invalid, "
+                 "or bad TLS files; choose another with --listen)\n",
+                 config.listen.c_str());
     return 1;
   }
-  server->GetHealthCheckService()->SetServingStatus(kServiceName, true);
-  server->GetHealthCheckService()->SetServingStatus("", true);
+  svc::HealthMonitor health(&client, server->GetHealthCheckService(),
+                            config.health_interval);
+  health.Start();
   std::fprintf(stderr,
-               "llmbridge: serving %s on %s (port %d), backend %s, model "
+               "llmbridge: serving %s on %s (port %d%s), backend %s, model "
                "'%s', sidecar %s\n",
-               kServiceName, listen.c_str(), port, config.backend.c_str(),
-               config.model.c_str(), config.sidecar_path.c_str());
+               svc::kServiceName, config.listen.c_str(), port,
+               config.tls_cert.empty() ? "" : ", TLS", config.client.backend.c_str(),
+               config.client.model.c_str(), config.client.sidecar_path.c_str());
+  svc::LogEvent("info", "started",
+                {{"listen", config.listen},
+                 {"port", port},
+                 {"backend", config.client.backend},
+                 {"model", config.client.model},
+                 {"tls", !config.tls_cert.empty()},
+                 {"metrics_listen", config.metrics_listen},
+                 {"metrics_port", metrics_port}});
 
   std::thread stopper([&] {
     int signo = 0;
     sigwait(&stop_signals, &signo);
-    std::fprintf(stderr, "llmbridge: received signal %d, shutting down\n",
-                 signo);
-    server->GetHealthCheckService()->Shutdown();
-    server->Shutdown(std::chrono::system_clock::now() +
-                     std::chrono::seconds(30));
+    svc::LogEvent("info", "shutdown",
+                  {{"signal", signo},
+                   {"grace_ms", config.shutdown_grace.count()}});
+    // 1. Health says NOT_SERVING, and new Complete calls are refused.
+    health.Stop();
+    // 2. In-flight streams get the grace period to finish...
+    bool drained = service.DrainUntil(std::chrono::steady_clock::now() +
+                                      config.shutdown_grace);
+    svc::LogEvent("info", "drained", {{"all_finished", drained}});
+    // ...then whatever still runs (streams past the grace, health watches)
+    // is cancelled; the reactors cancel the sidecar's work.
+    server->Shutdown(std::chrono::system_clock::now());
   });
   server->Wait();
   stopper.join();
+  // 3. The sidecar: shutdown request, then signals if it does not exit.
   client.Close();
   std::fprintf(stderr, "llmbridge: stopped\n");
   return 0;
@@ -127,12 +265,16 @@ int Run() {
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
-      "llmbridge: serve a local LLM over gRPC (llmbridge.v1.LocalLLM).\n\n"
+      "serve a local LLM over gRPC (llmbridge.v1.LocalLLM).\n\n"
       "  llmbridge --backend=gguf                 # bundled SmolLM2 model\n"
-      "  llmbridge --backend=ollama --model=llama3.2:latest\n\n"
+      "  llmbridge --backend=ollama --model=llama3.2:latest\n"
+      "  llmbridge --config=/etc/llmbridge/config.json --listen=0.0.0.0:50051\n\n"
       "Call it with: grpcurl -plaintext -d "
       "'{\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}]}' "
-      "127.0.0.1:50051 llmbridge.v1.LocalLLM/Complete");
+      "127.0.0.1:50051 llmbridge.v1.LocalLLM/Complete\n"
+      "Health: grpc.health.v1 for \"\" and llmbridge.v1.LocalLLM (SERVING once "
+      "the sidecar and backend are up). Exit codes: 0 after a clean shutdown, "
+      "1 if the address cannot be served, 2 for a bad configuration.");
   absl::ParseCommandLine(argc, argv);
-  return Run();
+  return Run(argc, argv);
 }

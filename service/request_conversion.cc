@@ -17,8 +17,16 @@ bool KnownRole(const std::string& role) {
 }  // namespace
 
 absl::StatusOr<rpc::CompleteParams> ToCompleteParams(
-    const llmbridge::v1::CompleteRequest& request) {
+    const llmbridge::v1::CompleteRequest& request, size_t max_request_bytes) {
   rpc::CompleteParams params;
+  size_t text_bytes = request.system_prompt().size();
+  for (const auto& m : request.messages()) text_bytes += m.content().size();
+  if (text_bytes > max_request_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "messages: the request's text is ", text_bytes,
+        " bytes, over the server's limit of ", max_request_bytes,
+        " (--max_request_bytes); shorten the conversation"));
+  }
   if (request.messages().empty()) {
     return absl::InvalidArgumentError(
         "messages: at least one message is required, e.g. "

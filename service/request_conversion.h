@@ -10,8 +10,10 @@
 namespace llmbridge::service {
 
 // InvalidArgument naming the offending field, e.g. "messages[1].role: ...".
+// `max_request_bytes` bounds the text of all messages and the system prompt.
 absl::StatusOr<rpc::CompleteParams> ToCompleteParams(
-    const llmbridge::v1::CompleteRequest& request);
+    const llmbridge::v1::CompleteRequest& request,
+    size_t max_request_bytes = 4 * 1024 * 1024);
 
 // The final message of a stream (done = true) from the sidecar's result.
 llmbridge::v1::CompleteResponse ToFinalResponse(

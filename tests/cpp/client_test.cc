@@ -15,6 +15,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -369,6 +370,19 @@ TEST(SubprocessTest, ChildDiesWithItsParent) {
   ::close(pidfd);
   ::close(report[0]);
   ::close(report[1]);
+}
+
+TEST(ClientTest, SidecarOutlivesTheThreadThatStartedIt) {
+  // PR_SET_PDEATHSIG is per thread: a sidecar forked by a short-lived thread
+  // (a health probe, a gRPC worker) must not die when that thread ends.
+  Client client(FakeConfig("echo"));
+  std::thread starter([&] { ASSERT_TRUE(client.EnsureStarted().ok()); });
+  starter.join();
+  pid_t pid = client.SidecarPid();
+  auto result = client.Complete(Ask("still here"));
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(client.SidecarPid(), pid);
+  EXPECT_EQ(client.StartCount(), 1);
 }
 
 TEST(SubprocessTest, MissingProgramIsAClearError) {

@@ -1,6 +1,9 @@
 #include "rpc_bridge/status_mapping.h"
 
+#include "google/rpc/error_details.pb.h"
+#include "google/rpc/status.pb.h"
 #include "gtest/gtest.h"
+#include "rpc_bridge/error_reason.h"
 #include "service/grpc_status.h"
 
 namespace llmbridge {
@@ -13,6 +16,7 @@ struct Row {
   int code;
   Json data;
   absl::StatusCode want;
+  const char* reason;  // the ErrorInfo reason the gRPC layer gives it
 };
 
 class MappingTest : public ::testing::TestWithParam<Row> {};
@@ -23,34 +27,53 @@ TEST_P(MappingTest, MapsCodeAsDocumented) {
   EXPECT_EQ(s.code(), row.want) << "JSON-RPC code " << row.code << " data "
                                 << row.data.dump();
   EXPECT_EQ(s.message(), "what to do");
+  EXPECT_EQ(service::ReasonFor(s), row.reason);
 }
 
 INSTANTIATE_TEST_SUITE_P(
     ReadmeTable, MappingTest,
     ::testing::Values(
-        Row{rpc::kParseError, nullptr, absl::StatusCode::kInternal},
-        Row{rpc::kInvalidRequest, nullptr, absl::StatusCode::kInternal},
-        Row{rpc::kInternalError, nullptr, absl::StatusCode::kInternal},
-        Row{rpc::kMethodNotFound, nullptr, absl::StatusCode::kUnimplemented},
-        Row{rpc::kInvalidParams, nullptr, absl::StatusCode::kInvalidArgument},
+        Row{rpc::kParseError, nullptr, absl::StatusCode::kInternal,
+            "SIDECAR_ERROR"},
+        Row{rpc::kInvalidRequest, nullptr, absl::StatusCode::kInternal,
+            "SIDECAR_ERROR"},
+        Row{rpc::kInternalError, nullptr, absl::StatusCode::kInternal,
+            "SIDECAR_ERROR"},
+        Row{rpc::kMethodNotFound, nullptr, absl::StatusCode::kUnimplemented,
+            "UNSUPPORTED"},
+        Row{rpc::kInvalidParams, nullptr, absl::StatusCode::kInvalidArgument,
+            "INVALID_REQUEST"},
         Row{rpc::kBackendError, Json{{"http_status", 400}},
-            absl::StatusCode::kInvalidArgument},
+            absl::StatusCode::kInvalidArgument, "BACKEND_ERROR"},
+        Row{rpc::kBackendError, Json{{"http_status", 401}},
+            absl::StatusCode::kUnauthenticated, "BACKEND_ERROR"},
+        Row{rpc::kBackendError, Json{{"http_status", 403}},
+            absl::StatusCode::kPermissionDenied, "BACKEND_ERROR"},
         Row{rpc::kBackendError, Json{{"http_status", 404}},
-            absl::StatusCode::kNotFound},
+            absl::StatusCode::kNotFound, "MODEL_NOT_FOUND"},
+        Row{rpc::kBackendError, Json{{"http_status", 408}},
+            absl::StatusCode::kDeadlineExceeded, "BACKEND_TIMEOUT"},
         Row{rpc::kBackendError, Json{{"http_status", 429}},
-            absl::StatusCode::kResourceExhausted},
+            absl::StatusCode::kResourceExhausted, "BACKEND_RATE_LIMITED"},
         Row{rpc::kBackendError, Json{{"http_status", 500}},
-            absl::StatusCode::kInternal},
+            absl::StatusCode::kInternal, "BACKEND_ERROR"},
+        Row{rpc::kBackendError, Json{{"http_status", 502}},
+            absl::StatusCode::kUnavailable, "BACKEND_UNAVAILABLE"},
         Row{rpc::kBackendError, Json{{"http_status", 503}},
-            absl::StatusCode::kUnavailable},
+            absl::StatusCode::kUnavailable, "BACKEND_UNAVAILABLE"},
         Row{rpc::kBackendError, Json{{"http_status", 504}},
-            absl::StatusCode::kDeadlineExceeded},
-        Row{rpc::kBackendError, nullptr, absl::StatusCode::kUnknown},
-        Row{rpc::kModelNotFound, nullptr, absl::StatusCode::kNotFound},
-        Row{rpc::kStreamError, nullptr, absl::StatusCode::kUnavailable},
-        Row{rpc::kConnectionError, nullptr, absl::StatusCode::kUnavailable},
-        Row{rpc::kRequestCancelled, nullptr, absl::StatusCode::kCancelled},
-        Row{-31999, nullptr, absl::StatusCode::kUnknown}));
+            absl::StatusCode::kDeadlineExceeded, "BACKEND_TIMEOUT"},
+        Row{rpc::kBackendError, nullptr, absl::StatusCode::kUnknown,
+            "BACKEND_ERROR"},
+        Row{rpc::kModelNotFound, nullptr, absl::StatusCode::kNotFound,
+            "MODEL_NOT_FOUND"},
+        Row{rpc::kStreamError, nullptr, absl::StatusCode::kUnavailable,
+            "STREAM_INTERRUPTED"},
+        Row{rpc::kConnectionError, nullptr, absl::StatusCode::kUnavailable,
+            "BACKEND_UNAVAILABLE"},
+        Row{rpc::kRequestCancelled, nullptr, absl::StatusCode::kCancelled,
+            "REQUEST_CANCELLED"},
+        Row{-31999, nullptr, absl::StatusCode::kUnknown, "SIDECAR_ERROR"}));
 
 TEST(StatusMappingTest, KeepsOriginalErrorAsPayload) {
   absl::Status s = rpc::RpcErrorToStatus(
@@ -76,6 +99,52 @@ TEST(GrpcStatusTest, KeepsCodeAndTruncatesLongMessages) {
   EXPECT_EQ(cut.error_code(), grpc::StatusCode::UNAVAILABLE);
   EXPECT_LE(cut.error_message().size(), service::kMaxStatusMessageBytes);
   EXPECT_NE(cut.error_message().find("[truncated]"), std::string::npos);
+}
+
+TEST(GrpcStatusTest, CarriesExactlyOneErrorInfoAndRetryInfoWhenRetryable) {
+  absl::Status s = rpc::RpcErrorToStatus(
+      {rpc::kConnectionError, "start Ollama at host h",
+       Json{{"backend", "ollama"}, {"model", "m"}, {"http_status", 503}}});
+  grpc::Status g = service::ToGrpcStatus(s, {"ollama", "ignored"});
+  google::rpc::Status details;
+  ASSERT_TRUE(details.ParseFromString(g.error_details()));
+  EXPECT_EQ(details.code(), grpc::StatusCode::UNAVAILABLE);
+  int infos = 0, retries = 0;
+  for (const auto& any : details.details()) {
+    google::rpc::ErrorInfo info;
+    google::rpc::RetryInfo retry;
+    if (any.UnpackTo(&info)) {
+      ++infos;
+      EXPECT_EQ(info.reason(), "BACKEND_UNAVAILABLE");
+      EXPECT_EQ(info.domain(), "llmbridge.io");
+      EXPECT_EQ(info.metadata().at("jsonrpc_code"), "-32003");
+      EXPECT_EQ(info.metadata().at("backend"), "ollama");
+      EXPECT_EQ(info.metadata().at("model"), "m");  // the sidecar's word wins
+      EXPECT_EQ(info.metadata().at("http_status"), "503");
+    } else if (any.UnpackTo(&retry)) {
+      ++retries;
+      EXPECT_GE(retry.retry_delay().seconds(), 1);
+    }
+  }
+  EXPECT_EQ(infos, 1);
+  EXPECT_EQ(retries, 1);
+
+  grpc::Status not_retryable =
+      service::ToGrpcStatus(absl::InvalidArgumentError("messages: empty"));
+  ASSERT_TRUE(details.ParseFromString(not_retryable.error_details()));
+  EXPECT_EQ(details.details_size(), 1);  // ErrorInfo only
+}
+
+TEST(GrpcStatusTest, BridgeReasonsWinOverCodeDefaults) {
+  EXPECT_EQ(service::ReasonFor(rpc::WithReason(absl::UnavailableError("x"),
+                                               rpc::reason::kSidecarExited)),
+            "SIDECAR_EXITED");
+  EXPECT_EQ(service::ReasonFor(absl::UnavailableError("x")),
+            "SIDECAR_UNAVAILABLE");
+  EXPECT_EQ(service::ReasonFor(absl::DeadlineExceededError("x")),
+            "DEADLINE_EXCEEDED");
+  EXPECT_EQ(service::ReasonFor(absl::InvalidArgumentError("x")),
+            "INVALID_REQUEST");
 }
 
 }  // namespace

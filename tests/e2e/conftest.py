@@ -25,7 +25,9 @@ import pytest
 from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVER_BINARY = ROOT / "bazel-bin" / "service" / "llmbridge"
+# LLMBRIDGE_SERVER_BINARY picks another build (e.g. one made with -c opt).
+SERVER_BINARY = Path(os.environ.get("LLMBRIDGE_SERVER_BINARY",
+                                    ROOT / "bazel-bin" / "service" / "llmbridge"))
 SIDECAR = ROOT / "sidecar" / "sidecar.py"
 FAKE_OLLAMA = ROOT / "sidecar" / "tests" / "fake_ollama.py"
 READY_TIMEOUT_S = 60
@@ -119,7 +121,7 @@ def start_server() -> Iterator:
     def start(*flags: str) -> Server:
         argv = [str(SERVER_BINARY), "--listen=127.0.0.1:0",
                 f"--python={sys.executable}", f"--sidecar={SIDECAR}", *flags]
-        process, stderr, match = _start(argv, r"serving .* \(port (\d+)\)", "stderr")
+        process, stderr, match = _start(argv, r"serving .* \(port (\d+)", "stderr")
         server = Server(process, int(match.group(1)), stderr)
         servers.append(server)
         return server
@@ -180,7 +182,11 @@ def llama_cpp_server(smollm2_path: str) -> Iterator[str]:
     port = _free_port()
     process, _, _ = _start([sys.executable, "-m", "llama_cpp.server", "--model", smollm2_path,
                             "--model_alias", "smollm2", "--host", "127.0.0.1",
-                            "--port", str(port), "--n_ctx", "1024"],
+                            "--port", str(port), "--n_ctx", "1024",
+                            # Its default interrupts a running generation
+                            # whenever another request (our health checks'
+                            # GET /v1/models) arrives.
+                            "--interrupt_requests", "false"],
                            r"Uvicorn running on", "stderr")
     yield f"127.0.0.1:{port}"
     process.terminate()

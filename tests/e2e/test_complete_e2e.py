@@ -105,8 +105,9 @@ def test_health_and_reflection_are_served(pb, start_server, fake_ollama):
     server = start_server("--backend=ollama", f"--host={fake_ollama}", "--model=tiny")
     health = health_pb2_grpc.HealthStub(server.channel)
     for service in ("", "llmbridge.v1.LocalLLM"):
-        reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
-        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        # SERVING once the sidecar has started and its backend answered.
+        watch = health.Watch(health_pb2.HealthCheckRequest(service=service), timeout=60)
+        assert any(r.status == health_pb2.HealthCheckResponse.SERVING for r in watch)
 
     reflection = reflection_pb2_grpc.ServerReflectionStub(server.channel)
     replies = reflection.ServerReflectionInfo(

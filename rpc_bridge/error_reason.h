@@ -1,0 +1,46 @@
+// Machine-readable reasons attached to statuses, for google.rpc.ErrorInfo.
+//
+// The bridge tags the statuses it makes itself (the sidecar exited, a
+// deadline passed, ...) with a reason; statuses that come from a sidecar's
+// JSON-RPC error carry the error itself (status_mapping.h) and get their
+// reason from it. The gRPC layer reads both in its one conversion function.
+#ifndef LLMBRIDGE_RPC_BRIDGE_ERROR_REASON_H_
+#define LLMBRIDGE_RPC_BRIDGE_ERROR_REASON_H_
+
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "absl/status/status.h"
+
+namespace llmbridge::rpc {
+
+// ErrorInfo reasons (UPPER_SNAKE_CASE, stable: clients switch on them).
+namespace reason {
+inline constexpr char kInvalidRequest[] = "INVALID_REQUEST";
+inline constexpr char kModelNotFound[] = "MODEL_NOT_FOUND";
+inline constexpr char kBackendUnavailable[] = "BACKEND_UNAVAILABLE";
+inline constexpr char kBackendError[] = "BACKEND_ERROR";
+inline constexpr char kBackendRateLimited[] = "BACKEND_RATE_LIMITED";
+inline constexpr char kBackendTimeout[] = "BACKEND_TIMEOUT";
+inline constexpr char kStreamInterrupted[] = "STREAM_INTERRUPTED";
+inline constexpr char kSidecarExited[] = "SIDECAR_EXITED";
+inline constexpr char kSidecarUnavailable[] = "SIDECAR_UNAVAILABLE";
+inline constexpr char kSidecarError[] = "SIDECAR_ERROR";
+inline constexpr char kUnsupported[] = "UNSUPPORTED";
+inline constexpr char kRequestCancelled[] = "REQUEST_CANCELLED";
+inline constexpr char kDeadlineExceeded[] = "DEADLINE_EXCEEDED";
+inline constexpr char kResponseTooLarge[] = "RESPONSE_TOO_LARGE";
+inline constexpr char kShuttingDown[] = "SHUTTING_DOWN";
+inline constexpr char kInternal[] = "INTERNAL_ERROR";
+}  // namespace reason
+
+// `status` with `reason` attached (a no-op on OK).
+absl::Status WithReason(absl::Status status, std::string_view reason);
+
+// The reason attached by WithReason, if any.
+std::optional<std::string> AttachedReason(const absl::Status& status);
+
+}  // namespace llmbridge::rpc
+
+#endif  // LLMBRIDGE_RPC_BRIDGE_ERROR_REASON_H_

@@ -1,0 +1,145 @@
+#include "service/server_config.h"
+
+#include <unistd.h>
+
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "rpc_bridge/config_json.h"
+
+namespace llmbridge::service {
+namespace {
+
+absl::Status Bad(const std::string& key, const std::string& why) {
+  return absl::InvalidArgumentError(absl::StrCat(key, ": ", why));
+}
+
+absl::Status ReadPositive(const rpc::Json& j, const char* key, int64_t& out) {
+  auto it = j.find(key);
+  if (it == j.end() || it->is_null()) return absl::OkStatus();
+  if (!it->is_number_integer() || it->get<int64_t>() <= 0) {
+    return Bad(key, "must be a positive integer");
+  }
+  out = it->get<int64_t>();
+  return absl::OkStatus();
+}
+
+bool Readable(const std::string& path) {
+  return ::access(path.c_str(), R_OK) == 0;
+}
+
+}  // namespace
+
+const std::set<std::string>& ServerConfigKeys() {
+  static const auto* keys = new std::set<std::string>{
+      "listen",        "metrics_listen",    "shutdown_grace",
+      "health_interval", "tls_cert",        "tls_key",
+      "tls_client_ca", "max_message_bytes", "max_request_bytes",
+      "log_prompts"};
+  return *keys;
+}
+
+absl::StatusOr<ServerConfig> ServerConfigFromJson(const rpc::Json& j) {
+  if (!j.is_object()) {
+    return absl::InvalidArgumentError("the config must be a JSON object");
+  }
+  for (const auto& [key, value] : j.items()) {
+    if (rpc::ConfigJsonKeys().count(key) == 0 &&
+        ServerConfigKeys().count(key) == 0) {
+      std::set<std::string> all = rpc::ConfigJsonKeys();
+      all.insert(ServerConfigKeys().begin(), ServerConfigKeys().end());
+      return Bad(key, absl::StrCat("unknown key; known keys: ",
+                                   absl::StrJoin(all, ", ")));
+    }
+  }
+  absl::StatusOr<rpc::Config> client = rpc::ConfigFromJson(j);
+  if (!client.ok()) return client.status();
+  ServerConfig c;
+  c.client = *std::move(client);
+  for (auto [key, field] : {std::pair{"listen", &c.listen},
+                            {"metrics_listen", &c.metrics_listen},
+                            {"tls_cert", &c.tls_cert},
+                            {"tls_key", &c.tls_key},
+                            {"tls_client_ca", &c.tls_client_ca}}) {
+    if (absl::Status s = rpc::ReadJsonString(j, key, *field); !s.ok()) {
+      return s;
+    }
+  }
+  for (auto [key, field] : {std::pair{"shutdown_grace", &c.shutdown_grace},
+                            {"health_interval", &c.health_interval}}) {
+    auto it = j.find(key);
+    if (it == j.end() || it->is_null()) continue;
+    auto d = rpc::DurationFromJson(*it, key);
+    if (!d.ok()) return d.status();
+    *field = *d;
+  }
+  int64_t max_message = c.max_message_bytes;
+  int64_t max_request = static_cast<int64_t>(c.max_request_bytes);
+  if (auto s = ReadPositive(j, "max_message_bytes", max_message); !s.ok()) {
+    return s;
+  }
+  if (auto s = ReadPositive(j, "max_request_bytes", max_request); !s.ok()) {
+    return s;
+  }
+  c.max_message_bytes = static_cast<int>(std::min<int64_t>(max_message, INT32_MAX));
+  c.max_request_bytes = static_cast<size_t>(max_request);
+  if (auto it = j.find("log_prompts"); it != j.end() && !it->is_null()) {
+    if (!it->is_boolean()) return Bad("log_prompts", "must be true or false");
+    c.log_prompts = it->get<bool>();
+  }
+  return c;
+}
+
+absl::StatusOr<ServerConfig> LoadServerConfigFile(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("config: cannot read '", path, "'"));
+  }
+  std::stringstream text;
+  text << in.rdbuf();
+  rpc::Json j = rpc::Json::parse(text.str(), nullptr, false);
+  if (j.is_discarded()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("config: '", path, "' is not valid JSON"));
+  }
+  absl::StatusOr<ServerConfig> config = ServerConfigFromJson(j);
+  if (!config.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "config '", path, "': ", config.status().message()));
+  }
+  return config;
+}
+
+absl::Status ValidateServerConfig(const ServerConfig& c) {
+  if (absl::Status s = rpc::Validate(c.client); !s.ok()) return s;
+  if (!Readable(c.client.sidecar_path)) {
+    return Bad("sidecar", absl::StrCat("cannot read '", c.client.sidecar_path,
+                                       "'; pass the path of sidecar/sidecar.py"));
+  }
+  if (c.listen.empty()) return Bad("listen", "required, e.g. 127.0.0.1:50051");
+  if (c.tls_cert.empty() != c.tls_key.empty()) {
+    return Bad("tls_cert", "tls_cert and tls_key go together");
+  }
+  if (!c.tls_client_ca.empty() && c.tls_cert.empty()) {
+    return Bad("tls_client_ca", "needs tls_cert and tls_key (mTLS is TLS)");
+  }
+  for (auto [key, path] : {std::pair{"tls_cert", &c.tls_cert},
+                           {"tls_key", &c.tls_key},
+                           {"tls_client_ca", &c.tls_client_ca}}) {
+    if (!path->empty() && !Readable(*path)) {
+      return Bad(key, absl::StrCat("cannot read '", *path, "'"));
+    }
+  }
+  if (c.shutdown_grace.count() < 0) return Bad("shutdown_grace", "negative");
+  if (c.health_interval.count() <= 0) {
+    return Bad("health_interval", "must be positive");
+  }
+  if (c.max_message_bytes <= 0) return Bad("max_message_bytes", "must be positive");
+  if (c.max_request_bytes == 0) return Bad("max_request_bytes", "must be positive");
+  return absl::OkStatus();
+}
+
+}  // namespace llmbridge::service

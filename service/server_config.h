@@ -1,0 +1,57 @@
+// The server's configuration: the seed's client Config plus server keys,
+// from flags and an optional --config JSON file (flags given on the command
+// line override the file).
+//
+// File shape (every key optional):
+//   { "backend": "ollama", "model": "llama3.2:latest", "host": "...",
+//     "python_path": "...", "sidecar_path": "...", "work_dir": "...",
+//     "startup_timeout": "30s", "request_timeout": "5m", "env": {...},
+//     "mcp_servers": {...},
+//     "listen": "127.0.0.1:50051", "metrics_listen": "0.0.0.0:9090",
+//     "shutdown_grace": "30s", "health_interval": "5s",
+//     "tls_cert": "...", "tls_key": "...", "tls_client_ca": "...",
+//     "max_message_bytes": 8388608, "max_request_bytes": 4194304,
+//     "log_prompts": false }
+#ifndef LLMBRIDGE_SERVICE_SERVER_CONFIG_H_
+#define LLMBRIDGE_SERVICE_SERVER_CONFIG_H_
+
+#include <chrono>
+#include <cstddef>
+#include <set>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "rpc_bridge/config.h"
+#include "rpc_bridge/protocol.h"
+
+namespace llmbridge::service {
+
+struct ServerConfig {
+  rpc::Config client;
+  std::string listen = "127.0.0.1:50051";
+  std::string metrics_listen;  // empty: no metrics endpoint
+  std::chrono::milliseconds shutdown_grace{30000};
+  std::chrono::milliseconds health_interval{5000};
+  std::string tls_cert;
+  std::string tls_key;
+  std::string tls_client_ca;  // set: clients must present a certificate
+  int max_message_bytes = 8 * 1024 * 1024;
+  size_t max_request_bytes = 4 * 1024 * 1024;
+  bool log_prompts = false;
+};
+
+// The server keys a --config file may hold besides the seed's.
+const std::set<std::string>& ServerConfigKeys();
+
+// Reads a --config file. Unknown keys are errors (a typo must not be
+// silently ignored); InvalidArgument names the key.
+absl::StatusOr<ServerConfig> ServerConfigFromJson(const rpc::Json& j);
+absl::StatusOr<ServerConfig> LoadServerConfigFile(const std::string& path);
+
+// Checks everything a start needs; InvalidArgument names the setting.
+absl::Status ValidateServerConfig(const ServerConfig& config);
+
+}  // namespace llmbridge::service
+
+#endif  // LLMBRIDGE_SERVICE_SERVER_CONFIG_H_

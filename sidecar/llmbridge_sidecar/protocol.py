@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring
 from typing import Any
 
 from .errors import BackendError
@@ -70,6 +71,26 @@ def error_response(request_id: RequestId | None, error: dict[str, Any]) -> dict[
 
 def notification(method: str, params: dict[str, Any]) -> dict[str, Any]:
     return {"jsonrpc": JSONRPC_VERSION, "method": method, "params": params}
+
+
+def stream_chunk_line(request_id: RequestId | None, content: str) -> bytes:
+    """One ``stream.chunk`` notification, encoded as its wire line (with newline).
+
+    The per-token hot path: the same bytes the transport's generic encoder
+    makes of ``notification("stream.chunk", {"request_id": ..., "content": ...,
+    "done": False})``, about ten times faster (see BENCHMARKS.md).
+    ``request_id`` None (the seed's ``stream.start``) leaves the tag out.
+    """
+    if request_id is None:
+        tag = ""
+    elif isinstance(request_id, str):
+        tag = f'"request_id":{encode_basestring(request_id)},'
+    else:
+        tag = f'"request_id":{int(request_id)},'
+    return (
+        '{"jsonrpc":"2.0","method":"stream.chunk","params":{'
+        f'{tag}"content":{encode_basestring(content)},"done":false}}}}\n'
+    ).encode()
 
 
 @dataclass(frozen=True)

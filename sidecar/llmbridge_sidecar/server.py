@@ -221,6 +221,13 @@ class Server:
             # The bridge is gone; there is nobody left to tell.
             log.warning("dropping outgoing message, stdout closed: %s", e)
 
+    async def _send_line(self, line: bytes) -> None:
+        """``_send`` for a pre-encoded line (the stream.chunk hot path)."""
+        try:
+            await self._transport.send_line(line)
+        except TransportClosed as e:
+            log.warning("dropping outgoing message, stdout closed: %s", e)
+
     async def _send_error(self, rid: RequestId | None, err: BackendError) -> None:
         await self._send(protocol.error_response(rid, self._error_object(err)))
 
@@ -379,11 +386,7 @@ class Server:
                 if isinstance(event, TextDelta):
                     parts.append(event.text)
                     if stream:
-                        await self._send(
-                            protocol.notification(
-                                "stream.chunk", {**tag, "content": event.text, "done": False}
-                            )
-                        )
+                        await self._send_line(protocol.stream_chunk_line(rid, event.text))
                 else:
                     done = event
         if done is None:

@@ -4,9 +4,14 @@ Reading: one line per message from fd 0; a line longer than ``max_line_bytes``
 is discarded (and reported to the caller as ``LineTooLong``) instead of
 growing memory without bound or killing the reader.
 
-Writing: each message is serialised to one line and written to the private
-protocol fd under a lock, then drained, so concurrent request tasks never
-interleave bytes and every message is flushed as soon as it is sent.
+Writing: each message is serialised to one whole line and queued; the lines
+queued during one event-loop iteration are written together, in order, by one
+callback scheduled at the end of that iteration. So concurrent request tasks
+never interleave bytes, a message waits at most until the current iteration
+ends (no timer, no added latency beyond that), and 64 streams that each
+produce a chunk in the same iteration cost one write(2) instead of 64 (the
+syscall was the sidecar's largest per-chunk cost; see BENCHMARKS.md). ``send``
+then waits while the pipe is over its high-water mark (backpressure).
 
 Pipes (what the C++ bridge gives us) use the event loop directly; other fd
 kinds (regular files, /dev/null) cannot be polled by epoll, so they fall back
@@ -27,6 +32,10 @@ from typing import Any, BinaryIO
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_LINE_BYTES = 16 * 1024 * 1024
+
+# One encoder for every message: json.dumps with non-default arguments builds
+# a new JSONEncoder per call, which costs about as much as the encoding.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
 @dataclass(frozen=True)
@@ -56,11 +65,14 @@ class StdioTransport:
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._out_file: BinaryIO | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # Lines waiting for this iteration's flush; a flush is scheduled iff non-empty.
+        self._pending: list[bytes] = []
         self._write_lock = asyncio.Lock()
         self._closed = False
 
     async def __aenter__(self) -> StdioTransport:
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         reader = self._reader = asyncio.StreamReader(limit=self._max_line)
         try:
             in_file = os.fdopen(self._in_fd, "rb", buffering=0, closefd=False)
@@ -135,21 +147,45 @@ class StdioTransport:
                 return dropped + len(e.partial)
 
     async def send(self, message: dict[str, Any]) -> None:
-        """Write one message as one line and flush it."""
-        data = json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
-        async with self._write_lock:
-            if self._closed:
-                raise TransportClosed("transport is closed")
-            try:
-                if self._writer is not None:
-                    self._writer.write(data)
-                    await self._writer.drain()
-                else:
-                    assert self._out_file is not None
+        """Queue one message as one line; it is written when this loop iteration ends."""
+        await self.send_line(_ENCODER.encode(message).encode() + b"\n")
+
+    async def send_line(self, data: bytes) -> None:
+        """``send`` for a message already encoded as one line ending in a newline."""
+        if self._closed:
+            raise TransportClosed("transport is closed")
+        writer = self._writer
+        if writer is None:
+            # Not pollable (a regular file): write synchronously, at once.
+            assert self._out_file is not None
+            async with self._write_lock:
+                try:
                     self._out_file.write(data)
-            except (BrokenPipeError, ConnectionResetError) as e:
-                self._closed = True
-                raise TransportClosed(str(e)) from e
+                except (BrokenPipeError, ConnectionResetError) as e:
+                    self._closed = True
+                    raise TransportClosed(str(e)) from e
+            return
+        if not self._pending:
+            assert self._loop is not None
+            self._loop.call_soon(self._flush)
+        self._pending.append(data)
+        try:
+            # Returns at once unless the pipe's buffer is over the high-water mark.
+            await writer.drain()
+        except (BrokenPipeError, ConnectionResetError) as e:
+            self._closed = True
+            raise TransportClosed(str(e)) from e
+
+    def _flush(self) -> None:
+        """Hand every queued line to the pipe transport in one write."""
+        if not self._pending:
+            return
+        data = b"".join(self._pending)
+        self._pending.clear()
+        if self._writer is not None:
+            # Write errors (EPIPE) do not raise here: the pipe transport records
+            # them and the next drain() raises ConnectionResetError.
+            self._writer.write(data)
 
     async def close(self) -> None:
         async with self._write_lock:
@@ -157,6 +193,7 @@ class StdioTransport:
                 return
             self._closed = True
             if self._writer is not None:
+                self._flush()  # what was sent before close still goes out
                 try:
                     # Flush first: the pipe transport's close() does not wait for
                     # its buffer, and FlowControlMixin has no close waiter.

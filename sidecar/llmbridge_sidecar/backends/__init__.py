@@ -6,7 +6,8 @@ from ..errors import BackendError
 from ..protocol import INVALID_PARAMS, InitParams
 from .base import Backend
 
-BACKEND_NAMES = ("ollama", "gguf", "llama.cpp", "vllm", "transformers")
+# "echo" is a debugging/benchmark backend (no model), not for production.
+BACKEND_NAMES = ("ollama", "gguf", "llama.cpp", "vllm", "transformers", "echo")
 
 
 def create_backend(params: InitParams) -> Backend:
@@ -28,6 +29,10 @@ def create_backend(params: InitParams) -> Backend:
         from .hf_transformers import TransformersBackend
 
         return TransformersBackend(model=params.model, options=params.options)
+    if params.backend == "echo":
+        from .echo import EchoBackend
+
+        return EchoBackend(params)
     raise BackendError(
         INVALID_PARAMS,
         f"invalid params: unknown backend {params.backend!r}; "

@@ -95,6 +95,7 @@ class StreamCall {
       finished = true;
       on_done = std::move(handlers.on_done);
       handlers.on_chunk = nullptr;
+      handlers.on_tool_event = nullptr;
     }
     if (on_done) on_done(std::move(result));
     return true;
@@ -139,6 +140,17 @@ NotificationOutcome OnStreamNotification(StreamCall& call,
       on_chunk = call.handlers.on_chunk;
     }
     if (on_chunk) on_chunk(chunk->content);
+    return std::nullopt;
+  }
+  if (n.method == kNotifyStreamToolCall || n.method == kNotifyStreamToolResult) {
+    absl::StatusOr<ToolEvent> event = ParseToolEvent(n);
+    if (!event.ok()) return absl::StatusOr<Json>(event.status());
+    std::function<void(const ToolEvent&)> on_tool_event;
+    {
+      std::lock_guard<std::mutex> lock(call.mu);
+      on_tool_event = call.handlers.on_tool_event;
+    }
+    if (on_tool_event) on_tool_event(*event);
     return std::nullopt;
   }
   if (n.method == kNotifyStreamDone) {

@@ -54,6 +54,9 @@ struct StreamHandlers {
   // Exactly once, last: the final result (usage, finish_reason, model) or
   // the error that ended the stream.
   std::function<void(absl::StatusOr<CompleteResult>)> on_done;
+  // With use_tools: each tool call and each tool result, in stream order.
+  // Optional.
+  std::function<void(const ToolEvent& event)> on_tool_event;
 };
 
 struct CallOptions {

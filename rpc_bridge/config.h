@@ -38,6 +38,9 @@ struct Config {
   // Extra environment variables of the sidecar.
   std::map<std::string, std::string> env;
   std::map<std::string, MCPServerConfig> mcp_servers;
+  // Fail the sidecar's start when an MCP server cannot be reached (default:
+  // report it in ListTools and go on without it).
+  bool mcp_strict = false;
 };
 
 // The seed's defaults: python3, 30 s startup, 5 min requests.

@@ -112,6 +112,8 @@ void to_json(Json& j, const CompleteParams& p) {
   if (p.temperature.has_value()) j["temperature"] = *p.temperature;
   if (p.stream) j["stream"] = true;
   if (p.timeout_s.has_value()) j["timeout_s"] = *p.timeout_s;
+  if (p.use_tools) j["use_tools"] = true;
+  if (p.max_tool_iterations > 0) j["max_tool_iterations"] = p.max_tool_iterations;
   if (p.options.is_object() && !p.options.empty()) j["options"] = p.options;
 }
 
@@ -248,6 +250,27 @@ absl::StatusOr<StreamDoneParams> ParseStreamDone(const Json& params) {
         ReadOptional(j, "usage", out.usage);
         ReadOptional(j, "finish_reason", out.finish_reason);
         ReadOptional(j, "model", out.model);
+      });
+}
+
+absl::StatusOr<ToolEvent> ParseToolEvent(const Notification& n) {
+  const bool call = n.method == kNotifyStreamToolCall;
+  if (!call && n.method != kNotifyStreamToolResult) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("not a tool notification: ", n.method));
+  }
+  return Decode<ToolEvent>(
+      n.params, n.method.c_str(), [call](const Json& j, ToolEvent& out) {
+        out.kind = call ? ToolEvent::Kind::kCall : ToolEvent::Kind::kResult;
+        // Ids may be strings (OpenAI's "call_...") or numbers.
+        if (auto id = j.find("id"); id != j.end() && !id->is_null()) {
+          out.id = id->is_string() ? id->get<std::string>() : id->dump();
+        }
+        ReadOptional(j, "server", out.server);
+        ReadOptional(j, "name", out.name);
+        ReadOptional(j, "arguments", out.arguments);
+        ReadOptional(j, "content", out.content);
+        ReadOptional(j, "is_error", out.is_error);
       });
 }
 

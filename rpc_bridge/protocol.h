@@ -46,6 +46,10 @@ inline constexpr char kNotifyStreamStart[] = "stream.start";
 inline constexpr char kNotifyStreamChunk[] = "stream.chunk";
 inline constexpr char kNotifyStreamDone[] = "stream.done";
 inline constexpr char kNotifyStreamError[] = "stream.error";
+inline constexpr char kNotifyStreamToolCall[] = "stream.tool_call";
+inline constexpr char kNotifyStreamToolResult[] = "stream.tool_result";
+inline constexpr char kMethodTools[] = "tools";
+inline constexpr char kMethodHealth[] = "health";
 inline constexpr char kNotifyCancelRequest[] = "$/cancelRequest";
 
 struct RpcError {
@@ -117,6 +121,9 @@ struct CompleteParams {
   // Seconds left before the caller gives up (the gRPC deadline): the
   // sidecar may stop the backend's work then.
   std::optional<double> timeout_s;
+  // MCP tools: offer them to the model and run its calls (0: default).
+  bool use_tools = false;
+  int max_tool_iterations = 0;
 };
 
 struct UsageResult {
@@ -150,6 +157,21 @@ struct StreamErrorParams {
   int code = 0;
   std::string message;
 };
+
+// stream.tool_call / stream.tool_result: a tool the model called through
+// MCP, and what it returned.
+struct ToolEvent {
+  enum class Kind { kCall, kResult };
+  Kind kind = Kind::kCall;
+  std::string id;
+  std::string server;
+  std::string name;
+  Json arguments = Json::object();  // kCall
+  std::string content;              // kResult
+  bool is_error = false;            // kResult
+};
+
+absl::StatusOr<ToolEvent> ParseToolEvent(const Notification& notification);
 
 struct ShutdownResult {
   bool success = false;

@@ -93,6 +93,7 @@ absl::Status Sidecar::Handshake() {
   // long; a margin under our own deadline lets its clearer error arrive.
   params.options["startup_timeout_s"] =
       0.9 * static_cast<double>(config.startup_timeout.count()) / 1000.0;
+  if (config.mcp_strict) params.options["mcp_strict"] = true;
   absl::StatusOr<Json> reply = CallAndWait(dispatcher_, kMethodInit, params,
                                            config.startup_timeout);
   if (!reply.ok()) {

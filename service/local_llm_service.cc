@@ -92,6 +92,9 @@ class CompleteReactor : public grpc::ServerWriteReactor<CompleteResponse> {
       response.set_content(delta);
       Enqueue(std::move(response));
     };
+    handlers.on_tool_event = [this](const rpc::ToolEvent& event) {
+      Enqueue(ToToolResponse(event));
+    };
     handlers.on_done = [this](absl::StatusOr<rpc::CompleteResult> result) {
       if (result.ok()) {
         output_tokens_ = result->usage.output_tokens;
@@ -237,6 +240,34 @@ grpc::ServerWriteReactor<CompleteResponse>* LocalLLMService::Complete(
     grpc::CallbackServerContext* context,
     const llmbridge::v1::CompleteRequest* request) {
   return new CompleteReactor(this, client_, options_, context, *request);
+}
+
+grpc::ServerUnaryReactor* LocalLLMService::ListTools(
+    grpc::CallbackServerContext* context,
+    const llmbridge::v1::ListToolsRequest* /*request*/,
+    llmbridge::v1::ListToolsResponse* response) {
+  Metrics::Call observer(options_.metrics, "ListTools");
+  auto deadline = SteadyDeadline(*context);
+  auto timeout = std::chrono::milliseconds(30000);
+  if (deadline.has_value()) {
+    timeout = std::chrono::duration_cast<std::chrono::milliseconds>(
+        *deadline - std::chrono::steady_clock::now());
+  }
+  absl::StatusOr<rpc::Json> tools = client_->Call(
+      rpc::kMethodTools, rpc::Json::object(),
+      std::max(timeout, std::chrono::milliseconds(1)));
+  absl::Status status = tools.status();
+  if (tools.ok()) {
+    absl::StatusOr<llmbridge::v1::ListToolsResponse> converted =
+        ToListToolsResponse(*tools);
+    status = converted.status();
+    if (converted.ok()) *response = *std::move(converted);
+  }
+  observer.Finish(status.code());
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(ToGrpcStatus(
+      status, {client_->config().backend, client_->config().model}));
+  return reactor;
 }
 
 bool LocalLLMService::CallStarted() {

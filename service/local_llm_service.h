@@ -42,6 +42,11 @@ class LocalLLMService final : public llmbridge::v1::LocalLLM::CallbackService {
       const llmbridge::v1::GetCapabilitiesRequest* request,
       llmbridge::v1::Capabilities* response) override;
 
+  grpc::ServerUnaryReactor* ListTools(
+      grpc::CallbackServerContext* context,
+      const llmbridge::v1::ListToolsRequest* request,
+      llmbridge::v1::ListToolsResponse* response) override;
+
   // Graceful shutdown: from now on Complete calls are refused (UNAVAILABLE,
   // reason SHUTTING_DOWN); returns once the calls in flight have ended, or at
   // `deadline` (true if they all ended). Any thread.

@@ -35,7 +35,8 @@ ABSL_FLAG(std::string, config, "",
           "work_dir, env, mcp_servers) plus the server keys (listen, "
           "metrics_listen, shutdown_grace, health_interval, tls_cert, "
           "tls_key, tls_client_ca, max_message_bytes, max_request_bytes, "
-          "log_prompts). Flags given on the command line override it.");
+          "log_prompts, mcp_strict). Flags given on the command line "
+          "override it.");
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
           "Address to serve gRPC on. Loopback by default; 0.0.0.0:50051 "
           "accepts remote clients (use TLS then).");
@@ -80,6 +81,9 @@ ABSL_FLAG(int, max_message_bytes, 8 * 1024 * 1024,
 ABSL_FLAG(int64_t, max_request_bytes, 4 * 1024 * 1024,
           "Largest total text (messages + system_prompt) of a request; larger "
           "requests get INVALID_ARGUMENT.");
+ABSL_FLAG(bool, mcp_strict, false,
+          "Fail the sidecar's start when a configured MCP server cannot be "
+          "reached (default: report it in ListTools and go on without it).");
 ABSL_FLAG(bool, log_prompts, false,
           "Include prompt text in the request logs (off: only sizes).");
 
@@ -141,6 +145,7 @@ absl::StatusOr<svc::ServerConfig> BuildConfig(int argc, char** argv) {
     c.max_request_bytes = v > 0 ? static_cast<size_t>(v) : 0;
   }
   if (use("log_prompts")) c.log_prompts = absl::GetFlag(FLAGS_log_prompts);
+  if (use("mcp_strict")) c.client.mcp_strict = absl::GetFlag(FLAGS_mcp_strict);
   if (c.client.python_path.empty()) c.client.python_path = "python3";
   if (c.client.sidecar_path.empty()) c.client.sidecar_path = svc::ShippedSidecarPath();
   c.client = llmbridge::rpc::WithDefaults(c.client);

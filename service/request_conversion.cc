@@ -54,6 +54,13 @@ absl::StatusOr<rpc::CompleteParams> ToCompleteParams(
     }
     params.temperature = t;
   }
+  if (request.max_tool_iterations() < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "max_tool_iterations: must be >= 0 (0 means the default), got ",
+        request.max_tool_iterations()));
+  }
+  params.use_tools = request.use_tools();
+  params.max_tool_iterations = request.max_tool_iterations();
   params.model = request.model();
   params.system_prompt = request.system_prompt();
   params.max_tokens = request.max_tokens();
@@ -71,6 +78,52 @@ absl::StatusOr<rpc::CompleteParams> ToCompleteParams(
     }
   }
   return params;
+}
+
+llmbridge::v1::CompleteResponse ToToolResponse(const rpc::ToolEvent& event) {
+  llmbridge::v1::CompleteResponse response;
+  if (event.kind == rpc::ToolEvent::Kind::kCall) {
+    auto* call = response.mutable_tool_call();
+    call->set_id(event.id);
+    call->set_server(event.server);
+    call->set_name(event.name);
+    call->set_arguments_json(event.arguments.dump());
+  } else {
+    auto* result = response.mutable_tool_result();
+    result->set_id(event.id);
+    result->set_server(event.server);
+    result->set_name(event.name);
+    result->set_content(event.content);
+    result->set_is_error(event.is_error);
+  }
+  return response;
+}
+
+absl::StatusOr<llmbridge::v1::ListToolsResponse> ToListToolsResponse(
+    const rpc::Json& result) {
+  llmbridge::v1::ListToolsResponse response;
+  try {
+    for (const rpc::Json& t : result.value("tools", rpc::Json::array())) {
+      auto* tool = response.add_tools();
+      tool->set_server(t.value("server", ""));
+      tool->set_name(t.value("name", ""));
+      tool->set_description(t.value("description", ""));
+      tool->set_input_schema_json(
+          t.value("input_schema", rpc::Json::object()).dump());
+    }
+    for (const auto& [name, s] : result.value("servers", rpc::Json::object()).items()) {
+      auto* server = response.add_servers();
+      server->set_name(name);
+      server->set_connected(s.value("connected", false));
+      server->set_tool_count(s.value("tools", 0));
+      server->set_error(s.value("error", ""));
+      server->set_protocol_version(s.value("protocol_version", ""));
+    }
+  } catch (const rpc::Json::exception& e) {
+    return absl::InternalError(
+        absl::StrCat("malformed tools result from the sidecar: ", e.what()));
+  }
+  return response;
 }
 
 llmbridge::v1::CompleteResponse ToFinalResponse(

@@ -15,6 +15,13 @@ absl::StatusOr<rpc::CompleteParams> ToCompleteParams(
     const llmbridge::v1::CompleteRequest& request,
     size_t max_request_bytes = 4 * 1024 * 1024);
 
+// A tool call or result as a stream message.
+llmbridge::v1::CompleteResponse ToToolResponse(const rpc::ToolEvent& event);
+
+// ListTools' answer from the sidecar's "tools" result.
+absl::StatusOr<llmbridge::v1::ListToolsResponse> ToListToolsResponse(
+    const rpc::Json& tools_result);
+
 // The final message of a stream (done = true) from the sidecar's result.
 llmbridge::v1::CompleteResponse ToFinalResponse(
     const rpc::CompleteResult& result);

@@ -37,7 +37,7 @@ const std::set<std::string>& ServerConfigKeys() {
       "listen",        "metrics_listen",    "shutdown_grace",
       "health_interval", "tls_cert",        "tls_key",
       "tls_client_ca", "max_message_bytes", "max_request_bytes",
-      "log_prompts"};
+      "log_prompts",   "mcp_strict"};
   return *keys;
 }
 
@@ -85,9 +85,12 @@ absl::StatusOr<ServerConfig> ServerConfigFromJson(const rpc::Json& j) {
   }
   c.max_message_bytes = static_cast<int>(std::min<int64_t>(max_message, INT32_MAX));
   c.max_request_bytes = static_cast<size_t>(max_request);
-  if (auto it = j.find("log_prompts"); it != j.end() && !it->is_null()) {
-    if (!it->is_boolean()) return Bad("log_prompts", "must be true or false");
-    c.log_prompts = it->get<bool>();
+  for (auto [key, field] : {std::pair{"log_prompts", &c.log_prompts},
+                            {"mcp_strict", &c.client.mcp_strict}}) {
+    auto it = j.find(key);
+    if (it == j.end() || it->is_null()) continue;
+    if (!it->is_boolean()) return Bad(key, "must be true or false");
+    *field = it->get<bool>();
   }
   return c;
 }

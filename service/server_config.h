@@ -11,7 +11,7 @@
 //     "shutdown_grace": "30s", "health_interval": "5s",
 //     "tls_cert": "...", "tls_key": "...", "tls_client_ca": "...",
 //     "max_message_bytes": 8388608, "max_request_bytes": 4194304,
-//     "log_prompts": false }
+//     "log_prompts": false, "mcp_strict": false }
 #ifndef LLMBRIDGE_SERVICE_SERVER_CONFIG_H_
 #define LLMBRIDGE_SERVICE_SERVER_CONFIG_H_
 

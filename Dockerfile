@@ -48,11 +48,13 @@ RUN --mount=type=cache,target=/root/.cache/llmbridge \
 
 FROM debian:${DEBIAN_RELEASE}-slim AS runtime
 # Only what the binary and the venv load: Debian 12's gRPC 1.51, protobuf
-# 3.21 and Abseil (the binary links them dynamically), Python 3.11 (the
-# venv's base interpreter) and libgomp (llama.cpp's OpenMP threads).
+# 3.21, Abseil and prometheus-cpp (the binary links them dynamically; check
+# with `ldd bazel-bin/service/llmbridge`), Python 3.11 (the venv's base
+# interpreter) and libgomp (llama.cpp's OpenMP threads).
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       python3 libgrpc++1.51 libprotobuf32 libabsl20220623 libgomp1 ca-certificates \
+      libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0 \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 llmbridge \
  && useradd --system --uid 10001 --gid llmbridge --no-create-home \

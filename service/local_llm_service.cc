@@ -282,9 +282,13 @@ void LocalLLMService::CallEnded() {
   if (--in_flight_ == 0) drain_cv_.notify_all();
 }
 
-bool LocalLLMService::DrainUntil(std::chrono::steady_clock::time_point deadline) {
-  std::unique_lock<std::mutex> lock(drain_mu_);
+void LocalLLMService::StopAccepting() {
+  std::lock_guard<std::mutex> lock(drain_mu_);
   draining_ = true;
+}
+
+bool LocalLLMService::WaitIdle(std::chrono::steady_clock::time_point deadline) {
+  std::unique_lock<std::mutex> lock(drain_mu_);
   return drain_cv_.wait_until(lock, deadline, [this] { return in_flight_ == 0; });
 }
 

@@ -47,10 +47,11 @@ class LocalLLMService final : public llmbridge::v1::LocalLLM::CallbackService {
       const llmbridge::v1::ListToolsRequest* request,
       llmbridge::v1::ListToolsResponse* response) override;
 
-  // Graceful shutdown: from now on Complete calls are refused (UNAVAILABLE,
-  // reason SHUTTING_DOWN); returns once the calls in flight have ended, or at
-  // `deadline` (true if they all ended). Any thread.
-  bool DrainUntil(std::chrono::steady_clock::time_point deadline);
+  // Graceful shutdown, any thread. StopAccepting: from now on Complete calls
+  // are refused (UNAVAILABLE, reason SHUTTING_DOWN). WaitIdle: returns once
+  // the calls in flight have ended (true), or at `deadline` (false).
+  void StopAccepting();
+  bool WaitIdle(std::chrono::steady_clock::time_point deadline);
 
   // Reactors report their start and end (any thread).
   bool CallStarted();  // false when draining: refuse the call

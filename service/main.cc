@@ -245,14 +245,15 @@ int Run(int argc, char** argv) {
   std::thread stopper([&] {
     int signo = 0;
     sigwait(&stop_signals, &signo);
+    // 1. New Complete calls are refused, and health says NOT_SERVING.
+    service.StopAccepting();
+    health.Stop();
     svc::LogEvent("info", "shutdown",
                   {{"signal", signo},
                    {"grace_ms", config.shutdown_grace.count()}});
-    // 1. Health says NOT_SERVING, and new Complete calls are refused.
-    health.Stop();
     // 2. In-flight streams get the grace period to finish...
-    bool drained = service.DrainUntil(std::chrono::steady_clock::now() +
-                                      config.shutdown_grace);
+    bool drained = service.WaitIdle(std::chrono::steady_clock::now() +
+                                    config.shutdown_grace);
     svc::LogEvent("info", "drained", {{"all_finished", drained}});
     // ...then whatever still runs (streams past the grace, health watches)
     // is cancelled; the reactors cancel the sidecar's work.

@@ -101,27 +101,44 @@ llmbridge::v1::CompleteResponse ToToolResponse(const rpc::ToolEvent& event) {
 
 absl::StatusOr<llmbridge::v1::ListToolsResponse> ToListToolsResponse(
     const rpc::Json& result) {
+  // The sidecar may send null for absent fields (a tool without a
+  // description): read each field leniently, by type.
+  auto text = [](const rpc::Json& j, const char* key) -> std::string {
+    auto it = j.find(key);
+    return it != j.end() && it->is_string() ? it->get<std::string>() : "";
+  };
+  auto field = [](const rpc::Json& j, const char* key) -> const rpc::Json& {
+    static const rpc::Json kNull;
+    auto it = j.find(key);
+    return it != j.end() ? *it : kNull;
+  };
+  if (!result.is_object()) {
+    return absl::InternalError("malformed tools result from the sidecar");
+  }
   llmbridge::v1::ListToolsResponse response;
-  try {
-    for (const rpc::Json& t : result.value("tools", rpc::Json::array())) {
-      auto* tool = response.add_tools();
-      tool->set_server(t.value("server", ""));
-      tool->set_name(t.value("name", ""));
-      tool->set_description(t.value("description", ""));
-      tool->set_input_schema_json(
-          t.value("input_schema", rpc::Json::object()).dump());
-    }
-    for (const auto& [name, s] : result.value("servers", rpc::Json::object()).items()) {
+  const rpc::Json& tools = field(result, "tools");
+  for (const rpc::Json& t : tools.is_array() ? tools : rpc::Json::array()) {
+    if (!t.is_object()) continue;
+    auto* tool = response.add_tools();
+    tool->set_server(text(t, "server"));
+    tool->set_name(text(t, "name"));
+    tool->set_description(text(t, "description"));
+    const rpc::Json& schema = field(t, "input_schema");
+    tool->set_input_schema_json(schema.is_object() ? schema.dump() : "{}");
+  }
+  const rpc::Json& servers = field(result, "servers");
+  if (servers.is_object()) {
+    for (const auto& [name, s] : servers.items()) {
+      if (!s.is_object()) continue;
       auto* server = response.add_servers();
       server->set_name(name);
-      server->set_connected(s.value("connected", false));
-      server->set_tool_count(s.value("tools", 0));
-      server->set_error(s.value("error", ""));
-      server->set_protocol_version(s.value("protocol_version", ""));
+      const rpc::Json& connected = field(s, "connected");
+      server->set_connected(connected.is_boolean() && connected.get<bool>());
+      const rpc::Json& count = field(s, "tools");
+      server->set_tool_count(count.is_number_integer() ? count.get<int>() : 0);
+      server->set_error(text(s, "error"));
+      server->set_protocol_version(text(s, "protocol_version"));
     }
-  } catch (const rpc::Json::exception& e) {
-    return absl::InternalError(
-        absl::StrCat("malformed tools result from the sidecar: ", e.what()));
   }
   return response;
 }

@@ -3,20 +3,29 @@
 JSON-RPC 2.0, one JSON object per line on stdin/stdout. Methods:
 
 * ``init`` {backend, model, host?, mcp_servers?, options?} -> {ready, version,
-  message, stream_request_id: true, capabilities}. HTTP backends are checked
-  here: reachable (else -32003) and serving the model (else -32001).
+  message, stream_request_id: true, capabilities, mcp?}. HTTP backends are
+  checked here: reachable (else -32003) and serving the model (else -32001).
   ``options.startup_timeout_s`` (default 30) bounds the wait for a server that
-  is still loading; ``options.read_timeout_s`` (default 300) bounds the silence
-  between two stream lines. Other options go to the backend.
+  is still loading, and for each MCP server to connect; ``options.read_timeout_s``
+  (default 300) bounds the silence between two stream lines;
+  ``options.mcp_strict`` (default false) makes an MCP server that cannot
+  connect fail init with -32003. Other options go to the backend. MCP: see
+  ``mcp_client``; the result gains ``mcp: {servers: {name: status}}``.
 * ``complete`` {messages, model?, system_prompt?, max_tokens?, temperature?,
-  stream?, options?} -> CompleteResult; with ``stream: true`` it first sends
-  ``stream.chunk`` notifications, then ``stream.done``, each carrying
-  ``request_id``.
+  stream?, options?, use_tools?, max_tool_iterations?, tool_timeout_s?} ->
+  CompleteResult; with ``stream: true`` it first sends ``stream.chunk``
+  notifications (and ``stream.tool_call`` / ``stream.tool_result`` around each
+  MCP tool call), then ``stream.done``, each carrying ``request_id``. See
+  ``tool_loop`` for the tool-calling loop.
+* ``tools`` {} -> {"tools": [{server, name, description, input_schema}],
+  "servers": {name: status}}; reconnects servers that are down.
 * ``shutdown`` -> {"success": true}: in-flight requests are cancelled (each
   still gets its -32800 reply), backend clients are closed, the process exits 0.
 * ``models`` {} -> {"backend", "models": [{"name", ...backend details}]}.
-* ``health`` {} -> {"ok", "backend", "model", "message", "http_status"?};
-  never an error, so a health checker can always read it.
+* ``health`` {} -> {"ok", "backend", "model", "message", "http_status"?,
+  "mcp"?}; never an error, so a health checker can always read it. ``mcp``
+  ({servers: {name: status}}, when MCP servers are configured) does not
+  change ``ok``.
 * notification ``$/cancelRequest`` {id}: the request gets one -32800 reply.
 * notification ``stream.start`` (the Go seed client's form of streaming):
   same params as ``complete``; notifications carry no ``request_id`` and a
@@ -56,6 +65,9 @@ DEFAULT_STARTUP_TIMEOUT_S = 30.0
 # Longest silence between two lines of a backend's stream (CPU prompt
 # evaluation can take minutes).
 DEFAULT_READ_TIMEOUT_S = 300.0
+# The tool-calling loop's defaults (complete's use_tools).
+DEFAULT_MAX_TOOL_ITERATIONS = 8
+DEFAULT_TOOL_TIMEOUT_S = 30.0
 
 # Request ids the sidecar accepts: JSON numbers (integers) and strings.
 RequestId = int | str
@@ -107,10 +119,30 @@ class Usage:
 
 
 @dataclass(frozen=True)
+class ToolCall:
+    """One tool call a model asked for, in no backend's format.
+
+    ``arguments`` is the parsed object; ``raw_arguments`` the text the backend
+    sent when it sent text (OpenAI streams a JSON string), echoed back to it
+    unchanged. ``arguments_error`` says why the text was not a JSON object.
+    """
+
+    id: str
+    name: str
+    arguments: dict[str, Any]
+    raw_arguments: str | None = None
+    arguments_error: str | None = None
+
+
+@dataclass(frozen=True)
 class Message:
     role: str
     content: str
     name: str | None = None
+    # Only in messages the tool loop adds: an assistant turn's tool calls, and
+    # the id of the call a ``role: "tool"`` message answers.
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
 
     def to_chat(self) -> dict[str, str]:
         """The OpenAI/Ollama chat shape; ``name`` only when set."""
@@ -129,6 +161,7 @@ class InitParams:
     read_timeout_s: float = DEFAULT_READ_TIMEOUT_S
     options: dict[str, Any] = field(default_factory=dict)
     mcp_servers: dict[str, Any] = field(default_factory=dict)
+    mcp_strict: bool = False
 
 
 @dataclass(frozen=True)
@@ -140,6 +173,9 @@ class CompleteParams:
     temperature: float | None = None
     stream: bool = False
     options: dict[str, Any] = field(default_factory=dict)
+    use_tools: bool = False
+    max_tool_iterations: int = DEFAULT_MAX_TOOL_ITERATIONS
+    tool_timeout_s: float = DEFAULT_TOOL_TIMEOUT_S
 
     def chat_messages(self) -> list[Message]:
         """Messages with ``system_prompt`` as a leading system message."""
@@ -178,8 +214,7 @@ def _opt_object(params: dict[str, Any], key: str) -> dict[str, Any]:
     return value
 
 
-def _pop_seconds(options: dict[str, Any], key: str, default: float) -> float:
-    value = options.pop(key, None)
+def _positive_seconds(value: Any, default: float, field: str) -> float:
     if value is None:
         return default
     if (
@@ -188,8 +223,21 @@ def _pop_seconds(options: dict[str, Any], key: str, default: float) -> float:
         or not math.isfinite(value)
         or value <= 0
     ):
-        raise invalid_params(f"options.{key}", "must be a positive number of seconds")
+        raise invalid_params(field, "must be a positive number of seconds")
     return float(value)
+
+
+def _pop_seconds(options: dict[str, Any], key: str, default: float) -> float:
+    return _positive_seconds(options.pop(key, None), default, f"options.{key}")
+
+
+def _opt_bool(params: dict[str, Any], key: str, field: str | None = None) -> bool:
+    value = params.get(key)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise invalid_params(field or key, "must be a boolean")
+    return value
 
 
 def parse_init(raw: Any) -> InitParams:
@@ -201,6 +249,8 @@ def parse_init(raw: Any) -> InitParams:
     options = dict(_opt_object(params, "options"))
     startup = _pop_seconds(options, "startup_timeout_s", DEFAULT_STARTUP_TIMEOUT_S)
     read = _pop_seconds(options, "read_timeout_s", DEFAULT_READ_TIMEOUT_S)
+    strict = _opt_bool(options, "mcp_strict", "options.mcp_strict")
+    options.pop("mcp_strict", None)
     return InitParams(
         backend=backend,
         model=_opt_str(params, "model"),
@@ -209,6 +259,7 @@ def parse_init(raw: Any) -> InitParams:
         read_timeout_s=read,
         options=options,
         mcp_servers=_opt_object(params, "mcp_servers"),
+        mcp_strict=strict,
     )
 
 
@@ -261,11 +312,13 @@ def parse_complete(raw: Any) -> CompleteParams:
             raise invalid_params("temperature", "must be a non-negative number")
         temperature = float(temperature)
 
-    stream = params.get("stream", False)
-    if stream is None:
-        stream = False
-    if not isinstance(stream, bool):
-        raise invalid_params("stream", "must be a boolean")
+    stream = _opt_bool(params, "stream")
+
+    iterations = params.get("max_tool_iterations")
+    if iterations is None:
+        iterations = DEFAULT_MAX_TOOL_ITERATIONS
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
+        raise invalid_params("max_tool_iterations", "must be a non-negative integer")
 
     return CompleteParams(
         messages=tuple(_parse_message(i, m) for i, m in enumerate(messages)),
@@ -275,4 +328,9 @@ def parse_complete(raw: Any) -> CompleteParams:
         temperature=temperature,
         stream=stream,
         options=_opt_object(params, "options"),
+        use_tools=_opt_bool(params, "use_tools"),
+        max_tool_iterations=iterations,
+        tool_timeout_s=_positive_seconds(
+            params.get("tool_timeout_s"), DEFAULT_TOOL_TIMEOUT_S, "tool_timeout_s"
+        ),
     )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -22,7 +23,15 @@ from . import __version__, protocol
 from .backends import create_backend
 from .backends.base import Backend, ChatDone, ChatRequest, TextDelta
 from .errors import BackendError
+from .mcp_client import McpManager, parse_config
 from .protocol import RequestId
+from .tool_loop import (
+    FINISH_MAX_TOOL_ITERATIONS,
+    ExecutedCall,
+    Toolbox,
+    assistant_turn,
+    tool_message,
+)
 from .transport import LineTooLong, StdioTransport, TransportClosed
 
 log = logging.getLogger(__name__)
@@ -35,6 +44,7 @@ class Server:
         self._transport = transport
         self._backend: Backend | None = None
         self._backend_name = ""
+        self._mcp = McpManager([], 0.0)
         self._init_lock = asyncio.Lock()
         # Requests that may still be cancelled, by id.
         self._requests: dict[RequestId, asyncio.Task[None]] = {}
@@ -49,6 +59,7 @@ class Server:
             "shutdown": self._handle_shutdown,
             "models": self._handle_models,
             "health": self._handle_health,
+            "tools": self._handle_tools,
         }
 
     # ---- lifecycle -------------------------------------------------------
@@ -76,6 +87,8 @@ class Server:
         if self._backend is not None:
             await self._backend.aclose()
             self._backend = None
+        # Stops every MCP server process (stdin closed, then SIGTERM, SIGKILL).
+        await self._mcp.close()
 
     # ---- input -----------------------------------------------------------
 
@@ -262,31 +275,52 @@ class Server:
 
     async def _handle_init(self, rid: RequestId, raw: Any) -> dict[str, Any]:
         params = protocol.parse_init(raw)
+        configs = parse_config(params.mcp_servers)
         async with self._init_lock:
             backend = create_backend(params)
+            mcp = McpManager(configs, params.startup_timeout_s)
             try:
                 await backend.start()
+                await mcp.connect_all(force=True)
+                failed = mcp.failures()
+                if params.mcp_strict and failed:
+                    raise BackendError(
+                        protocol.CONNECTION_ERROR,
+                        f"MCP server {failed[0].name!r} failed to connect: {failed[0].error} "
+                        "(init options.mcp_strict is true; set it to false to start without it)",
+                        {
+                            "backend": params.backend,
+                            "model": params.model,
+                            "mcp_server": failed[0].name,
+                            "mcp": {"servers": mcp.status()},
+                        },
+                    )
             except BaseException:
+                await mcp.close()
                 await backend.aclose()
                 raise
             old, self._backend, self._backend_name = self._backend, backend, params.backend
+            old_mcp, self._mcp = self._mcp, mcp
             if old is not None:
                 await old.aclose()
+            await old_mcp.close()
         notes = [f"{params.backend} backend ready with model {backend.model!r}"]
-        if params.mcp_servers:
+        if mcp.configured:
+            up = len(mcp.connections) - len(failed)
             notes.append(
-                f"ignoring {len(params.mcp_servers)} MCP server(s): "
-                "this sidecar does not support MCP"
+                f"MCP: {up} of {len(mcp.connections)} server(s) connected, "
+                f"{len(mcp.tools())} tool(s)"
+                + "".join(f"; MCP server {c.name!r} failed: {c.error}" for c in failed)
             )
-        return {
+        result: dict[str, Any] = {
             "ready": True,
             "version": __version__,
             "message": "; ".join(notes),
             "stream_request_id": True,
             "capabilities": {
                 "streaming": True,
-                "tools": False,
-                "mcp": False,
+                "tools": bool(mcp.tools()) and backend.tools_unsupported() is None,
+                "mcp": mcp.configured,
                 "sessions": False,
                 "images": False,
                 "native_tools": [],
@@ -295,6 +329,19 @@ class Server:
                 "methods": sorted(self._handlers),
                 **backend.capabilities(),
             },
+        }
+        if mcp.configured:
+            result["mcp"] = {"servers": mcp.status()}
+        return result
+
+    async def _handle_tools(self, rid: RequestId, raw: Any) -> dict[str, Any]:
+        protocol.parse_no_params(raw)
+        await self._ready_backend()
+        mcp = self._mcp
+        await mcp.connect_all()  # a server that is down is retried (with backoff)
+        return {
+            "tools": [t.to_wire() for t in mcp.tools()],
+            "servers": mcp.status(),
         }
 
     async def _handle_complete(self, rid: RequestId, raw: Any) -> dict[str, Any]:
@@ -326,6 +373,8 @@ class Server:
         }
         if report.http_status is not None:
             result["http_status"] = report.http_status
+        if self._mcp.configured:
+            result["mcp"] = {"servers": self._mcp.status()}
         return result
 
     async def _ready_backend(self) -> Backend:
@@ -360,6 +409,19 @@ class Server:
 
     # ---- completion ------------------------------------------------------
 
+    async def _toolbox(self, params: protocol.CompleteParams, backend: Backend) -> Toolbox | None:
+        """The tools this request offers, or None (no use_tools, or no MCP tools)."""
+        if not params.use_tools or not self._mcp.configured:
+            return None
+        await self._mcp.connect_all()
+        tools = self._mcp.tools()
+        if not tools:
+            return None  # nothing to offer: an ordinary completion
+        why = backend.tools_unsupported()
+        if why is not None:
+            raise protocol.invalid_params("use_tools", f"cannot be true here: {why}")
+        return Toolbox(self._mcp, tools, params.tool_timeout_s)
+
     async def _complete(
         self, params: protocol.CompleteParams, rid: RequestId | None, stream: bool
     ) -> dict[str, Any]:
@@ -369,22 +431,89 @@ class Server:
             raise protocol.invalid_params(
                 "model", "is empty here and in init: name the model to use"
             )
+        toolbox = await self._toolbox(params, backend)
+        messages = params.chat_messages()
         request = ChatRequest(
             model=model,
-            messages=params.chat_messages(),
+            messages=messages,
             max_tokens=params.max_tokens,
             temperature=params.temperature,
             options=params.options,
+            tools=toolbox.specs() if toolbox else (),
         )
         # Only the seed-style stream.start omits request_id.
         tag: dict[str, Any] = {"request_id": rid} if rid is not None else {}
         parts: list[str] = []
+        executed: list[ExecutedCall] = []
+        input_tokens = output_tokens = 0
+        rounds = 0
+        while True:
+            done, text = await self._model_turn(backend, request, rid, stream, parts)
+            input_tokens += done.usage.input_tokens
+            output_tokens += done.usage.output_tokens
+            finish_reason = done.finish_reason
+            if toolbox is None or not done.tool_calls:
+                break
+            if rounds >= params.max_tool_iterations:
+                finish_reason = FINISH_MAX_TOOL_ITERATIONS
+                break
+            rounds += 1
+            messages = [*messages, assistant_turn(text, done.tool_calls)]
+            for call in done.tool_calls:
+                tool = toolbox.resolve(call)
+                pending = ExecutedCall(call, tool)
+                if stream:
+                    await self._send(
+                        protocol.notification("stream.tool_call", {**tag, **pending.announcement()})
+                    )
+                outcome = await toolbox.run(call, tool)
+                ran = ExecutedCall(call, tool, outcome)
+                executed.append(ran)
+                if stream:
+                    await self._send(
+                        protocol.notification("stream.tool_result", {**tag, **ran.report()})
+                    )
+                messages.append(tool_message(call, outcome))
+            request = dataclasses.replace(request, messages=messages)
+        usage = protocol.Usage(input_tokens, output_tokens).to_wire()
+        if stream:
+            await self._send(
+                protocol.notification(
+                    "stream.done",
+                    {
+                        **tag,
+                        "usage": usage,
+                        "finish_reason": finish_reason,
+                        "model": done.model,
+                    },
+                )
+            )
+        result: dict[str, Any] = {
+            "content": "".join(parts),
+            "model": done.model,
+            "finish_reason": finish_reason,
+            "usage": usage,
+        }
+        if executed:
+            result["tool_calls"] = [e.to_wire() for e in executed]
+        return result
+
+    async def _model_turn(
+        self,
+        backend: Backend,
+        request: ChatRequest,
+        rid: RequestId | None,
+        stream: bool,
+        parts: list[str],
+    ) -> tuple[ChatDone, str]:
+        """One call of the backend: its final event and this turn's text."""
         done: ChatDone | None = None
+        turn: list[str] = []
         # aclosing: a cancel closes the backend stream (HTTP connection, llama.cpp loop).
         async with contextlib.aclosing(backend.chat(request)) as events:
             async for event in events:
                 if isinstance(event, TextDelta):
-                    parts.append(event.text)
+                    turn.append(event.text)
                     if stream:
                         await self._send_line(protocol.stream_chunk_line(rid, event.text))
                 else:
@@ -393,24 +522,7 @@ class Server:
             raise BackendError(
                 protocol.STREAM_ERROR,
                 f"{backend.name} stream ended without a final message",
-                backend.error_data(model),
+                backend.error_data(request.model),
             )
-        usage = done.usage.to_wire()
-        if stream:
-            await self._send(
-                protocol.notification(
-                    "stream.done",
-                    {
-                        **tag,
-                        "usage": usage,
-                        "finish_reason": done.finish_reason,
-                        "model": done.model,
-                    },
-                )
-            )
-        return {
-            "content": "".join(parts),
-            "model": done.model,
-            "finish_reason": done.finish_reason,
-            "usage": usage,
-        }
+        parts.extend(turn)
+        return done, "".join(turn)

@@ -17,6 +17,8 @@ from fake_ollama import FakeOllama
 
 SIDECAR_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIDECAR_SCRIPT = os.path.join(SIDECAR_DIR, "sidecar.py")
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+MCP_TEST_SERVER = os.path.join(TESTS_DIR, "mcp_test_server.py")
 # Generous: only hit when the sidecar is broken; tests never wait this long otherwise.
 READ_TIMEOUT_S = 60.0
 
@@ -113,3 +115,11 @@ async def sidecar() -> AsyncIterator[SidecarProcess]:
 def fake_ollama() -> Iterator[FakeOllama]:
     with FakeOllama() as fake:
         yield fake
+
+
+def mcp_test_server(marker: str = "") -> dict[str, Any]:
+    """``mcp_servers`` entry of the SDK-written test server (mcp_test_server.py), over stdio."""
+    entry: dict[str, Any] = {"type": "stdio", "command": sys.executable, "args": [MCP_TEST_SERVER]}
+    if marker:
+        entry["env"] = {"MCP_TEST_MARKER": marker}
+    return entry

@@ -22,6 +22,12 @@ Behaviour (deterministic, so tests on both the Python and C++ side can assert it
   ``[[http-500]]`` answers HTTP 500 ``{"error":"fake server failure"}``;
   ``[[disconnect]]`` sends two chunks and closes the connection mid-stream.
 * ``GET /api/version`` and ``GET /api/tags`` answer like Ollama.
+* Tools (see ``fake_tools``): with ``tools`` in the body, ``[[call:NAME
+  {json}]]`` markers in the last user message make the reply one line with
+  ``message.tool_calls: [{"function": {"index", "name", "arguments":
+  {object}}}]`` and empty content, then the final line; after ``role: "tool"``
+  messages (which need ``tool_name``) the reply is the text ``"Tool results: "``
+  followed by the results joined by ``" | "``, in two chunks.
 
 Every received ``/api/chat`` body is recorded in ``FakeOllama.requests``; the
 time a held stream's client hung up in ``FakeOllama.disconnected_at`` (monotonic).
@@ -41,6 +47,8 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from fake_tools import planned_calls, tool_answer
 
 KNOWN_MODELS = ("llama3.2:latest", "tiny")
 CHUNKS = ("Hello", " from", " fake", " Ollama")
@@ -144,6 +152,11 @@ class _Handler(BaseHTTPRequestHandler):
         if HTTP_500_MARKER in last:
             self._send_json(500, {"error": HTTP_500_ERROR})
             return
+        calls = planned_calls(body)
+        answer = tool_answer(body)
+        if answer is not None and not calls:
+            # Two chunks: the prefix and the quoted results.
+            chunks = [answer[:14], answer[14:]]
         if body.get("stream", True) is False:
             self._send_json(200, _final_line(model, done_reason, len(chunks), "".join(chunks)))
             return
@@ -152,6 +165,16 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
         try:
+            if calls:
+                line = _chunk_line(model, "")
+                line["message"]["tool_calls"] = [
+                    {"function": {"index": i, "name": name, "arguments": args}}
+                    for i, (name, args) in enumerate(calls)
+                ]
+                self._line(line)
+                self._line(_final_line(model, "stop", len(calls), ""))
+                self._end()
+                return
             if DISCONNECT_MARKER in last:
                 for text in chunks[:2]:
                     self._line(_chunk_line(model, text))
@@ -215,6 +238,24 @@ def _validate(body: Any) -> str:
             return "each message needs a role"
         if not isinstance(m.get("content", ""), str):
             return "message content must be a string"
+        if m["role"] == "tool" and not isinstance(m.get("tool_name"), str):
+            return "a tool message needs tool_name"
+        for call in m.get("tool_calls") or []:
+            function = call.get("function") if isinstance(call, dict) else None
+            if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+                return "each tool call needs function.name"
+            if not isinstance(function.get("arguments"), dict):
+                return "tool call arguments must be an object"
+    tools = body.get("tools")
+    if tools is not None:
+        if not isinstance(tools, list):
+            return "tools must be an array"
+        for t in tools:
+            function = t.get("function") if isinstance(t, dict) else None
+            if t.get("type") != "function" or not isinstance(function, dict):
+                return "each tool needs type function and a function object"
+            if not isinstance(function.get("name"), str):
+                return "each tool function needs a name"
     if "stream" in body and not isinstance(body["stream"], bool):
         return "stream must be a boolean"
     if "options" in body and not isinstance(body["options"], dict):

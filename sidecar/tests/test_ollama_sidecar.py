@@ -30,7 +30,7 @@ async def init_ollama(sc: SidecarProcess, host: str, model: str = "llama3.2:late
         "native_tools": [],
         "backend": "ollama",
         "cancel": True,
-        "methods": ["complete", "health", "init", "models", "shutdown"],
+        "methods": ["complete", "health", "init", "models", "shutdown", "tools"],
         "in_process": False,
     }
     assert isinstance(result["version"], str) and result["version"]

@@ -1,19 +1,41 @@
 """The interface every model backend implements.
 
 A backend turns one chat request into an async stream of events: any number
-of ``TextDelta`` and exactly one final ``ChatDone``. The server owns the
+of ``TextDelta`` and exactly one final ``ChatDone``, which carries the tool
+calls the model made (when the request offered ``tools``). The server owns the
 iteration and closes the stream (``contextlib.aclosing``) when the request is
 cancelled, so a backend must release its resources in ``finally``.
 """
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..protocol import Message, Usage
+from ..protocol import Message, ToolCall, Usage
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """A tool offered to the model: a function name unique in the request."""
+
+    name: str
+    description: str
+    parameters: dict[str, Any]  # JSON schema of the arguments object
+
+    def to_openai(self) -> dict[str, Any]:
+        """The ``{"type": "function", "function": ...}`` shape Ollama and OpenAI share."""
+        return {
+            "type": "function",
+            "function": {
+                "name": self.name,
+                "description": self.description,
+                "parameters": self.parameters,
+            },
+        }
 
 
 @dataclass(frozen=True)
@@ -23,6 +45,7 @@ class ChatRequest:
     max_tokens: int = 0  # 0: the backend's default
     temperature: float | None = None  # None: the backend's default
     options: dict[str, Any] = field(default_factory=dict)
+    tools: tuple[ToolSpec, ...] = ()  # only sent when the backend supports tools
 
 
 @dataclass(frozen=True)
@@ -35,6 +58,7 @@ class ChatDone:
     usage: Usage
     finish_reason: str
     model: str
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 ChatEvent = TextDelta | ChatDone
@@ -88,6 +112,30 @@ class Backend(ABC):
         """Added to the ``init`` result's ``capabilities``."""
         return {"in_process": True}
 
+    def tools_unsupported(self) -> str | None:
+        """Why this backend cannot call tools, or None when it can."""
+        return f"the {self.name} backend does not support tools"
+
     def error_data(self, model: str | None = None, **extra: Any) -> dict[str, Any]:
         """The ``data`` object every error reply carries."""
         return {"backend": self.name, "model": model or self.model, **extra}
+
+
+def make_tool_call(call_id: str, name: str, arguments: Any) -> ToolCall:
+    """A ``ToolCall`` from a backend's arguments: an object, or JSON text of one."""
+    if isinstance(arguments, dict):
+        return ToolCall(id=call_id, name=name, arguments=arguments)
+    raw = arguments if isinstance(arguments, str) else None
+    if raw is None and arguments is not None:
+        return ToolCall(
+            call_id, name, {}, None, f"arguments must be a JSON object, not {arguments!r:.200}"
+        )
+    if raw is None or not raw.strip():
+        return ToolCall(call_id, name, {}, raw)
+    try:
+        parsed = json.loads(raw)
+    except ValueError as e:
+        return ToolCall(call_id, name, {}, raw, f"arguments are not valid JSON ({e}): {raw:.200}")
+    if not isinstance(parsed, dict):
+        return ToolCall(call_id, name, {}, raw, f"arguments must be a JSON object: {raw:.200}")
+    return ToolCall(call_id, name, parsed, raw)

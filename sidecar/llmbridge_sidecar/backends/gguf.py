@@ -6,6 +6,17 @@ each generation runs on its own worker thread, one at a time per model (a
 next one start while the old thread is still inside llama.cpp). Tokens travel
 to the event loop through ``loop.call_soon_threadsafe``; a cancel sets a flag
 that the worker checks between tokens.
+
+Tools (``complete`` with ``use_tools``) are not supported: -32602. llama-cpp-
+python renders a model's own chat template but never parses tool calls out of
+the generated text; its one handler that does, ``chatml-function-calling``
+(grammar-constrained, for ChatML models such as SmolLM2), cannot stream an
+automatic tool choice, leaves ``role: "tool"`` results out of the prompt and
+constrains every text answer to be empty, so a tool loop cannot finish with
+it. SmolLM2-135M-Instruct's own template has no tool support either. What
+SmolLM2 does with that handler is recorded in tests/test_gguf_sidecar.py: it
+does emit a well-formed call (``add({"a": 2, "b": 3})`` for "What is 2 plus
+3? Use the add tool.").
 """
 
 from __future__ import annotations
@@ -138,6 +149,13 @@ class GgufBackend(Backend):
         self.model_path = path
         # Reported model name: the file's basename (paths are host-specific).
         self.model = os.path.basename(path)
+
+    def tools_unsupported(self) -> str | None:
+        return (
+            "the gguf backend does not support tools: llama-cpp-python does not parse tool "
+            "calls from the model's chat template (use the ollama, llama.cpp or vllm backend "
+            "for tool calling)"
+        )
 
     async def aclose(self) -> None:
         llm, self._llm = self._llm, None

@@ -9,7 +9,10 @@ token, so the worker leaves ``generate`` at the next token. One generation
 runs at a time per model (a lock held by the worker thread).
 
 Device: CUDA when ``torch.cuda.is_available()``, else CPU; ``options.device``
-overrides. torch and transformers are the ``[transformers]`` extra.
+overrides. Tools (``use_tools``) are not supported (-32602): a template may
+render tools into the prompt, but the calls in the generated text come in a
+format of each model's own, which this backend does not parse. torch and
+transformers are the ``[transformers]`` extra.
 """
 
 from __future__ import annotations
@@ -68,6 +71,12 @@ class TransformersBackend(Backend):
 
     def capabilities(self) -> dict[str, Any]:
         return {"in_process": True, "device": self.device}
+
+    def tools_unsupported(self) -> str | None:
+        return (
+            "the transformers backend does not support tools: tool calls in generated text "
+            "are not parsed (use the ollama, llama.cpp or vllm backend for tool calling)"
+        )
 
     async def start(self) -> None:
         try:

@@ -2,11 +2,19 @@
 
 Always streams from Ollama (even for non-streaming ``complete``) so a cancel
 closes the HTTP connection, which makes Ollama stop generating.
+
+Tools: offered in the body's ``tools`` (``{"type": "function", "function":
+{name, description, parameters}}``); Ollama streams the model's calls as
+``message.tool_calls: [{"function": {"name", "arguments": {object}}}]`` on a
+line before the final one. The conversation continues with the assistant turn
+(``content`` and ``tool_calls`` as received) and one ``{"role": "tool",
+"content", "tool_name"}`` message per call.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 from collections.abc import AsyncGenerator
@@ -15,7 +23,15 @@ from typing import Any
 from .. import protocol
 from ..errors import BackendError
 from ..protocol import InitParams
-from .base import ChatDone, ChatEvent, ChatRequest, HealthReport, ModelInfo, TextDelta
+from .base import (
+    ChatDone,
+    ChatEvent,
+    ChatRequest,
+    HealthReport,
+    ModelInfo,
+    TextDelta,
+    make_tool_call,
+)
 from .http import HttpBackend, error_text
 
 log = logging.getLogger(__name__)
@@ -40,6 +56,9 @@ class OllamaBackend(HttpBackend):
 
     def capabilities(self) -> dict[str, Any]:
         return {"in_process": False}
+
+    def tools_unsupported(self) -> str | None:
+        return None  # a model without tool support makes Ollama answer 400, reported as is
 
     async def start(self) -> None:
         """Ollama is reachable and, when init names a model, has pulled it."""
@@ -89,9 +108,11 @@ class OllamaBackend(HttpBackend):
             options["num_predict"] = request.max_tokens
         body: dict[str, Any] = {
             "model": request.model,
-            "messages": [m.to_chat() for m in request.messages],
+            "messages": [_message(m) for m in request.messages],
             "stream": True,
         }
+        if request.tools:
+            body["tools"] = [t.to_openai() for t in request.tools]
         if options:
             body["options"] = options
         return body
@@ -99,9 +120,12 @@ class OllamaBackend(HttpBackend):
     async def chat(self, request: ChatRequest) -> AsyncGenerator[ChatEvent, None]:
         model = request.model
         lines = self.stream_lines(model, "/api/chat", self.build_body(request))
+        calls: list[protocol.ToolCall] = []
         async with contextlib.aclosing(lines):
             async for line in lines:
-                for event in self._parse_line(model, line):
+                for event in self._parse_line(model, line, calls):
+                    if isinstance(event, ChatDone) and calls:
+                        event = dataclasses.replace(event, tool_calls=tuple(calls))
                     yield event
                     if isinstance(event, ChatDone):
                         return
@@ -125,7 +149,7 @@ class OllamaBackend(HttpBackend):
             data,
         )
 
-    def _parse_line(self, model: str, line: str) -> list[ChatEvent]:
+    def _parse_line(self, model: str, line: str, calls: list[protocol.ToolCall]) -> list[ChatEvent]:
         try:
             obj = json.loads(line)
         except ValueError as e:
@@ -153,6 +177,25 @@ class OllamaBackend(HttpBackend):
         content = message.get("content") if isinstance(message, dict) else None
         if isinstance(content, str) and content:
             events.append(TextDelta(content))
+        raw_calls = message.get("tool_calls") if isinstance(message, dict) else None
+        for raw in raw_calls if isinstance(raw_calls, list) else []:
+            function = raw.get("function") if isinstance(raw, dict) else None
+            if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+                raise BackendError(
+                    protocol.STREAM_ERROR,
+                    f"Ollama at {self.base_url} sent a tool call without a function name: "
+                    f"{json.dumps(raw)[:200]}",
+                    self.error_data(model, http_status=200),
+                )
+            # Ollama's calls carry no id (newer versions may): one is made up.
+            call_id = raw.get("id") if isinstance(raw.get("id"), str) else ""
+            calls.append(
+                make_tool_call(
+                    call_id or f"call_{len(calls) + 1}",
+                    function["name"],
+                    function.get("arguments"),
+                )
+            )
         if obj.get("done"):
             events.append(
                 ChatDone(
@@ -165,3 +208,15 @@ class OllamaBackend(HttpBackend):
                 )
             )
         return events
+
+
+def _message(m: protocol.Message) -> dict[str, Any]:
+    """A conversation message in Ollama's shape, tool turns included."""
+    if m.role == "tool":
+        return {"role": "tool", "content": m.content, "tool_name": m.name or ""}
+    out: dict[str, Any] = dict(m.to_chat())
+    if m.tool_calls:
+        out["tool_calls"] = [
+            {"function": {"name": c.name, "arguments": c.arguments}} for c in m.tool_calls
+        ]
+    return out

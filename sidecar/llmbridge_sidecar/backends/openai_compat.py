@@ -16,6 +16,16 @@ answers, not by the backend name:
 
 Always streams from the server, so a cancel closes the HTTP connection, which
 vLLM and llama.cpp take as the signal to stop generating.
+
+Tools: offered as ``tools: [{"type": "function", "function": {...}}]`` (no
+``tool_choice``: the server's default, "auto"; vLLM needs
+``--enable-auto-tool-choice`` and a ``--tool-call-parser``, llama-server
+``--jinja``). Calls stream as ``delta.tool_calls`` pieces keyed by ``index``
+(``id`` and ``function.name`` once, ``function.arguments`` as JSON text in
+pieces), ending with ``finish_reason: "tool_calls"``. The conversation
+continues with ``{"role": "assistant", "content": text or null, "tool_calls":
+[{"id", "type": "function", "function": {"name", "arguments": text}}]}`` and
+one ``{"role": "tool", "tool_call_id", "content"}`` per call.
 """
 
 from __future__ import annotations
@@ -30,7 +40,15 @@ from typing import Any
 from .. import protocol
 from ..errors import BackendError
 from ..protocol import InitParams
-from .base import ChatDone, ChatEvent, ChatRequest, HealthReport, ModelInfo, TextDelta
+from .base import (
+    ChatDone,
+    ChatEvent,
+    ChatRequest,
+    HealthReport,
+    ModelInfo,
+    TextDelta,
+    make_tool_call,
+)
 from .http import HttpBackend, error_text
 
 log = logging.getLogger(__name__)
@@ -79,6 +97,9 @@ class OpenAICompatBackend(HttpBackend):
 
     def capabilities(self) -> dict[str, Any]:
         return {"in_process": False}
+
+    def tools_unsupported(self) -> str | None:
+        return None  # a server started without tool support answers 400, reported as is
 
     # ---- readiness -------------------------------------------------------
 
@@ -167,11 +188,13 @@ class OpenAICompatBackend(HttpBackend):
             )
         body: dict[str, Any] = {
             "model": request.model,
-            "messages": [m.to_chat() for m in request.messages],
+            "messages": [_message(m) for m in request.messages],
             "stream": True,
             "stream_options": {"include_usage": True},
             **options,
         }
+        if request.tools:
+            body["tools"] = [t.to_openai() for t in request.tools]
         if request.max_tokens > 0:
             body["max_tokens"] = request.max_tokens
         if request.temperature is not None:
@@ -184,6 +207,8 @@ class OpenAICompatBackend(HttpBackend):
         finish_reason = ""
         usage: protocol.Usage | None = None
         deltas = 0
+        # Tool calls by their index: [id, name, argument pieces].
+        pending: dict[int, tuple[list[str], list[str], list[str]]] = {}
         lines = self.stream_lines(model, CHAT_PATH, self.build_body(request))
         async with contextlib.aclosing(lines):
             async for line in lines:
@@ -209,6 +234,9 @@ class OpenAICompatBackend(HttpBackend):
                     if isinstance(content, str) and content:
                         deltas += 1
                         yield TextDelta(content)
+                    raw_calls = delta.get("tool_calls") if isinstance(delta, dict) else None
+                    for raw in raw_calls if isinstance(raw_calls, list) else []:
+                        self._add_tool_call_piece(model, pending, raw)
                     if choice.get("finish_reason"):
                         finish_reason = str(choice["finish_reason"])
             else:
@@ -218,7 +246,42 @@ class OpenAICompatBackend(HttpBackend):
             # The server ignored include_usage: one chunk is one token on
             # llama.cpp-based servers; the prompt size is unknown.
             usage = protocol.Usage(input_tokens=0, output_tokens=deltas)
-        yield ChatDone(usage=usage, finish_reason=finish_reason or "stop", model=reported_model)
+        calls = tuple(
+            make_tool_call("".join(call_id) or f"call_{index}", "".join(name), "".join(arguments))
+            for index, (call_id, name, arguments) in sorted(pending.items())
+        )
+        yield ChatDone(
+            usage=usage,
+            finish_reason=finish_reason or "stop",
+            model=reported_model,
+            tool_calls=calls,
+        )
+
+    def _add_tool_call_piece(
+        self,
+        model: str,
+        pending: dict[int, tuple[list[str], list[str], list[str]]],
+        raw: Any,
+    ) -> None:
+        """Fold one ``delta.tool_calls`` item into the call with its ``index``."""
+        index = raw.get("index", 0) if isinstance(raw, dict) else None
+        if isinstance(index, bool) or not isinstance(index, int):
+            raise BackendError(
+                protocol.STREAM_ERROR,
+                f"{self.product} at {self.base_url} sent a tool call piece without an index: "
+                f"{json.dumps(raw)[:200]}",
+                self.error_data(model, http_status=200),
+            )
+        call_id, name, arguments = pending.setdefault(index, ([], [], []))
+        if isinstance(raw.get("id"), str) and raw["id"] and not call_id:
+            call_id.append(raw["id"])
+        function = raw.get("function")
+        if isinstance(function, dict):
+            # The name comes whole in one piece; the arguments in many.
+            if isinstance(function.get("name"), str) and function["name"] and not name:
+                name.append(function["name"])
+            if isinstance(function.get("arguments"), str):
+                arguments.append(function["arguments"])
 
     def _parse_event(self, model: str, payload: str) -> dict[str, Any]:
         try:
@@ -264,3 +327,28 @@ class OpenAICompatBackend(HttpBackend):
             f"{upstream or '(empty body)'}",
             data,
         )
+
+
+def _message(m: protocol.Message) -> dict[str, Any]:
+    """A conversation message in the OpenAI shape, tool turns included."""
+    if m.role == "tool":
+        return {"role": "tool", "tool_call_id": m.tool_call_id or "", "content": m.content}
+    if not m.tool_calls:
+        return dict(m.to_chat())
+    return {
+        "role": m.role,
+        "content": m.content or None,
+        "tool_calls": [
+            {
+                "id": c.id,
+                "type": "function",
+                "function": {
+                    "name": c.name,
+                    "arguments": (
+                        c.raw_arguments if c.raw_arguments is not None else json.dumps(c.arguments)
+                    ),
+                },
+            }
+            for c in m.tool_calls
+        ],
+    }

@@ -176,6 +176,9 @@ class CompleteParams:
     use_tools: bool = False
     max_tool_iterations: int = DEFAULT_MAX_TOOL_ITERATIONS
     tool_timeout_s: float = DEFAULT_TOOL_TIMEOUT_S
+    # The caller's remaining deadline (the bridge sends its gRPC deadline):
+    # past it the backend's work is stopped and the request fails.
+    timeout_s: float | None = None
 
     def chat_messages(self) -> list[Message]:
         """Messages with ``system_prompt`` as a leading system message."""
@@ -332,5 +335,10 @@ def parse_complete(raw: Any) -> CompleteParams:
         max_tool_iterations=iterations,
         tool_timeout_s=_positive_seconds(
             params.get("tool_timeout_s"), DEFAULT_TOOL_TIMEOUT_S, "tool_timeout_s"
+        ),
+        timeout_s=(
+            None
+            if params.get("timeout_s") is None
+            else _positive_seconds(params["timeout_s"], 0.0, "timeout_s")
         ),
     )

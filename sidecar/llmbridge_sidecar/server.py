@@ -346,7 +346,20 @@ class Server:
 
     async def _handle_complete(self, rid: RequestId, raw: Any) -> dict[str, Any]:
         params = protocol.parse_complete(raw)
-        return await self._complete(params, rid, stream=params.stream)
+        if params.timeout_s is None:
+            return await self._complete(params, rid, stream=params.stream)
+        try:
+            # Leaving the block cancels the work: HTTP streams are closed and
+            # in-process engines stop between tokens, as for $/cancelRequest.
+            async with asyncio.timeout(params.timeout_s):
+                return await self._complete(params, rid, stream=params.stream)
+        except TimeoutError:
+            raise BackendError(
+                protocol.BACKEND_ERROR,
+                f"the request's time limit ({params.timeout_s:g} s) passed before the "
+                "model finished: allow more time or ask for fewer tokens",
+                {"http_status": 504},
+            ) from None
 
     async def _handle_models(self, rid: RequestId, raw: Any) -> dict[str, Any]:
         protocol.parse_no_params(raw)

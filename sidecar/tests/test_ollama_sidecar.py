@@ -332,6 +332,24 @@ async def test_cancel_closes_upstream_stream(
     assert (await sidecar.call("complete", {"messages": USER}))["result"]["content"]
 
 
+async def test_timeout_s_stops_the_backend_and_fails_the_request(
+    sidecar: SidecarProcess, fake_ollama: FakeOllama
+) -> None:
+    await init_ollama(sidecar, fake_ollama.host)
+    reply = await sidecar.call(
+        "complete",
+        {"messages": [{"role": "user", "content": "[[hold]]"}], "timeout_s": 0.3},
+    )
+    err = error_of(reply)
+    # -32000 with 504: the bridge maps it to DEADLINE_EXCEEDED.
+    assert err["code"] == -32000
+    assert err["data"]["http_status"] == 504
+    assert "time limit (0.3 s)" in err["message"]
+    assert await asyncio.to_thread(fake_ollama.client_disconnected.wait, 30)
+    bad = error_of(await sidecar.call("complete", {"messages": USER, "timeout_s": -1}))
+    assert bad["code"] == -32602 and bad["data"]["field"] == "timeout_s"
+
+
 async def test_concurrent_streams_are_tagged(
     sidecar: SidecarProcess, fake_ollama: FakeOllama
 ) -> None:

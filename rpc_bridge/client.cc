@@ -252,17 +252,11 @@ absl::StatusOr<std::shared_ptr<Sidecar>> Client::Running() {
   if (sidecar_ != nullptr) {
     // It exited since the last request: count it, for the backoff.
     std::optional<ExitInfo> exit = sidecar_->ExitError();
-    bool quick = Clock::now() - started_at_ < policy.quick_failure;
-    quick_failures_ = quick ? quick_failures_ + 1 : 0;
-    last_failure_ = absl::UnavailableError(absl::StrCat(
-        "the sidecar ", exit ? exit->Describe() : "stopped"));
+    RecordFailureLocked(
+        absl::UnavailableError(absl::StrCat(
+            "the sidecar ", exit ? exit->Describe() : "stopped")),
+        Clock::now() - started_at_ < policy.quick_failure);
     exited = std::move(sidecar_);
-    if (quick_failures_ > 1) {
-      auto backoff = std::min<std::chrono::milliseconds>(
-          policy.initial_backoff * (1 << std::min(quick_failures_ - 2, 16)),
-          policy.max_backoff);
-      next_start_ = Clock::now() + backoff;
-    }
   }
   if (quick_failures_ >= policy.max_quick_failures) {
     if (Clock::now() < next_start_) {
@@ -291,16 +285,7 @@ absl::StatusOr<std::shared_ptr<Sidecar>> Client::Running() {
   absl::StatusOr<std::unique_ptr<Sidecar>> started =
       Sidecar::Start(std::move(options));
   if (!started.ok()) {
-    ++quick_failures_;
-    last_failure_ = started.status();
-    if (quick_failures_ >= policy.max_quick_failures) {
-      next_start_ = Clock::now() + policy.cool_down;
-    } else if (quick_failures_ > 1) {
-      next_start_ = Clock::now() + std::min<std::chrono::milliseconds>(
-                                       policy.initial_backoff *
-                                           (1 << std::min(quick_failures_ - 2, 16)),
-                                       policy.max_backoff);
-    }
+    RecordFailureLocked(started.status(), /*quick=*/true);
     return started.status();
   }
   sidecar_ = std::shared_ptr<Sidecar>(*std::move(started));
@@ -314,6 +299,23 @@ absl::StatusOr<Json> Client::Call(const std::string& method, Json params,
   if (!sidecar.ok()) return sidecar.status();
   return CallAndWait((*sidecar)->dispatcher(), method, std::move(params),
                      timeout);
+}
+
+void Client::RecordFailureLocked(absl::Status why, bool quick) {
+  const RestartPolicy& policy = options_.restart;
+  last_failure_ = std::move(why);
+  quick_failures_ = quick ? quick_failures_ + 1 : 0;
+  if (quick_failures_ >= policy.max_quick_failures) {
+    // Crash-looping: stop trying for a while, with a clear error.
+    next_start_ = Clock::now() + policy.cool_down;
+  } else if (quick_failures_ > 1) {
+    // The first restart is immediate; then 1x, 2x, 4x ... the initial delay.
+    next_start_ = Clock::now() +
+                  std::min<std::chrono::milliseconds>(
+                      policy.initial_backoff *
+                          (1 << std::min(quick_failures_ - 2, 16)),
+                      policy.max_backoff);
+  }
 }
 
 absl::Status Client::EnsureStarted() { return Running().status(); }

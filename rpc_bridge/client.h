@@ -170,6 +170,9 @@ class Client {
 
  private:
   absl::StatusOr<std::shared_ptr<Sidecar>> Running();
+  // Counts a failed start or an exit, and sets when the next start may run.
+  void RecordFailureLocked(absl::Status why, bool quick)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void StartQueued(std::shared_ptr<StreamCall> call);
   void OnLegacyStreamDone();
 

@@ -276,6 +276,27 @@ TEST(ClientTest, RepeatedQuickFailuresGiveAClearErrorWithoutRespawning) {
   EXPECT_EQ(client.StartCount(), 3);
 }
 
+TEST(ClientTest, CrashLoopAfterStartsAlsoStopsRespawning) {
+  // Each sidecar starts fine, then dies mid-stream: a crash loop all the same.
+  ClientOptions options;
+  options.restart.max_quick_failures = 3;
+  options.restart.initial_backoff = milliseconds(1);
+  options.restart.cool_down = seconds(600);
+  Client client(FakeConfig("crash_mid_stream"), options);
+  for (int i = 0; i < 3; ++i) {
+    Collected c;
+    ASSERT_TRUE(client.Stream(Ask("boom"), c.Handlers()).ok()) << i;
+    EXPECT_TRUE(absl::IsUnavailable(c.Wait().status()));
+  }
+  Collected refused;
+  auto handle = client.Stream(Ask("again"), refused.Handlers());
+  ASSERT_FALSE(handle.ok());
+  EXPECT_THAT(std::string(handle.status().message()),
+              HasSubstr("failed 3 times in a row"));
+  EXPECT_THAT(std::string(handle.status().message()), HasSubstr("exited with code 3"));
+  EXPECT_EQ(client.StartCount(), 3);
+}
+
 TEST(ClientTest, StuckSidecarDoesNotBlockWritesForever) {
   ClientOptions options;
   options.write_timeout = milliseconds(300);

@@ -38,28 +38,32 @@ bool LineReader::FillBuffer(absl::Status& error) {
 }
 
 absl::StatusOr<std::string> LineReader::Next() {
-  size_t scanned = 0;
+  size_t scanned = begin_;
   while (true) {
     size_t newline = buffer_.find('\n', scanned);
     if (newline != std::string::npos) {
+      const size_t start = begin_;
+      const size_t length = newline - start;
+      begin_ = newline + 1;
       if (discarding_) {
         // The tail of an over-long line: drop it and report once.
-        buffer_.erase(0, newline + 1);
         discarding_ = false;
         return absl::ResourceExhaustedError(absl::StrCat(
             "sidecar sent a line longer than ", max_line_bytes_, " bytes"));
       }
-      if (newline > max_line_bytes_) {
-        overlong_prefix_ = buffer_.substr(0, kPrefixBytes);
-        buffer_.erase(0, newline + 1);
+      if (length > max_line_bytes_) {
+        overlong_prefix_ = buffer_.substr(start, kPrefixBytes);
         return absl::ResourceExhaustedError(absl::StrCat(
             "sidecar sent a line longer than ", max_line_bytes_, " bytes"));
       }
-      std::string line = buffer_.substr(0, newline);
-      buffer_.erase(0, newline + 1);
+      std::string line = buffer_.substr(start, length);
       if (!line.empty() && line.back() == '\r') line.pop_back();
       return line;
     }
+    // No whole line left: drop what was consumed, once per read (erasing
+    // after every line would move the buffer once per line).
+    buffer_.erase(0, begin_);
+    begin_ = 0;
     if (buffer_.size() > max_line_bytes_) {
       // Keep memory bounded: forget what we have of this line.
       if (!discarding_) overlong_prefix_ = buffer_.substr(0, kPrefixBytes);

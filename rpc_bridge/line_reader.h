@@ -38,6 +38,7 @@ class LineReader {
   int fd_;
   size_t max_line_bytes_;
   std::string buffer_;
+  size_t begin_ = 0;  // where the unread part of buffer_ starts
   bool discarding_ = false;  // inside an over-long line, skipping to '\n'
   std::string overlong_prefix_;
 };

@@ -146,7 +146,6 @@ absl::StatusOr<svc::ServerConfig> BuildConfig(int argc, char** argv) {
   }
   if (use("log_prompts")) c.log_prompts = absl::GetFlag(FLAGS_log_prompts);
   if (use("mcp_strict")) c.client.mcp_strict = absl::GetFlag(FLAGS_mcp_strict);
-  if (c.client.python_path.empty()) c.client.python_path = "python3";
   if (c.client.sidecar_path.empty()) c.client.sidecar_path = svc::ShippedSidecarPath();
   c.client = llmbridge::rpc::WithDefaults(c.client);
   if (absl::Status valid = svc::ValidateServerConfig(c); !valid.ok()) return valid;

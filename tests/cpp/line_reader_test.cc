@@ -60,6 +60,15 @@ TEST_F(PipeFixture, SkipsOverlongLineAndKeepsReading) {
   EXPECT_EQ(*reader.Next(), "after");
 }
 
+TEST_F(PipeFixture, ManyLinesInOneReadComeOutInOrder) {
+  std::string data;
+  for (int i = 0; i < 5000; ++i) data += std::to_string(i) + "\n";
+  WriteAndClose(data);
+  LineReader reader(fds_[0]);
+  for (int i = 0; i < 5000; ++i) ASSERT_EQ(*reader.Next(), std::to_string(i));
+  EXPECT_TRUE(absl::IsOutOfRange(reader.Next().status()));
+}
+
 TEST_F(PipeFixture, LineExactlyAtCapIsKept) {
   std::string at_cap(64, 'y');
   WriteAndClose(at_cap + "\n");

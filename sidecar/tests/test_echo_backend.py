@@ -80,7 +80,18 @@ async def test_fixed_chunk_count_and_max_tokens(sidecar: SidecarProcess) -> None
 async def test_concurrent_streams_interleave(sidecar: SidecarProcess) -> None:
     await init_echo(sidecar)
     params: dict[str, Any] = {"messages": user("x"), "stream": True, "options": {"chunks": 200}}
-    ids = [await sidecar.request("complete", params) for _ in range(3)]
+    # All three requests in one write, so they arrive together whatever the
+    # machine's load: the sidecar starts the three streams at once.
+    ids = [sidecar.next_id() for _ in range(3)]
+    await sidecar.send_raw(
+        b"".join(
+            json.dumps(
+                {"jsonrpc": "2.0", "id": rid, "method": "complete", "params": params}
+            ).encode()
+            + b"\n"
+            for rid in ids
+        )
+    )
     chunks: dict[int, int] = dict.fromkeys(ids, 0)
     order: list[int] = []
     replies = 0

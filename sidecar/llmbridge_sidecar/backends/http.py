@@ -123,6 +123,26 @@ class HttpBackend(Backend):
             self.error_data(model, http_status=200),
         )
 
+    def stream_object(self, model: str, text: str, what: str) -> dict[str, Any]:
+        """One streamed JSON object (an NDJSON line, an SSE event's data); anything
+        else is a -32002 stream error, since the stream can no longer be trusted."""
+        try:
+            obj = json.loads(text)
+        except ValueError as e:
+            raise BackendError(
+                protocol.STREAM_ERROR,
+                f"{self.product} at {self.base_url} sent a {what} that is not JSON: {text[:200]!r}",
+                self.error_data(model, http_status=200),
+            ) from e
+        if not isinstance(obj, dict):
+            raise BackendError(
+                protocol.STREAM_ERROR,
+                f"{self.product} at {self.base_url} sent a {what} that is not a JSON object: "
+                f"{text[:200]!r}",
+                self.error_data(model, http_status=200),
+            )
+        return obj
+
     async def get_json(self, path: str, model: str = "") -> tuple[int, Any]:
         """GET a probe endpoint: (status, parsed body or None). -32003 if unreachable."""
         try:

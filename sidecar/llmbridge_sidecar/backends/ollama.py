@@ -150,21 +150,7 @@ class OllamaBackend(HttpBackend):
         )
 
     def _parse_line(self, model: str, line: str, calls: list[protocol.ToolCall]) -> list[ChatEvent]:
-        try:
-            obj = json.loads(line)
-        except ValueError as e:
-            raise BackendError(
-                protocol.STREAM_ERROR,
-                f"Ollama at {self.base_url} sent a malformed stream line: {line[:200]!r}",
-                self.error_data(model, http_status=200),
-            ) from e
-        if not isinstance(obj, dict):
-            raise BackendError(
-                protocol.STREAM_ERROR,
-                f"Ollama at {self.base_url} sent a stream line that is not an object: "
-                f"{line[:200]!r}",
-                self.error_data(model, http_status=200),
-            )
+        obj = self.stream_object(model, line, "stream line")
         if "error" in obj:
             raise BackendError(
                 protocol.STREAM_ERROR,

@@ -284,21 +284,7 @@ class OpenAICompatBackend(HttpBackend):
                 arguments.append(function["arguments"])
 
     def _parse_event(self, model: str, payload: str) -> dict[str, Any]:
-        try:
-            obj = json.loads(payload)
-        except ValueError as e:
-            raise BackendError(
-                protocol.STREAM_ERROR,
-                f"{self.product} at {self.base_url} sent a malformed SSE event: {payload[:200]!r}",
-                self.error_data(model, http_status=200),
-            ) from e
-        if not isinstance(obj, dict):
-            raise BackendError(
-                protocol.STREAM_ERROR,
-                f"{self.product} at {self.base_url} sent an SSE event that is not an object: "
-                f"{payload[:200]!r}",
-                self.error_data(model, http_status=200),
-            )
+        obj = self.stream_object(model, payload, "server-sent event")
         upstream = _event_error(obj)
         if upstream is not None:
             raise BackendError(

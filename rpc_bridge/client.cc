@@ -376,16 +376,25 @@ void Client::StartQueued(std::shared_ptr<StreamCall> call) {
   };
   CompleteParams params = call->params;
   params.stream = true;
-  // The id is known only once Call returns, but the reply can come first
-  // (on the reader thread): the id is recorded before the request is sent
-  // by reserving it through the lock.
-  std::unique_lock<std::mutex> lock(call->mu);
-  if (call->finished) return;  // cancelled while queued
-  lock.unlock();
-  int64_t id = sidecar->dispatcher().Call(kMethodComplete, params,
-                                          std::move(handlers));
-  lock.lock();
-  call->id = id;
+  // The id is recorded before the request goes out, so a Cancel racing
+  // with the send still reaches the sidecar as $/cancelRequest.
+  Dispatcher& dispatcher = sidecar->dispatcher();
+  const int64_t id = dispatcher.ReserveId();
+  {
+    std::lock_guard<std::mutex> lock(call->mu);
+    if (call->finished) return;  // cancelled while queued
+    call->id = id;
+  }
+  // Not under call->mu: on_reply may run before CallWithId returns.
+  dispatcher.CallWithId(id, kMethodComplete, params, std::move(handlers));
+  bool ended;
+  {
+    std::lock_guard<std::mutex> lock(call->mu);
+    ended = call->finished;
+  }
+  // Cancelled between taking the id and sending: the dispatcher did not know
+  // the call yet, so cancel it now (a no-op if the sidecar already replied).
+  if (ended) dispatcher.Cancel(id, absl::CancelledError("cancelled"));
 }
 
 void Client::OnLegacyStreamDone() {

@@ -37,7 +37,13 @@ void Dispatcher::Deliver(int64_t id, const std::shared_ptr<PendingCall>& call,
 
 int64_t Dispatcher::Call(const std::string& method, Json params,
                          CallHandlers handlers) {
-  const int64_t id = next_id_.fetch_add(1);
+  const int64_t id = ReserveId();
+  CallWithId(id, method, std::move(params), std::move(handlers));
+  return id;
+}
+
+void Dispatcher::CallWithId(int64_t id, const std::string& method, Json params,
+                            CallHandlers handlers) {
   auto call = std::make_shared<PendingCall>();
   call->handlers = std::move(handlers);
   std::optional<absl::Status> closed;
@@ -52,7 +58,7 @@ int64_t Dispatcher::Call(const std::string& method, Json params,
   if (closed.has_value()) {
     // Outside mu_: the handler may call back into the dispatcher.
     Reply(call, *closed);
-    return id;
+    return;
   }
   absl::Status sent =
       transport_ == nullptr
@@ -61,7 +67,6 @@ int64_t Dispatcher::Call(const std::string& method, Json params,
   if (!sent.ok()) {
     if (auto taken = Take(id)) Reply(taken, sent);
   }
-  return id;
 }
 
 absl::Status Dispatcher::Notify(const std::string& method, Json params) {

@@ -62,6 +62,12 @@ class Dispatcher : public MessageHandler {
   // before Call returns.
   int64_t Call(const std::string& method, Json params, CallHandlers handlers);
 
+  // The same with an id taken earlier from ReserveId, for callers that must
+  // know the id before the request can be answered (or cancelled).
+  int64_t ReserveId() { return next_id_.fetch_add(1); }
+  void CallWithId(int64_t id, const std::string& method, Json params,
+                  CallHandlers handlers);
+
   absl::Status Notify(const std::string& method, Json params);
 
   // Sends $/cancelRequest for `id` and replies `why` at once; the sidecar's

@@ -40,13 +40,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import select
 import socket
-import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from fake_http import FakeHandler, FakeServer
 
 from fake_tools import planned_calls, tool_answer
 
@@ -63,54 +61,10 @@ CREATED_AT = "2024-01-01T00:00:00.000000Z"
 HOLD_LIMIT_S = 60.0
 
 
-class FakeOllama:
-    """Start with ``with FakeOllama() as fake:``; ``fake.host`` is ``127.0.0.1:<port>``."""
-
-    def __init__(self, port: int = 0) -> None:
-        self.requests: list[dict[str, Any]] = []
-        self.lock = threading.Lock()
-        # Set when a [[hold]] stream has sent its first chunk.
-        self.holding = threading.Event()
-        # Set by the fake when a held stream's client closed the connection.
-        self.client_disconnected = threading.Event()
-        self.disconnected_at = 0.0
-        # Set by a test to let held streams finish normally.
-        self.release = threading.Event()
-        fake = self
-
-        class Handler(_Handler):
-            owner = fake
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self.server.daemon_threads = True
-        self.port = int(self.server.server_address[1])
-        self.host = f"127.0.0.1:{self.port}"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> FakeOllama:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
-
-
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(FakeHandler):
     owner: FakeOllama
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: Any) -> None:
-        sys.stderr.write("fake_ollama: " + (format % args) + "\n")
-
-    def _send_json(self, status: int, obj: Any) -> None:
-        body = json.dumps(obj).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json; charset=utf-8")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+    log_name = "fake_ollama"
+    json_content_type = "application/json; charset=utf-8"
 
     def do_GET(self) -> None:
         if self.path == "/api/version":
@@ -210,19 +164,13 @@ class _Handler(BaseHTTPRequestHandler):
     def _hold(self) -> bool:
         """Block until release (True) or client disconnect (False)."""
         self.owner.holding.set()
-        sock: socket.socket = self.connection
-        waited = 0.0
-        while not self.owner.release.is_set() and waited < HOLD_LIMIT_S:
-            # Wake on socket activity: a readable socket that yields no bytes is a
-            # closed connection (the client has nothing more to send us).
-            readable, _, _ = select.select([sock], [], [], 0.05)
-            waited += 0.05
-            if readable and sock.recv(1, socket.MSG_PEEK) == b"":
-                self.owner.disconnected_at = time.monotonic()
-                self.owner.client_disconnected.set()
-                self.close_connection = True
-                return False
-        return True
+        return self._wait_or_disconnect(HOLD_LIMIT_S, self.owner.release)
+
+
+class FakeOllama(FakeServer):
+    """Start with ``with FakeOllama() as fake:``; ``fake.host`` is ``127.0.0.1:<port>``."""
+
+    handler_class = _Handler
 
 
 def _validate(body: Any) -> str:
@@ -292,12 +240,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Fake Ollama /api/chat server for tests")
     parser.add_argument("--port", type=int, default=0, help="TCP port on 127.0.0.1 (0: any)")
     args = parser.parse_args()
-    fake = FakeOllama(args.port)
-    print(f"PORT={fake.port}", flush=True)
-    try:
-        fake.server.serve_forever()
-    except KeyboardInterrupt:
-        pass
+    FakeOllama(args.port).serve_until_killed()
 
 
 if __name__ == "__main__":

@@ -55,13 +55,11 @@ import argparse
 import itertools
 import json
 import re
-import select
 import socket
-import sys
 import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from fake_http import FakeHandler, FakeServer
 
 from fake_tools import planned_calls, tool_answer
 
@@ -81,71 +79,13 @@ COMPLETION_ID = "chatcmpl-fake"
 HOLD_LIMIT_S = 60.0
 
 
-class FakeOpenAI:
-    """Start with ``with FakeOpenAI() as fake:``; ``fake.host`` is ``127.0.0.1:<port>``."""
-
-    def __init__(
-        self, port: int = 0, loading: bool = False, health: bool = True, slow_s: float = 1.0
-    ) -> None:
-        self.requests: list[dict[str, Any]] = []
-        self.lock = threading.Lock()
-        self.health_route = health
-        self.slow_s = slow_s
-        # Cleared while the "model" loads; set by finish_loading().
-        self.loaded = threading.Event()
-        if not loading:
-            self.loaded.set()
-        # Set on every /health request answered 503 (so a test can see the wait).
-        self.health_polled_while_loading = threading.Event()
-        # Set when a [[hold]] stream has sent its first chunk.
-        self.holding = threading.Event()
-        # Set (and disconnected_at stamped) when a held stream's client hung up.
-        self.client_disconnected = threading.Event()
-        self.disconnected_at = 0.0
-        # Set by a test to let held streams finish normally.
-        self.release = threading.Event()
-        fake = self
-
-        class Handler(_Handler):
-            owner = fake
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self.server.daemon_threads = True
-        self.port = int(self.server.server_address[1])
-        self.host = f"127.0.0.1:{self.port}"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def finish_loading(self) -> None:
-        self.loaded.set()
-
-    def __enter__(self) -> FakeOpenAI:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def _error_body(message: str, type_: str, code: int | None, param: str | None = None) -> Any:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(FakeHandler):
     owner: FakeOpenAI
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: Any) -> None:
-        sys.stderr.write("fake_openai: " + (format % args) + "\n")
-
-    def _send_json(self, status: int, obj: Any) -> None:
-        body = json.dumps(obj).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+    log_name = "fake_openai"
 
     def do_GET(self) -> None:
         if self.path == "/v1/models":
@@ -319,24 +259,27 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
 
-    def _disconnected(self) -> None:
-        self.owner.disconnected_at = time.monotonic()
-        self.owner.client_disconnected.set()
-        self.close_connection = True
 
-    def _wait_or_disconnect(self, limit_s: float, until: threading.Event | None = None) -> bool:
-        """Wait up to ``limit_s`` (or until ``until`` is set): True, or False
-        as soon as the client closes the connection."""
-        sock: socket.socket = self.connection
-        deadline = time.monotonic() + limit_s
-        while time.monotonic() < deadline and not (until is not None and until.is_set()):
-            # A readable socket that yields no bytes is a closed connection
-            # (the client has nothing more to send us).
-            readable, _, _ = select.select([sock], [], [], 0.02)
-            if readable and sock.recv(1, socket.MSG_PEEK) == b"":
-                self._disconnected()
-                return False
-        return True
+class FakeOpenAI(FakeServer):
+    """Start with ``with FakeOpenAI() as fake:``; ``fake.host`` is ``127.0.0.1:<port>``."""
+
+    handler_class = _Handler
+
+    def __init__(
+        self, port: int = 0, loading: bool = False, health: bool = True, slow_s: float = 1.0
+    ) -> None:
+        super().__init__(port)
+        self.health_route = health
+        self.slow_s = slow_s
+        # Cleared while the "model" loads; set by finish_loading().
+        self.loaded = threading.Event()
+        if not loading:
+            self.loaded.set()
+        # Set on every /health request answered 503 (so a test can see the wait).
+        self.health_polled_while_loading = threading.Event()
+
+    def finish_loading(self) -> None:
+        self.loaded.set()
 
 
 def _validate(body: Any) -> tuple[str, str | None]:
@@ -442,11 +385,7 @@ def main() -> None:
     fake = FakeOpenAI(args.port, loading=args.loading_s > 0, health=not args.no_health)
     if args.loading_s > 0:
         threading.Timer(args.loading_s, fake.finish_loading).start()
-    print(f"PORT={fake.port}", flush=True)
-    try:
-        fake.server.serve_forever()
-    except KeyboardInterrupt:
-        pass
+    fake.serve_until_killed()
 
 
 if __name__ == "__main__":

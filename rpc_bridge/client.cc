@@ -1,164 +1,65 @@
 #include "rpc_bridge/client.h"
 
 #include <algorithm>
-#include <condition_variable>
-#include <map>
-#include <thread>
+#include <atomic>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "rpc_bridge/error_reason.h"
+#include "rpc_bridge/one_shot.h"
 #include "rpc_bridge/status_mapping.h"
 
 namespace llmbridge::rpc {
 
 using Clock = std::chrono::steady_clock;
 
-// Runs callbacks at given times on one thread: the deadlines of all calls.
-// Schedule/Cancel never block on a running callback.
-class Scheduler {
- public:
-  Scheduler() : thread_([this] { Loop(); }) {}
-  ~Scheduler() {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      stopping_ = true;
-    }
-    cv_.notify_all();
-    thread_.join();
-  }
-
-  uint64_t Schedule(Clock::time_point at, std::function<void()> fn) {
-    std::lock_guard<std::mutex> lock(mu_);
-    uint64_t token = ++next_token_;
-    timers_.emplace(std::make_pair(at, token), std::move(fn));
-    cv_.notify_all();
-    return token;
-  }
-
-  void Cancel(uint64_t token) {
-    std::lock_guard<std::mutex> lock(mu_);
-    for (auto it = timers_.begin(); it != timers_.end(); ++it) {
-      if (it->first.second == token) {
-        timers_.erase(it);
-        return;
-      }
-    }
-  }
-
- private:
-  void Loop() {
-    std::unique_lock<std::mutex> lock(mu_);
-    while (!stopping_) {
-      if (timers_.empty()) {
-        cv_.wait(lock);
-        continue;
-      }
-      auto first = timers_.begin();
-      // A copy: the node may be erased while we wait unlocked.
-      const Clock::time_point due = first->first.first;
-      if (Clock::now() < due) {
-        cv_.wait_until(lock, due);
-        continue;
-      }
-      std::function<void()> fn = std::move(first->second);
-      timers_.erase(first);
-      lock.unlock();
-      fn();
-      lock.lock();
-    }
-  }
-
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::map<std::pair<Clock::time_point, uint64_t>, std::function<void()>>
-      timers_ ABSL_GUARDED_BY(mu_);
-  uint64_t next_token_ ABSL_GUARDED_BY(mu_) = 0;
-  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
-  std::thread thread_;
-};
-
-// One stream, from Stream() to on_done. Handlers reach it from the reader
-// thread (through the dispatcher, which serialises them), from Cancel and
-// from the deadline timer; `finished` makes on_done run once.
-class StreamCall {
- public:
-  CompleteParams params;
-  bool legacy = false;  // a seed-style sidecar: the client queues these
-
-  // Ends the stream once; returns false if it had ended already.
-  bool Finish(absl::StatusOr<CompleteResult> result) {
-    std::function<void(absl::StatusOr<CompleteResult>)> on_done;
-    {
-      std::lock_guard<std::mutex> lock(mu);
-      if (finished) return false;
-      finished = true;
-      on_done = std::move(handlers.on_done);
-      handlers.on_chunk = nullptr;
-      handlers.on_tool_event = nullptr;
-    }
-    if (on_done) on_done(std::move(result));
-    return true;
-  }
-
-  std::mutex mu;
-  StreamHandlers handlers ABSL_GUARDED_BY(mu);
-  bool finished ABSL_GUARDED_BY(mu) = false;
-  int64_t id ABSL_GUARDED_BY(mu) = 0;  // 0 while queued
-  std::weak_ptr<Sidecar> sidecar ABSL_GUARDED_BY(mu);
-  uint64_t timer ABSL_GUARDED_BY(mu) = 0;
-  // Assembled on the reader thread.
-  std::string content;
-};
-
 namespace {
+
+absl::Status ProtocolError(const absl::Status& why) {
+  // A malformed message from the sidecar is its fault, never the caller's:
+  // not INVALID_ARGUMENT.
+  return WithReason(absl::InternalError(absl::StrCat(
+                        "the sidecar sent a malformed message: ", why.message())),
+                    reason::kSidecarProtocolError);
+}
 
 absl::StatusOr<CompleteResult> DecodeResult(const Json& result) {
   try {
     return result.get<CompleteResult>();
   } catch (const Json::exception& e) {
-    return absl::InternalError(
-        absl::StrCat("malformed complete result from the sidecar: ", e.what()));
+    return ProtocolError(absl::InternalError(
+        absl::StrCat("malformed complete result: ", e.what())));
   }
 }
 
-std::chrono::milliseconds Millis(Clock::duration d) {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(d);
+bool ReadBool(const Json& j, const char* key, bool fallback) {
+  auto it = j.find(key);
+  return it != j.end() && it->is_boolean() ? it->get<bool>() : fallback;
 }
 
-// Handles one stream notification; a non-empty outcome ends the call.
-NotificationOutcome OnStreamNotification(StreamCall& call,
+// One stream: text deltas go to the caller as they come; stream.done (or
+// the response) ends it. Reached from the reader thread only, through the
+// dispatcher, which serialises a call's handlers.
+struct StreamState {
+  StreamHandlers handlers;
+  std::string content;
+  bool ended = false;
+};
+
+NotificationOutcome OnStreamNotification(StreamState& state,
                                          const Notification& n) {
-  if (n.method == kNotifyStreamChunk) {
-    absl::StatusOr<StreamChunkParams> chunk = ParseStreamChunk(n.params);
-    if (!chunk.ok()) return absl::StatusOr<Json>(chunk.status());
-    if (chunk->content.empty()) return std::nullopt;
-    call.content += chunk->content;
-    std::function<void(const std::string&)> on_chunk;
-    {
-      std::lock_guard<std::mutex> lock(call.mu);
-      on_chunk = call.handlers.on_chunk;
-    }
-    if (on_chunk) on_chunk(chunk->content);
-    return std::nullopt;
-  }
   if (n.method == kNotifyStreamToolCall || n.method == kNotifyStreamToolResult) {
     absl::StatusOr<ToolEvent> event = ParseToolEvent(n);
-    if (!event.ok()) return absl::StatusOr<Json>(event.status());
-    std::function<void(const ToolEvent&)> on_tool_event;
-    {
-      std::lock_guard<std::mutex> lock(call.mu);
-      on_tool_event = call.handlers.on_tool_event;
-    }
-    if (on_tool_event) on_tool_event(*event);
+    if (!event.ok()) return absl::StatusOr<Json>(ProtocolError(event.status()));
+    if (state.handlers.on_tool_event) state.handlers.on_tool_event(*event);
     return std::nullopt;
   }
   if (n.method == kNotifyStreamDone) {
     // The end of the stream: seed-style sidecars send no response after it,
     // and for ours the response repeats what the stream said.
     absl::StatusOr<StreamDoneParams> done = ParseStreamDone(n.params);
-    if (!done.ok()) return absl::StatusOr<Json>(done.status());
-    Json result{{"content", call.content},
+    if (!done.ok()) return absl::StatusOr<Json>(ProtocolError(done.status()));
+    Json result{{"content", std::move(state.content)},
                 {"model", done->model},
                 {"finish_reason", done->finish_reason},
                 {"usage", done->usage}};
@@ -166,30 +67,59 @@ NotificationOutcome OnStreamNotification(StreamCall& call,
   }
   if (n.method == kNotifyStreamError) {
     absl::StatusOr<StreamErrorParams> error = ParseStreamError(n.params);
-    if (!error.ok()) return absl::StatusOr<Json>(error.status());
-    return absl::StatusOr<Json>(RpcErrorToStatus(
-        {error->code, error->message, n.params.value("data", Json())}));
+    if (!error.ok()) return absl::StatusOr<Json>(ProtocolError(error.status()));
+    Json data;
+    if (auto it = n.params.find("data"); it != n.params.end()) data = *it;
+    return absl::StatusOr<Json>(
+        RpcErrorToStatus({error->code, error->message, std::move(data)}));
   }
   return std::nullopt;
 }
 
+Config FromOptions(std::initializer_list<Option> options) {
+  Config config;
+  for (const Option& option : options) option(config);
+  return config;
+}
+
 }  // namespace
 
-void StreamHandle::Cancel(const absl::Status& why) const {
-  if (call_ == nullptr) return;
-  int64_t id;
-  std::shared_ptr<Sidecar> sidecar;
-  {
-    std::lock_guard<std::mutex> lock(call_->mu);
-    if (call_->finished) return;
-    id = call_->id;
-    sidecar = call_->sidecar.lock();
+// Forwards pool events to the caller's observer and counts starts for
+// on_sidecar_start.
+class Client::StartCounter : public PoolObserver {
+ public:
+  StartCounter(PoolObserver* next, std::function<void(int)> on_start)
+      : next_(next), on_start_(std::move(on_start)) {}
+
+  void OnStateChanged() override {
+    if (next_) next_->OnStateChanged();
   }
-  // Started: the dispatcher tells the sidecar and replies `why`, which runs
-  // on_done. Queued, or the sidecar is gone: end it here.
-  if (id != 0 && sidecar != nullptr) sidecar->dispatcher().Cancel(id, why);
-  call_->Finish(why);
-}
+  void OnSidecarEvent(std::string_view event, const Json& fields) override {
+    if (event == "sidecar_started" && on_start_) on_start_(++starts_);
+    if (next_) next_->OnSidecarEvent(event, fields);
+  }
+  void OnSidecarStderr(int slot, pid_t pid, std::string_view line) override {
+    if (next_) next_->OnSidecarStderr(slot, pid, line);
+  }
+  void OnProtocolError(int slot, const absl::Status& why,
+                       std::string_view line_start) override {
+    if (next_) next_->OnProtocolError(slot, why, line_start);
+  }
+  void OnLoad(int in_flight, int queued) override {
+    if (next_) next_->OnLoad(in_flight, queued);
+  }
+  void OnAdmitted(std::chrono::steady_clock::duration wait) override {
+    if (next_) next_->OnAdmitted(wait);
+  }
+  void OnRejected() override {
+    if (next_) next_->OnRejected();
+  }
+
+ private:
+  PoolObserver* const next_;
+  const std::function<void(int)> on_start_;
+  std::atomic<int> starts_{0};
+};
 
 Option WithBackend(std::string v) {
   return [v](Config& c) { c.backend = v; };
@@ -222,292 +152,155 @@ Option WithMCPServers(std::map<std::string, MCPServerConfig> v) {
   return [v](Config& c) { c.mcp_servers = v; };
 }
 
-namespace {
-Config FromOptions(std::initializer_list<Option> options) {
-  Config config;
-  for (const Option& option : options) option(config);
-  return config;
-}
-}  // namespace
-
 Client::Client(Config config, ClientOptions options)
     : config_(WithDefaults(std::move(config))),
-      options_(options),
-      scheduler_(std::make_unique<Scheduler>()) {}
+      config_status_(Validate(config_)),
+      options_(std::move(options)),
+      start_counter_(std::make_unique<StartCounter>(options_.pool.observer,
+                                                    options_.on_sidecar_start)) {
+  PoolOptions pool = options_.pool;
+  pool.sidecar.config = config_;
+  if (pool.queue_timeout.count() <= 0) {
+    pool.queue_timeout = config_.startup_timeout + std::chrono::seconds(30);
+  }
+  // An invalid config never starts anything: every call reports it.
+  pool.preload = pool.preload && config_status_.ok();
+  pool.observer = start_counter_.get();
+  pool_ = std::make_unique<SidecarPool>(std::move(pool));
+}
 
 Client::Client(std::initializer_list<Option> options)
     : Client(FromOptions(options)) {}
 
 Client::~Client() {
-  Close();
-  scheduler_.reset();
+  pool_->Shutdown();
+  pool_.reset();
 }
 
-absl::StatusOr<std::shared_ptr<Sidecar>> Client::Running() {
-  std::shared_ptr<Sidecar> exited;  // destroyed outside mu_ (joins threads)
-  std::unique_lock<std::mutex> lock(mu_);
-  if (sidecar_ != nullptr && sidecar_->IsRunning()) return sidecar_;
-  if (absl::Status valid = Validate(config_); !valid.ok()) return valid;
-  const RestartPolicy& policy = options_.restart;
-  if (sidecar_ != nullptr) {
-    // It exited since the last request: count it, for the backoff.
-    std::optional<ExitInfo> exit = sidecar_->ExitError();
-    RecordFailureLocked(
-        absl::UnavailableError(absl::StrCat(
-            "the sidecar ", exit ? exit->Describe() : "stopped")),
-        Clock::now() - started_at_ < policy.quick_failure);
-    exited = std::move(sidecar_);
+absl::Status Client::EnsureStarted() {
+  if (!config_status_.ok()) return config_status_;
+  return pool_->WaitReady(config_.startup_timeout + std::chrono::seconds(5));
+}
+
+PoolCallRequest Client::CompleteRequest(CompleteParams params, bool stream,
+                                        const CallOptions& call) const {
+  params.stream = stream;
+  params.timeout_s.reset();  // set from the deadline when it is sent
+  PoolCallRequest request;
+  request.method = kMethodComplete;
+  request.params = params;
+  request.admission = true;
+  request.deadline = call.deadline.value_or(Clock::now() + config_.request_timeout);
+  request.send_timeout = true;
+  return request;
+}
+
+absl::StatusOr<CompleteResult> Client::Complete(CompleteParams params,
+                                                CallOptions call) {
+  if (!config_status_.ok()) return config_status_;
+  auto reply = OneShot<absl::StatusOr<Json>>::Make();
+  PoolCallRequest request = CompleteRequest(std::move(params), false, call);
+  request.handlers.on_reply = OneShot<absl::StatusOr<Json>>::Setter(reply);
+  pool_->Submit(std::move(request));
+  // The pool's deadline timer ends the call; no timeout needed here.
+  absl::StatusOr<Json> result = reply->Wait();
+  if (!result.ok()) return result.status();
+  return DecodeResult(*result);
+}
+
+StreamHandle Client::Stream(CompleteParams params, StreamHandlers handlers,
+                            CallOptions call) {
+  if (!config_status_.ok()) {
+    if (handlers.on_done) handlers.on_done(config_status_);
+    return StreamHandle();
   }
-  if (quick_failures_ >= policy.max_quick_failures) {
-    if (Clock::now() < next_start_) {
-      return WithReason(absl::UnavailableError(absl::StrCat(
-          "the sidecar failed ", quick_failures_,
-          " times in a row right after starting; last failure: ",
-          last_failure_.message(),
-          ". Fix the cause (see the sidecar's stderr in the server log); "
-          "starts resume in ",
-          Millis(next_start_ - Clock::now()).count(), " ms")),
-          reason::kSidecarUnavailable);
+  auto state = std::make_shared<StreamState>();
+  state->handlers = std::move(handlers);
+  PoolCallRequest request = CompleteRequest(std::move(params), true, call);
+  request.handlers.on_chunk = [state](std::string text) {
+    if (text.empty()) return;
+    if (state->handlers.collect_content) state->content += text;
+    if (state->handlers.on_chunk) state->handlers.on_chunk(text);
+  };
+  request.handlers.on_notification = [state](const Notification& n) {
+    return OnStreamNotification(*state, n);
+  };
+  request.handlers.on_reply = [state](absl::StatusOr<Json> reply) {
+    // Runs exactly once (the pool guarantees it), possibly on another
+    // thread than the chunks, but never concurrently with them.
+    std::function<void(absl::StatusOr<CompleteResult>)> on_done =
+        std::move(state->handlers.on_done);
+    state->handlers = StreamHandlers();
+    if (!on_done) return;
+    if (!reply.ok()) {
+      on_done(reply.status());
+    } else {
+      on_done(DecodeResult(*reply));
     }
-    quick_failures_ = policy.max_quick_failures - 1;  // one more try
+  };
+  return StreamHandle(pool_->Submit(std::move(request)));
+}
+
+void Client::CallAsync(const std::string& method, Json params,
+                       std::chrono::milliseconds timeout,
+                       std::function<void(absl::StatusOr<Json>)> on_reply) {
+  if (!config_status_.ok()) {
+    on_reply(config_status_);
+    return;
   }
-  if (Clock::now() < next_start_) {
-    // Back off before starting again; other requests wait here too.
-    std::this_thread::sleep_until(next_start_);
-  }
-  SidecarOptions options;
-  options.config = config_;
-  options.max_line_bytes = options_.max_line_bytes;
-  options.write_timeout = options_.write_timeout;
-  options.stop_grace = options_.stop_grace;
-  ++starts_;
-  started_at_ = Clock::now();
-  absl::StatusOr<std::unique_ptr<Sidecar>> started =
-      Sidecar::Start(std::move(options));
-  if (!started.ok()) {
-    RecordFailureLocked(started.status(), /*quick=*/true);
-    return started.status();
-  }
-  sidecar_ = std::shared_ptr<Sidecar>(*std::move(started));
-  if (options_.on_sidecar_start) options_.on_sidecar_start(starts_);
-  return sidecar_;
+  PoolCallRequest request;
+  request.method = method;
+  request.params = std::move(params);
+  request.admission = false;
+  request.deadline = Clock::now() + timeout;
+  request.handlers.on_reply = std::move(on_reply);
+  pool_->Submit(std::move(request));
 }
 
 absl::StatusOr<Json> Client::Call(const std::string& method, Json params,
                                   std::chrono::milliseconds timeout) {
-  absl::StatusOr<std::shared_ptr<Sidecar>> sidecar = Running();
-  if (!sidecar.ok()) return sidecar.status();
-  return CallAndWait((*sidecar)->dispatcher(), method, std::move(params),
-                     timeout);
-}
-
-void Client::RecordFailureLocked(absl::Status why, bool quick) {
-  const RestartPolicy& policy = options_.restart;
-  last_failure_ = std::move(why);
-  quick_failures_ = quick ? quick_failures_ + 1 : 0;
-  if (quick_failures_ >= policy.max_quick_failures) {
-    // Crash-looping: stop trying for a while, with a clear error.
-    next_start_ = Clock::now() + policy.cool_down;
-  } else if (quick_failures_ > 1) {
-    // The first restart is immediate; then 1x, 2x, 4x ... the initial delay.
-    next_start_ = Clock::now() +
-                  std::min<std::chrono::milliseconds>(
-                      policy.initial_backoff *
-                          (1 << std::min(quick_failures_ - 2, 16)),
-                      policy.max_backoff);
-  }
-}
-
-absl::Status Client::EnsureStarted() { return Running().status(); }
-
-absl::StatusOr<CompleteResult> Client::Complete(CompleteParams params,
-                                                CallOptions call) {
-  absl::StatusOr<std::shared_ptr<Sidecar>> sidecar = Running();
-  if (!sidecar.ok()) return sidecar.status();
-  params.stream = false;
-  Clock::time_point deadline =
-      call.deadline.value_or(Clock::now() + config_.request_timeout);
-  auto timeout = std::max(Millis(deadline - Clock::now()),
-                          std::chrono::milliseconds(0));
-  params.timeout_s = static_cast<double>(timeout.count()) / 1000.0;
-  absl::StatusOr<Json> reply = CallAndWait((*sidecar)->dispatcher(),
-                                           kMethodComplete, params, timeout);
-  if (!reply.ok()) return reply.status();
-  return DecodeResult(*reply);
-}
-
-void Client::StartQueued(std::shared_ptr<StreamCall> call) {
-  // Only called with a running sidecar at hand, never on a path that could
-  // start or destroy one: it runs on the reader thread.
-  std::shared_ptr<Sidecar> sidecar;
-  {
-    std::lock_guard<std::mutex> lock(call->mu);
-    sidecar = call->sidecar.lock();
-  }
-  if (sidecar == nullptr || !sidecar->IsRunning()) {
-    call->Finish(WithReason(
-        absl::UnavailableError(
-            "the sidecar stopped before this queued stream could start; retry"),
-        reason::kSidecarExited));
-    if (call->legacy) OnLegacyStreamDone();
-    return;
-  }
-  std::weak_ptr<StreamCall> weak = call;
-  CallHandlers handlers;
-  handlers.on_notification = [weak](const Notification& n) {
-    std::shared_ptr<StreamCall> c = weak.lock();
-    return c ? OnStreamNotification(*c, n) : std::nullopt;
-  };
-  handlers.on_reply = [this, weak](absl::StatusOr<Json> reply) {
-    std::shared_ptr<StreamCall> c = weak.lock();
-    if (c == nullptr) return;
-    uint64_t timer;
-    {
-      std::lock_guard<std::mutex> lock(c->mu);
-      timer = c->timer;
-    }
-    scheduler_->Cancel(timer);
-    if (reply.ok()) {
-      c->Finish(DecodeResult(*reply));
-    } else {
-      c->Finish(reply.status());
-    }
-    if (c->legacy) OnLegacyStreamDone();
-  };
-  CompleteParams params = call->params;
-  params.stream = true;
-  // The id is recorded before the request goes out, so a Cancel racing
-  // with the send still reaches the sidecar as $/cancelRequest.
-  Dispatcher& dispatcher = sidecar->dispatcher();
-  const int64_t id = dispatcher.ReserveId();
-  {
-    std::lock_guard<std::mutex> lock(call->mu);
-    if (call->finished) return;  // cancelled while queued
-    call->id = id;
-  }
-  // Not under call->mu: on_reply may run before CallWithId returns.
-  dispatcher.CallWithId(id, kMethodComplete, params, std::move(handlers));
-  bool ended;
-  {
-    std::lock_guard<std::mutex> lock(call->mu);
-    ended = call->finished;
-  }
-  // Cancelled between taking the id and sending: the dispatcher did not know
-  // the call yet, so cancel it now (a no-op if the sidecar already replied).
-  if (ended) dispatcher.Cancel(id, absl::CancelledError("cancelled"));
-}
-
-void Client::OnLegacyStreamDone() {
-  std::shared_ptr<StreamCall> next;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    while (!legacy_queue_.empty()) {
-      std::shared_ptr<StreamCall> candidate = legacy_queue_.front();
-      legacy_queue_.erase(legacy_queue_.begin());
-      std::lock_guard<std::mutex> call_lock(candidate->mu);
-      if (!candidate->finished) {
-        next = std::move(candidate);
-        break;
-      }
-    }
-    legacy_stream_active_ = next != nullptr;
-  }
-  if (next != nullptr) StartQueued(std::move(next));
-}
-
-absl::StatusOr<StreamHandle> Client::Stream(CompleteParams params,
-                                            StreamHandlers handlers,
-                                            CallOptions options) {
-  absl::StatusOr<std::shared_ptr<Sidecar>> sidecar = Running();
-  if (!sidecar.ok()) return sidecar.status();
-  auto call = std::make_shared<StreamCall>();
-  call->legacy = !(*sidecar)->init_result().stream_request_id;
-  Clock::time_point deadline =
-      options.deadline.value_or(Clock::now() + config_.request_timeout);
-  params.timeout_s =
-      static_cast<double>(
-          std::max(Millis(deadline - Clock::now()), std::chrono::milliseconds(0))
-              .count()) /
-      1000.0;
-  call->params = std::move(params);
-  StreamHandle handle(call);
-  {
-    std::lock_guard<std::mutex> lock(call->mu);
-    call->handlers = std::move(handlers);
-    call->sidecar = *sidecar;
-    call->timer = scheduler_->Schedule(deadline, [handle, deadline] {
-      handle.Cancel(WithReason(
-          absl::DeadlineExceededError(
-              "the request's deadline passed before the model finished; "
-              "raise the deadline or --request_timeout, or lower max_tokens"),
-          reason::kDeadlineExceeded));
-    });
-  }
-  if (call->legacy) {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (legacy_stream_active_) {
-      legacy_queue_.push_back(call);
-      return handle;
-    }
-    legacy_stream_active_ = true;
-  }
-  StartQueued(call);
-  return handle;
+  auto reply = OneShot<absl::StatusOr<Json>>::Make();
+  CallAsync(method, std::move(params), timeout,
+            OneShot<absl::StatusOr<Json>>::Setter(reply));
+  return reply->Wait();
 }
 
 Capabilities Client::GetCapabilities() const {
   Capabilities caps;
-  std::lock_guard<std::mutex> lock(mu_);
-  if (sidecar_ == nullptr) return caps;
-  const Json& c = sidecar_->init_result().capabilities;
+  PoolStatus status = pool_->Status();
+  if (!status.init.has_value()) return caps;
+  const Json& c = status.init->capabilities;
   if (!c.is_object()) return caps;
-  caps.streaming = c.value("streaming", caps.streaming);
-  caps.tools = c.value("tools", caps.tools);
-  caps.mcp = c.value("mcp", caps.mcp);
-  caps.sessions = c.value("sessions", caps.sessions);
-  caps.images = c.value("images", caps.images);
-  if (c.contains("native_tools") && c["native_tools"].is_array()) {
-    for (const Json& t : c["native_tools"]) {
+  // The sidecar's bytes are untrusted: every field is type-checked.
+  caps.streaming = ReadBool(c, "streaming", caps.streaming);
+  caps.tools = ReadBool(c, "tools", caps.tools);
+  caps.mcp = ReadBool(c, "mcp", caps.mcp);
+  caps.sessions = ReadBool(c, "sessions", caps.sessions);
+  caps.images = ReadBool(c, "images", caps.images);
+  if (auto it = c.find("native_tools"); it != c.end() && it->is_array()) {
+    for (const Json& t : *it) {
       if (t.is_string()) caps.native_tools.push_back(t.get<std::string>());
     }
   }
   return caps;
 }
 
-bool Client::IsRunning() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  return sidecar_ != nullptr && sidecar_->IsRunning();
-}
+bool Client::IsRunning() const { return pool_->Status().AnyReady(); }
 
 pid_t Client::SidecarPid() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  return sidecar_ != nullptr && sidecar_->IsRunning() ? sidecar_->pid() : -1;
+  for (const SlotStatus& slot : pool_->Status().slots) {
+    if (slot.state == SlotState::kReady) return slot.pid;
+  }
+  return -1;
 }
 
-int Client::StartCount() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  return starts_;
-}
+int Client::StartCount() const { return pool_->Status().starts; }
 
 absl::Status Client::Restart() {
-  Close();
+  pool_->Unload();
   return EnsureStarted();
 }
 
-void Client::Close() {
-  std::shared_ptr<Sidecar> sidecar;
-  std::vector<std::shared_ptr<StreamCall>> queued;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    sidecar.swap(sidecar_);
-    queued.swap(legacy_queue_);
-    legacy_stream_active_ = false;
-  }
-  for (auto& call : queued) {
-    call->Finish(WithReason(absl::UnavailableError("the client was closed"),
-                            reason::kShuttingDown));
-  }
-  if (sidecar != nullptr) sidecar->Stop();
-}
+void Client::Close() { pool_->Unload(); }
 
 }  // namespace llmbridge::rpc

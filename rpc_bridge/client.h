@@ -1,22 +1,24 @@
 // The C++ counterpart of the seed's local.Client: completions from a local
-// model through a long-running Python sidecar.
+// model through long-running Python sidecars.
 //
 //   llmbridge::rpc::Client client({WithBackend("ollama"),
 //                                  WithModel("llama3.2:latest"),
 //                                  WithSidecarPath("sidecar/sidecar.py")});
 //   absl::StatusOr<CompleteResult> r = client.Complete(params);
 //
-// The sidecar starts lazily on the first request and is kept running. If it
-// exits, calls in flight fail at once with UNAVAILABLE (naming the exit and
-// quoting its stderr) and the next request starts a new one; repeated quick
-// crashes back off. Many calls run at once over the one sidecar; a sidecar
-// written only to the seed's text (no request_id on stream notifications)
-// gets its streams one at a time, queued, so they are never misrouted.
+// Behind it is a SidecarPool (sidecar_pool.h): supervised sidecars that
+// start on the first request (or at once, with ClientOptions::preload),
+// are health-probed, and are replaced when they exit or get stuck. If one
+// exits, its calls in flight fail at once with UNAVAILABLE (naming the exit
+// code or signal). Many calls run at once; a sidecar written only to the
+// seed's text (no request_id on stream notifications) gets its streams one
+// at a time, queued, so they are never misrouted.
 //
-// Threading: every method may be called from any thread. Stream handlers run
-// on the sidecar's reader thread (or on a thread calling Cancel, or on the
-// deadline thread): they must be quick, must not block, and must not call
-// Cancel on their own stream.
+// Threading: every method may be called from any thread. Stream, CallAsync
+// and StreamHandle::Cancel never block; Complete, Call and EnsureStarted
+// do. Handlers run on the sidecar's reader thread (or on a thread calling
+// Cancel, a timer thread or a pool thread): they must be quick, must not
+// block, and must not call Cancel on their own stream.
 #ifndef LLMBRIDGE_RPC_BRIDGE_CLIENT_H_
 #define LLMBRIDGE_RPC_BRIDGE_CLIENT_H_
 
@@ -34,7 +36,7 @@
 #include "absl/status/statusor.h"
 #include "rpc_bridge/config.h"
 #include "rpc_bridge/protocol.h"
-#include "rpc_bridge/sidecar.h"
+#include "rpc_bridge/sidecar_pool.h"
 
 namespace llmbridge::rpc {
 
@@ -49,14 +51,17 @@ struct Capabilities {
 };
 
 struct StreamHandlers {
-  // Each text delta, in order.
-  std::function<void(const std::string& delta)> on_chunk;
+  // Each text delta, in order (the handler may move from it).
+  std::function<void(std::string& delta)> on_chunk;
   // Exactly once, last: the final result (usage, finish_reason, model) or
   // the error that ended the stream.
   std::function<void(absl::StatusOr<CompleteResult>)> on_done;
   // With use_tools: each tool call and each tool result, in stream order.
   // Optional.
   std::function<void(const ToolEvent& event)> on_tool_event;
+  // Put the whole text into on_done's result.content (it costs a copy of
+  // every delta; the deltas themselves are always delivered).
+  bool collect_content = true;
 };
 
 struct CallOptions {
@@ -65,22 +70,18 @@ struct CallOptions {
   std::optional<std::chrono::steady_clock::time_point> deadline;
 };
 
-class StreamCall;  // internal state of one stream
-class Scheduler;   // internal deadline timer
-
 // Identifies a stream so that it can be cancelled. Cheap to copy.
 class StreamHandle {
  public:
   StreamHandle() = default;
-  // Asks the sidecar to stop the work and ends the stream at once with
-  // `why`: on_done runs before Cancel returns, unless it already ran.
-  void Cancel(const absl::Status& why) const;
+  // Asks the sidecar to stop the work and ends the stream with `why`:
+  // on_done runs once, now or very soon, unless it already ran.
+  void Cancel(const absl::Status& why) const { call_.Cancel(why); }
 
  private:
   friend class Client;
-  explicit StreamHandle(std::shared_ptr<StreamCall> call)
-      : call_(std::move(call)) {}
-  std::shared_ptr<StreamCall> call_;
+  explicit StreamHandle(PoolCallHandle call) : call_(std::move(call)) {}
+  PoolCallHandle call_;
 };
 
 // Functional options, as the seed's WithBackend, WithHost, ...
@@ -96,28 +97,22 @@ Option WithWorkDir(std::string dir);
 Option WithEnv(std::map<std::string, std::string> env);
 Option WithMCPServers(std::map<std::string, MCPServerConfig> servers);
 
-// Restart policy after the sidecar exits or fails to start.
-struct RestartPolicy {
-  // A sidecar that ends within this time of starting counts as a quick
-  // failure; a longer run resets the count.
-  std::chrono::milliseconds quick_failure{10000};
-  // After each quick failure, the next start waits this long, doubling.
-  std::chrono::milliseconds initial_backoff{100};
-  std::chrono::milliseconds max_backoff{5000};
-  // This many quick failures in a row: requests fail at once with a clear
-  // error until the cool-down passes.
-  int max_quick_failures = 5;
-  std::chrono::milliseconds cool_down{30000};
-};
-
 struct ClientOptions {
   // Called after each sidecar start (e.g. to count restarts), with the
-  // number of starts so far. Runs on the requesting thread.
+  // number of starts so far. Runs on a pool thread.
   std::function<void(int starts)> on_sidecar_start;
-  size_t max_line_bytes = kDefaultMaxLineBytes;
-  std::chrono::milliseconds write_timeout{10000};
-  std::chrono::milliseconds stop_grace{5000};
-  RestartPolicy restart;
+  // The pool and its sidecars (see PoolOptions); pool.sidecar.config is the
+  // client's config. The seed starts its sidecar on the first request, so
+  // preload is off here; the queue waits up to the startup time and more.
+  PoolOptions pool = DefaultPoolOptions();
+
+  static PoolOptions DefaultPoolOptions() {
+    PoolOptions pool;
+    pool.preload = false;
+    pool.max_queue = 1024;
+    pool.queue_timeout = std::chrono::milliseconds(0);  // startup_timeout + 30 s
+    return pool;
+  }
 };
 
 class Client {
@@ -132,64 +127,64 @@ class Client {
 
   const Config& config() const { return config_; }
 
-  // Starts the sidecar now unless it is running. Requests call this.
+  // Starts the sidecar unless it runs, and waits until it is ready (or
+  // failed to start). Blocks up to the startup timeout.
   absl::Status EnsureStarted();
 
   // The whole answer; blocks until the result, the deadline, or an error.
   absl::StatusOr<CompleteResult> Complete(CompleteParams params,
                                           CallOptions call = {});
 
-  // Starts a streamed completion. On error nothing was started and no
-  // handler runs.
-  absl::StatusOr<StreamHandle> Stream(CompleteParams params,
-                                      StreamHandlers handlers,
-                                      CallOptions call = {});
+  // Starts a streamed completion; never blocks. on_done runs exactly once
+  // (possibly before Stream returns, e.g. when the call is refused).
+  StreamHandle Stream(CompleteParams params, StreamHandlers handlers,
+                      CallOptions call = {});
 
-  // The running sidecar's capabilities, else the seed's.
+  // The capabilities of the sidecar that started last, else the seed's.
   Capabilities GetCapabilities() const;
 
-  // Any other method of the sidecar (e.g. "health", "models"), starting it
+  // Any other method of the sidecar (e.g. "tools", "models"), starting it
   // if needed; blocks up to `timeout`.
   absl::StatusOr<Json> Call(const std::string& method, Json params,
                             std::chrono::milliseconds timeout);
 
+  // The same without blocking: `on_reply` runs once, on a bridge thread.
+  void CallAsync(const std::string& method, Json params,
+                 std::chrono::milliseconds timeout,
+                 std::function<void(absl::StatusOr<Json>)> on_reply);
+
+  // The pool's published state: sidecars, load, health.
+  PoolStatus Status() const { return pool_->Status(); }
+
   static std::string Provider() { return "local"; }
 
-  // True while a sidecar is running.
+  // True while a sidecar is ready.
   bool IsRunning() const;
-  // The running sidecar's pid, or -1.
+  // The pid of a ready sidecar, or -1.
   pid_t SidecarPid() const;
   // How many sidecars were started so far.
   int StartCount() const;
 
-  // Stops the running sidecar and starts a new one.
+  // Stops the running sidecars and waits for new ones.
   absl::Status Restart();
 
-  // Stops the sidecar (shutdown, then signals). Later requests restart it.
+  // Stops the sidecars (shutdown, then signals). Later requests restart
+  // them.
   void Close();
 
+  // Refuses every later call and stops the sidecars for good.
+  void Shutdown() { pool_->Shutdown(); }
+
  private:
-  absl::StatusOr<std::shared_ptr<Sidecar>> Running();
-  // Counts a failed start or an exit, and sets when the next start may run.
-  void RecordFailureLocked(absl::Status why, bool quick)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void StartQueued(std::shared_ptr<StreamCall> call);
-  void OnLegacyStreamDone();
+  class StartCounter;
+  PoolCallRequest CompleteRequest(CompleteParams params, bool stream,
+                                  const CallOptions& call) const;
 
   const Config config_;
+  const absl::Status config_status_;
   const ClientOptions options_;
-  std::unique_ptr<Scheduler> scheduler_;
-
-  mutable std::mutex mu_;
-  std::shared_ptr<Sidecar> sidecar_ ABSL_GUARDED_BY(mu_);
-  std::chrono::steady_clock::time_point started_at_ ABSL_GUARDED_BY(mu_);
-  int starts_ ABSL_GUARDED_BY(mu_) = 0;
-  int quick_failures_ ABSL_GUARDED_BY(mu_) = 0;
-  std::chrono::steady_clock::time_point next_start_ ABSL_GUARDED_BY(mu_);
-  absl::Status last_failure_ ABSL_GUARDED_BY(mu_);
-  // Seed-style sidecars: one stream at a time, the rest wait here.
-  bool legacy_stream_active_ ABSL_GUARDED_BY(mu_) = false;
-  std::vector<std::shared_ptr<StreamCall>> legacy_queue_ ABSL_GUARDED_BY(mu_);
+  std::unique_ptr<StartCounter> start_counter_;
+  std::unique_ptr<SidecarPool> pool_;
 };
 
 }  // namespace llmbridge::rpc

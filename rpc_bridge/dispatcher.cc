@@ -1,6 +1,6 @@
 #include "rpc_bridge/dispatcher.h"
 
-#include <cstdio>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -11,8 +11,8 @@
 
 namespace llmbridge::rpc {
 
-Dispatcher::Dispatcher(CloseDescriber describe_close)
-    : describe_close_(std::move(describe_close)) {}
+Dispatcher::Dispatcher(DispatcherOptions options)
+    : options_(std::move(options)) {}
 
 void Dispatcher::Reply(const std::shared_ptr<PendingCall>& call,
                        absl::StatusOr<Json> reply) {
@@ -22,17 +22,36 @@ void Dispatcher::Reply(const std::shared_ptr<PendingCall>& call,
   if (call->handlers.on_reply) call->handlers.on_reply(std::move(reply));
 }
 
-void Dispatcher::Deliver(int64_t id, const std::shared_ptr<PendingCall>& call,
-                         const Notification& notification) {
+template <typename Fn>
+void Dispatcher::RunHandler(int64_t id, const std::shared_ptr<PendingCall>& call,
+                            Fn handler) {
   std::lock_guard<std::mutex> lock(call->mu);
-  if (call->replied || !call->handlers.on_notification) return;
-  NotificationOutcome outcome = call->handlers.on_notification(notification);
-  if (!outcome.has_value()) return;
-  // The notification ended the call: it gets no other reply, and a late
-  // response for its id is dropped.
-  Take(id);
+  if (call->replied) return;
+  call->handler_thread.store(std::this_thread::get_id());
+  NotificationOutcome outcome = handler();
+  call->handler_thread.store(std::thread::id());
+  if (!outcome.has_value() && call->deferred_cancel.has_value()) {
+    // The handler cancelled its own call: finish that now, outside it.
+    if (Take(id) == nullptr) return;
+    (void)Notify(kNotifyCancelRequest, Json{{"id", id}});
+    outcome = absl::StatusOr<Json>(*std::move(call->deferred_cancel));
+  } else if (outcome.has_value()) {
+    // The notification ended the call: it gets no other reply, and a late
+    // response for its id is dropped.
+    Take(id);
+  } else {
+    return;
+  }
   call->replied = true;
   if (call->handlers.on_reply) call->handlers.on_reply(*std::move(outcome));
+}
+
+void Dispatcher::Deliver(int64_t id, const std::shared_ptr<PendingCall>& call,
+                         const Notification& notification) {
+  RunHandler(id, call, [&]() -> NotificationOutcome {
+    if (!call->handlers.on_notification) return std::nullopt;
+    return call->handlers.on_notification(notification);
+  });
 }
 
 int64_t Dispatcher::Call(const std::string& method, Json params,
@@ -45,7 +64,20 @@ int64_t Dispatcher::Call(const std::string& method, Json params,
 void Dispatcher::CallWithId(int64_t id, const std::string& method, Json params,
                             CallHandlers handlers) {
   auto call = std::make_shared<PendingCall>();
+  call->stream = handlers.on_chunk != nullptr || handlers.on_notification != nullptr;
   call->handlers = std::move(handlers);
+  std::string line = EncodeRequest({method, std::move(params), id});
+  if (line.size() >= options_.max_request_bytes) {
+    Reply(call,
+          WithReason(absl::InvalidArgumentError(absl::StrCat(
+                         "messages: the request encodes to ", line.size(),
+                         " bytes, over the sidecar's message limit of ",
+                         options_.max_request_bytes,
+                         " bytes (control characters take 6 bytes each); "
+                         "shorten the conversation")),
+                     reason::kInvalidRequest));
+    return;
+  }
   std::optional<absl::Status> closed;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -63,7 +95,7 @@ void Dispatcher::CallWithId(int64_t id, const std::string& method, Json params,
   absl::Status sent =
       transport_ == nullptr
           ? absl::FailedPreconditionError("dispatcher has no transport")
-          : transport_->Send(EncodeRequest({method, std::move(params), id}));
+          : transport_->Send(line);
   if (!sent.ok()) {
     if (auto taken = Take(id)) Reply(taken, sent);
   }
@@ -77,6 +109,14 @@ absl::Status Dispatcher::Notify(const std::string& method, Json params) {
 }
 
 void Dispatcher::Cancel(int64_t id, const absl::Status& why) {
+  if (std::shared_ptr<PendingCall> running = Find(id);
+      running != nullptr &&
+      running->handler_thread.load() == std::this_thread::get_id()) {
+    // From inside one of this call's own handlers, which holds its lock:
+    // RunHandler finishes the cancel when the handler returns.
+    if (!running->deferred_cancel.has_value()) running->deferred_cancel = why;
+    return;
+  }
   std::shared_ptr<PendingCall> call = Take(id);
   if (call == nullptr) return;
   // Best effort: if the pipe is gone the sidecar has no work to stop.
@@ -118,23 +158,39 @@ std::shared_ptr<Dispatcher::PendingCall> Dispatcher::Find(int64_t id) const {
   return it == pending_.end() ? nullptr : it->second;
 }
 
-std::optional<int64_t> Dispatcher::FindId(const Json& params) const {
-  if (std::optional<int64_t> id = StreamRequestId(params)) return id;
+std::optional<int64_t> Dispatcher::StreamOwner(
+    std::optional<int64_t> request_id) const {
+  if (request_id.has_value()) return request_id;
   if (tagged_streams_) return std::nullopt;
-  // A seed-style sidecar: the caller runs one stream at a time, so the oldest
-  // pending call is the stream's.
+  // A seed-style sidecar: the caller runs one stream at a time, so the
+  // oldest pending stream is the one (a health probe may be pending too).
   std::lock_guard<std::mutex> lock(mu_);
-  if (pending_.empty()) return std::nullopt;
-  return pending_.begin()->first;
+  for (const auto& [id, call] : pending_) {
+    if (call->stream) return id;
+  }
+  return std::nullopt;
 }
 
 void Dispatcher::OnMessage(IncomingMessage message) {
+  if (message.chunk.has_value()) {
+    std::optional<int64_t> id = StreamOwner(message.chunk->request_id);
+    if (!id.has_value()) return;
+    // A call that was cancelled or already replied to is gone from the map:
+    // its late chunks are dropped here.
+    std::shared_ptr<PendingCall> call = Find(*id);
+    if (call == nullptr) return;
+    RunHandler(*id, call, [&]() -> NotificationOutcome {
+      if (call->handlers.on_chunk) {
+        call->handlers.on_chunk(std::move(message.chunk->content));
+      }
+      return std::nullopt;
+    });
+    return;
+  }
   if (message.notification.has_value()) {
     const Notification& n = *message.notification;
     if (!absl::StartsWith(n.method, "stream.")) return;  // e.g. log messages
-    // A call that was cancelled or already replied to is gone from the map:
-    // its late notifications are dropped here.
-    std::optional<int64_t> id = FindId(n.params);
+    std::optional<int64_t> id = StreamOwner(StreamRequestId(n.params));
     if (!id.has_value()) return;
     if (auto call = Find(*id)) Deliver(*id, call, n);
     return;
@@ -143,8 +199,14 @@ void Dispatcher::OnMessage(IncomingMessage message) {
   if (!response.id.has_value()) {
     // The sidecar could not even read one of our requests (id null): we
     // cannot tell which, so it is only logged.
-    std::fprintf(stderr, "llmbridge: sidecar error without id: %s\n",
-                 response.error ? response.error->message.c_str() : "?");
+    protocol_errors_.fetch_add(1);
+    if (options_.on_bad_line) {
+      options_.on_bad_line(
+          absl::InternalError(absl::StrCat(
+              "an error without id: ",
+              response.error ? response.error->message : "(no message)")),
+          "");
+    }
     return;
   }
   std::shared_ptr<PendingCall> call = Take(*response.id);
@@ -156,53 +218,37 @@ void Dispatcher::OnMessage(IncomingMessage message) {
   }
 }
 
-namespace {
-
-// The integer after `"key":` in a JSON text prefix, if any. Enough to tell
-// which call an over-long (unparsable) line belonged to.
-std::optional<int64_t> ScanId(std::string_view text, std::string_view key) {
-  size_t at = text.find(key);
-  if (at == std::string_view::npos) return std::nullopt;
-  size_t i = at + key.size();
-  while (i < text.size() && (text[i] == ' ' || text[i] == ':')) ++i;
-  int64_t value = 0;
-  size_t digits = 0;
-  for (; i < text.size() && text[i] >= '0' && text[i] <= '9'; ++i, ++digits) {
-    value = value * 10 + (text[i] - '0');
-  }
-  if (digits == 0 || digits > 18) return std::nullopt;
-  return value;
-}
-
-}  // namespace
-
 void Dispatcher::OnBadLine(const absl::Status& why,
+                           std::optional<int64_t> call_id,
                            std::string_view line_start) {
+  protocol_errors_.fetch_add(1);
+  if (options_.on_bad_line) options_.on_bad_line(why, line_start);
+  if (!call_id.has_value()) return;
+  std::shared_ptr<PendingCall> call = Take(*call_id);
+  if (call == nullptr) return;
   if (absl::IsResourceExhausted(why)) {
-    // Too big to parse: fail the call it names, so it does not hang.
-    std::optional<int64_t> id = ScanId(line_start, "\"request_id\"");
-    if (!id.has_value()) id = ScanId(line_start, "\"id\"");
-    if (id.has_value()) {
-      if (auto call = Take(*id)) {
-        Reply(call, WithReason(absl::ResourceExhaustedError(absl::StrCat(
-                                   why.message(),
-                                   " for this call; the message was dropped "
-                                   "(raise the line cap if such answers are "
-                                   "expected)")),
-                               reason::kResponseTooLarge));
-        return;
-      }
-    }
+    Reply(call, WithReason(absl::ResourceExhaustedError(absl::StrCat(
+                               why.message(),
+                               " for this call; the message was dropped "
+                               "(raise the line cap if such answers are "
+                               "expected)")),
+                           reason::kResponseTooLarge));
+    return;
   }
-  std::fprintf(stderr, "llmbridge: ignoring a bad line from the sidecar: %s: %.120s\n",
-               std::string(why.message()).c_str(),
-               std::string(line_start).c_str());
+  // The sidecar broke the protocol while answering: it is at fault, not
+  // the caller's request, so this is never INVALID_ARGUMENT.
+  Reply(call, WithReason(absl::InternalError(absl::StrCat(
+                             "the sidecar sent a malformed message for this "
+                             "call (", why.message(),
+                             "); the call was ended. This is a sidecar bug: "
+                             "see the server log")),
+                         reason::kSidecarProtocolError));
 }
 
 void Dispatcher::OnClosed(const absl::Status& why) {
   absl::Status status =
-      describe_close_
-          ? describe_close_(why)
+      options_.describe_close
+          ? options_.describe_close(why)
           : WithReason(absl::UnavailableError(absl::StrCat(
                            "the sidecar closed its output: ", why.message())),
                        reason::kSidecarExited);

@@ -1,16 +1,18 @@
 // Routes the sidecar's messages to the calls waiting for them.
 //
 // Every call lives in one map keyed by its JSON-RPC id, from Call() until its
-// single reply: the sidecar's response, a cancellation, or the sidecar's
-// exit. Stream notifications name their call in params.request_id, so many
-// streams share one pipe. A sidecar written only to the seed's text sends no
-// request_id: then untagged stream notifications go to the oldest pending
-// call (callers must run such a sidecar's streams one at a time).
+// single reply: the sidecar's response, a cancellation, a protocol error the
+// sidecar made while answering it, or the sidecar's exit. Stream
+// notifications name their call in params.request_id, so many streams share
+// one pipe. A sidecar written only to the seed's text sends no request_id:
+// then untagged stream notifications go to the oldest pending stream
+// (callers must run such a sidecar's streams one at a time).
 //
 // Threading: Call, Notify and Cancel may be called from any thread. Handlers
 // run on the transport's reader thread, or on the thread calling Cancel or
 // FailAll; for one call they never run concurrently, and nothing runs after
-// its on_reply. A handler must not call Cancel for its own call.
+// its on_reply. A chunk or notification handler may Cancel its own call:
+// the cancel completes (on_reply runs) right after the handler returns.
 #ifndef LLMBRIDGE_RPC_BRIDGE_DISPATCHER_H_
 #define LLMBRIDGE_RPC_BRIDGE_DISPATCHER_H_
 
@@ -23,10 +25,12 @@
 #include <string_view>
 #include <mutex>
 #include <string>
+#include <thread>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "rpc_bridge/line_reader.h"
 #include "rpc_bridge/protocol.h"
 #include "rpc_bridge/transport.h"
 
@@ -38,20 +42,33 @@ namespace llmbridge::rpc {
 using NotificationOutcome = std::optional<absl::StatusOr<Json>>;
 
 struct CallHandlers {
-  // stream.* notifications addressed to this call. Optional.
+  // The text of each stream.chunk addressed to this call, in order.
+  // Optional; a call that has it (or on_notification) is a stream.
+  std::function<void(std::string text)> on_chunk;
+  // Other stream.* notifications addressed to this call. Optional.
   std::function<NotificationOutcome(const Notification&)> on_notification;
   // Called exactly once: the result, or the error as a status.
   std::function<void(absl::StatusOr<Json>)> on_reply;
 };
 
+struct DispatcherOptions {
+  // Decides the status that pending calls fail with when the sidecar's
+  // stdout closes (the owner knows the exit code). Runs on the reader
+  // thread. Optional.
+  std::function<absl::Status(const absl::Status&)> describe_close;
+  // Each unusable line (already counted in protocol_errors()), for the
+  // owner's log. Runs on the reader thread. Optional.
+  std::function<void(const absl::Status& why, std::string_view line_start)>
+      on_bad_line;
+  // Requests that encode to this many bytes or more are refused before
+  // they are sent: the sidecar reads lines up to its own cap (16 MiB) and
+  // could not even tell which call an over-long one was.
+  size_t max_request_bytes = kDefaultMaxLineBytes;
+};
+
 class Dispatcher : public MessageHandler {
  public:
-  // Decides the status that pending calls fail with when the sidecar's
-  // stdout closes (the owner knows the exit code and stderr). Runs on the
-  // reader thread.
-  using CloseDescriber = std::function<absl::Status(const absl::Status&)>;
-
-  explicit Dispatcher(CloseDescriber describe_close = nullptr);
+  explicit Dispatcher(DispatcherOptions options = {});
 
   // Must be set before the first Call; not owned.
   void set_transport(Transport* transport) { transport_ = transport; }
@@ -80,18 +97,32 @@ class Dispatcher : public MessageHandler {
 
   size_t pending_count() const;
   bool closed() const;
+  // Lines from the sidecar that were not usable messages, so far.
+  uint64_t protocol_errors() const { return protocol_errors_.load(); }
 
   // MessageHandler, on the reader thread.
   void OnMessage(IncomingMessage message) override;
-  void OnBadLine(const absl::Status& why, std::string_view line_start) override;
+  void OnBadLine(const absl::Status& why, std::optional<int64_t> call_id,
+                 std::string_view line_start) override;
   void OnClosed(const absl::Status& why) override;
 
  private:
   struct PendingCall {
     std::mutex mu;  // serialises this call's handlers
     bool replied ABSL_GUARDED_BY(mu) = false;
+    bool stream = false;  // has a chunk or notification handler
     CallHandlers handlers;
+    // The thread running one of its handlers now (else no thread), so a
+    // Cancel from inside that handler is recognised instead of deadlocking.
+    std::atomic<std::thread::id> handler_thread{};
+    std::optional<absl::Status> deferred_cancel ABSL_GUARDED_BY(mu);
   };
+
+  // Runs a chunk or notification handler under the call's lock; finishes
+  // the call if the handler's outcome (or its own Cancel) ended it.
+  template <typename Fn>
+  void RunHandler(int64_t id, const std::shared_ptr<PendingCall>& call,
+                  Fn handler);
 
   std::shared_ptr<PendingCall> Take(int64_t id);
   std::shared_ptr<PendingCall> Find(int64_t id) const;
@@ -99,9 +130,12 @@ class Dispatcher : public MessageHandler {
                     absl::StatusOr<Json> reply);
   void Deliver(int64_t id, const std::shared_ptr<PendingCall>& call,
                const Notification& notification);
-  std::optional<int64_t> FindId(const Json& params) const;
+  // The pending call a stream message belongs to: its request_id, or for a
+  // seed-style sidecar the oldest pending stream.
+  std::optional<int64_t> StreamOwner(std::optional<int64_t> request_id) const;
 
-  CloseDescriber describe_close_;
+  const DispatcherOptions options_;
+  std::atomic<uint64_t> protocol_errors_{0};
   Transport* transport_ = nullptr;
   std::atomic<bool> tagged_streams_{true};
   std::atomic<int64_t> next_id_{1};

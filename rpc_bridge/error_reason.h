@@ -27,6 +27,14 @@ inline constexpr char kStreamInterrupted[] = "STREAM_INTERRUPTED";
 inline constexpr char kSidecarExited[] = "SIDECAR_EXITED";
 inline constexpr char kSidecarUnavailable[] = "SIDECAR_UNAVAILABLE";
 inline constexpr char kSidecarError[] = "SIDECAR_ERROR";
+// The sidecar sent a message that breaks the protocol (ill-typed, neither
+// result nor error, not JSON) for this call.
+inline constexpr char kSidecarProtocolError[] = "SIDECAR_PROTOCOL_ERROR";
+// Admission control: too many calls in flight and queued; retry later.
+inline constexpr char kOverloaded[] = "OVERLOADED";
+// The client reads the stream more slowly than the model writes it, past
+// the server's buffer limit.
+inline constexpr char kClientTooSlow[] = "CLIENT_TOO_SLOW";
 inline constexpr char kUnsupported[] = "UNSUPPORTED";
 inline constexpr char kRequestCancelled[] = "REQUEST_CANCELLED";
 inline constexpr char kDeadlineExceeded[] = "DEADLINE_EXCEEDED";

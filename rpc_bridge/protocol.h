@@ -50,6 +50,7 @@ inline constexpr char kNotifyStreamToolCall[] = "stream.tool_call";
 inline constexpr char kNotifyStreamToolResult[] = "stream.tool_result";
 inline constexpr char kMethodTools[] = "tools";
 inline constexpr char kMethodHealth[] = "health";
+inline constexpr char kMethodModels[] = "models";
 inline constexpr char kNotifyCancelRequest[] = "$/cancelRequest";
 
 struct RpcError {
@@ -74,6 +75,13 @@ struct Response {
 struct Notification {
   std::string method;
   Json params;  // null when absent
+};
+
+// A stream.chunk notification, decoded without a JSON tree: the one message
+// per generated token, so it has a parser of its own (ParseLine).
+struct StreamChunk {
+  std::optional<int64_t> request_id;  // nullopt from seed-style sidecars
+  std::string content;
 };
 
 struct MessageParam {
@@ -199,16 +207,34 @@ void from_json(const Json& j, ShutdownResult& r);
 std::string EncodeRequest(const Request& request);
 std::string EncodeNotification(const Notification& notification);
 
-// One decoded line from the sidecar.
+// One decoded line from the sidecar: exactly one member is set.
 struct IncomingMessage {
   std::optional<Response> response;
-  std::optional<Notification> notification;
+  std::optional<Notification> notification;  // any but stream.chunk
+  std::optional<StreamChunk> chunk;
 };
 
-// Parses one line read from the sidecar. Returns InvalidArgument for text that
-// is not JSON or not a JSON-RPC 2.0 response/notification; the caller logs it
-// and keeps reading.
+// The outcome of parsing one line. The sidecar is another process: its bytes
+// are untrusted, so parsing never throws. A line that is not a usable message
+// has `problem` set, and `call_id` when the line still names a call (its
+// "id", or a stream notification's "request_id"), so that call can be failed
+// at once instead of waiting for a reply that will never come.
+struct ParsedLine {
+  std::optional<IncomingMessage> message;
+  std::string problem;
+  std::optional<int64_t> call_id;
+};
+
+ParsedLine ParseLine(std::string_view line);
+
+// ParseLine for callers that only need the message: InvalidArgument with the
+// problem otherwise.
 absl::StatusOr<IncomingMessage> ParseIncoming(std::string_view line);
+
+// The integer after `"key":` in a JSON text prefix, if any: enough to tell
+// which call an unparsable line belonged to. Never overflows.
+std::optional<int64_t> ScanIntegerField(std::string_view text,
+                                        std::string_view key);
 
 // The seed's helpers.
 // True when `data` is a JSON object with "method" and no "id".
@@ -218,6 +244,8 @@ bool IsNotification(std::string_view data);
 absl::StatusOr<std::optional<Notification>> ParseNotification(
     std::string_view data);
 absl::StatusOr<StreamChunkParams> ParseStreamChunk(const Json& params);
+// The fields read from `usage` objects must be integers in [0, 2^31).
+absl::StatusOr<UsageResult> ParseUsage(const Json& usage);
 absl::StatusOr<StreamDoneParams> ParseStreamDone(const Json& params);
 absl::StatusOr<StreamErrorParams> ParseStreamError(const Json& params);
 

@@ -2,54 +2,45 @@
 
 #include <signal.h>
 
-#include <condition_variable>
-#include <mutex>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "rpc_bridge/error_reason.h"
+#include "rpc_bridge/one_shot.h"
 
 namespace llmbridge::rpc {
 
 absl::StatusOr<Json> CallAndWait(Dispatcher& dispatcher,
                                  const std::string& method, Json params,
                                  std::chrono::milliseconds timeout) {
-  struct Slot {
-    std::mutex mu;
-    std::condition_variable cv;
-    std::optional<absl::StatusOr<Json>> reply;
-  };
-  auto slot = std::make_shared<Slot>();
-  int64_t id = dispatcher.Call(
-      method, std::move(params),
-      {nullptr, [slot](absl::StatusOr<Json> reply) {
-         std::lock_guard<std::mutex> lock(slot->mu);
-         slot->reply = std::move(reply);
-         slot->cv.notify_all();
-       }});
-  {
-    std::unique_lock<std::mutex> lock(slot->mu);
-    if (slot->cv.wait_for(lock, timeout,
-                          [&] { return slot->reply.has_value(); })) {
-      return *std::move(slot->reply);
-    }
-  }
+  auto reply = OneShot<absl::StatusOr<Json>>::Make();
+  int64_t id = dispatcher.Call(method, std::move(params),
+                               {nullptr, nullptr, OneShot<absl::StatusOr<Json>>::Setter(reply)});
+  if (auto answered = reply->WaitFor(timeout)) return *std::move(answered);
   dispatcher.Cancel(
       id, WithReason(absl::DeadlineExceededError(absl::StrCat(
                          "the sidecar did not answer '", method, "' within ",
                          timeout.count(), " ms")),
                      reason::kDeadlineExceeded));
-  std::lock_guard<std::mutex> lock(slot->mu);
-  return *std::move(slot->reply);
+  // Every call gets exactly one reply: the cancellation's, or the one the
+  // reader was delivering as the timeout passed. Either is on its way.
+  return reply->Wait();
 }
 
-Sidecar::Sidecar(SidecarOptions options)
+Sidecar::Sidecar(SidecarOptions options, SidecarEvents events)
     : options_(std::move(options)),
-      dispatcher_([this](const absl::Status& why) { return DescribeClose(why); }) {}
+      events_(std::move(events)),
+      dispatcher_(DispatcherOptions{
+          [this](const absl::Status& why) { return DescribeClose(why); },
+          [this](const absl::Status& why, std::string_view line) {
+            if (events_.on_bad_line) events_.on_bad_line(why, line);
+          },
+          options_.max_line_bytes}) {}
 
-absl::StatusOr<std::unique_ptr<Sidecar>> Sidecar::Start(
-    SidecarOptions options) {
-  std::unique_ptr<Sidecar> sidecar(new Sidecar(std::move(options)));
+absl::StatusOr<std::unique_ptr<Sidecar>> Sidecar::Spawn(SidecarOptions options,
+                                                        SidecarEvents events) {
+  std::unique_ptr<Sidecar> sidecar(
+      new Sidecar(std::move(options), std::move(events)));
   const Config& config = sidecar->options_.config;
   SubprocessOptions spawn;
   spawn.argv = {config.python_path, config.sidecar_path};
@@ -57,6 +48,7 @@ absl::StatusOr<std::unique_ptr<Sidecar>> Sidecar::Start(
   // The sidecar's Python must not buffer: every line is a protocol message.
   spawn.extra_env.emplace("PYTHONUNBUFFERED", "1");
   spawn.work_dir = config.work_dir;
+  spawn.on_stderr_line = sidecar->options_.on_stderr_line;
   absl::StatusOr<std::unique_ptr<Subprocess>> process =
       Subprocess::Spawn(spawn);
   if (!process.ok()) {
@@ -70,19 +62,37 @@ absl::StatusOr<std::unique_ptr<Sidecar>> Sidecar::Start(
   StdioTransportOptions transport;
   transport.max_line_bytes = sidecar->options_.max_line_bytes;
   transport.write_timeout = sidecar->options_.write_timeout;
+  Sidecar* self = sidecar.get();
+  transport.on_send_failed = [self](const absl::Status& why) {
+    if (self->events_.on_stalled) self->events_.on_stalled(why);
+  };
   sidecar->transport_ = MakeStdioTransport(
       sidecar->process_->TakeStdinFd(), sidecar->process_->TakeStdoutFd(),
       &sidecar->dispatcher_, transport);
   sidecar->dispatcher_.set_transport(sidecar->transport_.get());
-  absl::Status ready = sidecar->Handshake();
+  return sidecar;
+}
+
+absl::StatusOr<std::unique_ptr<Sidecar>> Sidecar::Start(
+    SidecarOptions options) {
+  absl::StatusOr<std::unique_ptr<Sidecar>> sidecar = Spawn(std::move(options));
+  if (!sidecar.ok()) return sidecar.status();
+  const auto timeout = (*sidecar)->options_.config.startup_timeout;
+  auto outcome = OneShot<absl::Status>::Make();
+  (*sidecar)->SendInit(OneShot<absl::Status>::Setter(outcome));
+  absl::Status ready = outcome->WaitFor(timeout).value_or(WithReason(
+      absl::UnavailableError(absl::StrCat(
+          "the sidecar was not ready within ", timeout.count(),
+          " ms (raise --startup_timeout if the model loads slowly)")),
+      reason::kSidecarUnavailable));
   if (!ready.ok()) {
-    sidecar->Stop();
+    (*sidecar)->Stop();
     return ready;
   }
   return sidecar;
 }
 
-absl::Status Sidecar::Handshake() {
+void Sidecar::SendInit(std::function<void(absl::Status)> done) {
   const Config& config = options_.config;
   InitParams params;
   params.backend = config.backend;
@@ -94,32 +104,35 @@ absl::Status Sidecar::Handshake() {
   params.options["startup_timeout_s"] =
       0.9 * static_cast<double>(config.startup_timeout.count()) / 1000.0;
   if (config.mcp_strict) params.options["mcp_strict"] = true;
-  absl::StatusOr<Json> reply = CallAndWait(dispatcher_, kMethodInit, params,
-                                           config.startup_timeout);
-  if (!reply.ok()) {
-    if (absl::IsDeadlineExceeded(reply.status())) {
-      return WithReason(
-          absl::UnavailableError(absl::StrCat(
-              "the sidecar was not ready within ",
-              config.startup_timeout.count(),
-              " ms (raise --startup_timeout if the model loads slowly)")),
-          reason::kSidecarUnavailable);
+  if (options_.init_options.is_object()) {
+    for (const auto& [key, value] : options_.init_options.items()) {
+      params.options[key] = value;
     }
-    return reply.status();
   }
+  dispatcher_.Call(kMethodInit, params,
+                   {nullptr, nullptr,
+                    [this, done = std::move(done)](absl::StatusOr<Json> reply) {
+                      done(AcceptInitReply(std::move(reply)));
+                    }});
+}
+
+absl::Status Sidecar::AcceptInitReply(absl::StatusOr<Json> reply) {
+  if (!reply.ok()) return reply.status();
+  InitResult result;
   try {
-    init_result_ = reply->get<InitResult>();
+    result = reply->get<InitResult>();
   } catch (const Json::exception& e) {
     return WithReason(absl::InternalError(absl::StrCat(
                           "malformed init result from the sidecar: ", e.what())),
-                      reason::kSidecarError);
+                      reason::kSidecarProtocolError);
   }
-  if (!init_result_.ready) {
+  if (!result.ready) {
     return WithReason(absl::UnavailableError(absl::StrCat(
                           "the sidecar reported it is not ready: ",
-                          init_result_.message)),
+                          result.message)),
                       reason::kSidecarUnavailable);
   }
+  init_result_ = std::move(result);
   dispatcher_.set_stream_request_id(init_result_.stream_request_id);
   return absl::OkStatus();
 }
@@ -135,10 +148,17 @@ absl::Status Sidecar::DescribeClose(const absl::Status& why) {
   } else if (!absl::IsOutOfRange(why)) {
     absl::StrAppend(&message, ": ", why.message());
   }
-  if (process_) process_->WaitStderrDrained(std::chrono::milliseconds(50));
-  std::string tail = process_ ? process_->StderrTail() : "";
-  if (!tail.empty()) absl::StrAppend(&message, "; its last stderr lines:\n", tail);
-  return WithReason(absl::UnavailableError(message), reason::kSidecarExited);
+  if (options_.stderr_in_errors && process_) {
+    process_->WaitStderrDrained(std::chrono::milliseconds(50));
+    std::string tail = process_->StderrTail();
+    if (!tail.empty()) {
+      absl::StrAppend(&message, "; its last stderr lines:\n", tail);
+    }
+  }
+  absl::Status status =
+      WithReason(absl::UnavailableError(message), reason::kSidecarExited);
+  if (events_.on_closed) events_.on_closed();
+  return status;
 }
 
 std::optional<ExitInfo> Sidecar::ExitError() {
@@ -151,7 +171,12 @@ std::optional<ExitInfo> Sidecar::WaitForExit(
   return process_->Wait(timeout);
 }
 
+void Sidecar::Kill() {
+  if (process_ != nullptr) process_->Signal(SIGKILL);
+}
+
 ExitInfo Sidecar::Stop() {
+  std::lock_guard<std::mutex> lock(stop_mu_);
   if (std::optional<ExitInfo> done = ExitError()) {
     transport_.reset();
     return *done;
@@ -161,7 +186,7 @@ ExitInfo Sidecar::Stop() {
     // The reply does not matter: the process exits either way.
     (void)CallAndWait(dispatcher_, kMethodShutdown, Json::object(), grace);
   }
-  transport_->CloseSend();
+  if (transport_) transport_->CloseSend();
   std::optional<ExitInfo> exit = process_->Wait(grace);
   if (!exit.has_value()) {
     process_->Signal(SIGTERM);

@@ -13,6 +13,8 @@
 #include <chrono>
 #include <condition_variable>
 #include <deque>
+#include <functional>
+#include <string_view>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -33,6 +35,8 @@ struct SubprocessOptions {
   // Each line the child writes to stderr is copied to our stderr with this
   // prefix (logs of the sidecar belong in the server's log).
   std::string stderr_prefix = "[sidecar] ";
+  // When set, each stderr line goes here instead (on the stderr thread).
+  std::function<void(std::string_view line)> on_stderr_line;
   size_t stderr_tail_lines = 20;
 };
 
@@ -74,7 +78,8 @@ class Subprocess {
 
  private:
   Subprocess() = default;
-  void PumpStderr(int fd, std::string prefix);
+  void PumpStderr(int fd, std::string prefix,
+                  std::function<void(std::string_view)> on_line);
 
   pid_t pid_ = -1;
   int pidfd_ = -1;  // for waiting with a timeout without polling

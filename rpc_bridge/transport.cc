@@ -3,10 +3,13 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/eventfd.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
+#include <exception>
 #include <mutex>
 #include <thread>
 
@@ -22,98 +25,238 @@ class StdioTransport : public Transport {
                  StdioTransportOptions options)
       : write_fd_(write_fd),
         read_fd_(read_fd),
+        wake_fd_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)),
         handler_(handler),
-        write_timeout_(options.write_timeout) {
-    // Non-blocking, so a sidecar that stops reading cannot hold a caller's
-    // thread forever: Send waits with poll() up to the write timeout.
+        options_(std::move(options)) {
+    // Non-blocking: Send writes what the pipe takes at once and leaves the
+    // rest to the writer thread, so no caller ever waits on the sidecar.
     ::fcntl(write_fd_, F_SETFL, ::fcntl(write_fd_, F_GETFL) | O_NONBLOCK);
-    const size_t max_line_bytes = options.max_line_bytes;
     // A sidecar that died makes write(2) raise SIGPIPE, which would kill the
     // whole server; EPIPE is handled instead.
     ::signal(SIGPIPE, SIG_IGN);
-    reader_ = std::thread([this, max_line_bytes] { ReadLoop(max_line_bytes); });
+    reader_ = std::thread([this] { ReadLoop(); });
+    writer_ = std::thread([this] { WriteLoop(); });
   }
 
   ~StdioTransport() override {
-    CloseSend();
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stopping_ = true;
+      CloseWriteFdLocked();
+    }
+    Wake();
+    writer_.join();
     // The reader ends when the sidecar's stdout reaches EOF; the owner stops
     // the process before destroying the transport.
     if (reader_.joinable()) reader_.join();
     ::close(read_fd_);
+    if (wake_fd_ >= 0) ::close(wake_fd_);
   }
 
-  absl::Status Send(const std::string& line) override {
-    std::string framed = line + "\n";
-    std::lock_guard<std::mutex> lock(write_mu_);
-    if (write_fd_ < 0) {
-      return absl::UnavailableError("the sidecar's stdin is closed");
+  absl::Status Send(std::string_view line) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (write_fd_ < 0 || closing_) return closed_status_;
+    if (pending_.size() - pending_begin_ + line.size() + 1 >
+        options_.max_buffered_bytes) {
+      return absl::UnavailableError(absl::StrCat(
+          "the sidecar is not reading its input (",
+          pending_.size() - pending_begin_, " bytes waiting)"));
     }
-    const char* p = framed.data();
-    size_t left = framed.size();
-    while (left > 0) {
-      ssize_t n = ::write(write_fd_, p, left);
-      if (n >= 0) {
-        p += n;
-        left -= static_cast<size_t>(n);
-        continue;
+    const bool idle = pending_begin_ == pending_.size();
+    if (idle) {
+      pending_.clear();
+      pending_begin_ = 0;
+    }
+    pending_.append(line.data(), line.size());
+    pending_.push_back('\n');
+    if (idle) {
+      // Nothing queued ahead of this line: write now, on this thread. A
+      // non-blocking write returns at once; the writer thread takes the rest.
+      if (!FlushLocked()) {
+        Wake();  // the writer thread reports the failure
+        return closed_status_;
       }
-      if (errno == EINTR) continue;
-      if (errno == EAGAIN || errno == EWOULDBLOCK) {
-        pollfd pfd{write_fd_, POLLOUT, 0};
-        int ready = ::poll(&pfd, 1, static_cast<int>(write_timeout_.count()));
-        if (ready > 0 || (ready < 0 && errno == EINTR)) continue;
-        CloseSendLocked();
-        return absl::UnavailableError(absl::StrCat(
-            "the sidecar has not read its input for ",
-            write_timeout_.count(), " ms; it is stuck and is being stopped"));
-      }
-      CloseSendLocked();
-      return absl::UnavailableError(
-          absl::StrCat("write to sidecar failed: ", std::strerror(errno)));
+      if (pending_begin_ == pending_.size()) return absl::OkStatus();
+      Wake();
     }
     return absl::OkStatus();
   }
 
   void CloseSend() override {
-    std::lock_guard<std::mutex> lock(write_mu_);
-    CloseSendLocked();
+    std::lock_guard<std::mutex> lock(mu_);
+    if (write_fd_ < 0) return;
+    if (pending_begin_ == pending_.size()) {
+      CloseWriteFdLocked();
+      return;
+    }
+    closing_ = true;  // the writer thread closes it once drained
+    Wake();
   }
 
  private:
-  void CloseSendLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_) {
-    if (write_fd_ >= 0) ::close(write_fd_);
-    write_fd_ = -1;
+  void Wake() {
+    uint64_t one = 1;
+    (void)!::write(wake_fd_, &one, sizeof(one));
   }
 
-  void ReadLoop(size_t max_line_bytes) {
-    LineReader reader(read_fd_, max_line_bytes);
-    while (true) {
-      absl::StatusOr<std::string> line = reader.Next();
-      if (absl::IsResourceExhausted(line.status())) {
-        handler_->OnBadLine(line.status(), reader.overlong_prefix());
+  void CloseWriteFdLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (write_fd_ >= 0) ::close(write_fd_);
+    write_fd_ = -1;
+    pending_.clear();
+    pending_begin_ = 0;
+  }
+
+  // Writes as much of the buffer as the pipe takes now. False when the
+  // pipe is broken (it is closed then, and closed_status_ says why).
+  bool FlushLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    while (pending_begin_ < pending_.size()) {
+      ssize_t n = ::write(write_fd_, pending_.data() + pending_begin_,
+                          pending_.size() - pending_begin_);
+      if (n >= 0) {
+        pending_begin_ += static_cast<size_t>(n);
         continue;
       }
-      if (!line.ok()) {
-        handler_->OnClosed(line.status());
-        return;
-      }
-      if (line->empty()) continue;
-      absl::StatusOr<IncomingMessage> message = ParseIncoming(*line);
-      if (!message.ok()) {
-        handler_->OnBadLine(message.status(),
-                            std::string_view(*line).substr(0, 200));
-        continue;
-      }
-      handler_->OnMessage(*std::move(message));
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return true;
+      FailLocked(absl::UnavailableError(
+          absl::StrCat("write to the sidecar failed: ", std::strerror(errno))));
+      return false;
+    }
+    return true;
+  }
+
+  void FailLocked(absl::Status why) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    closed_status_ = why;
+    CloseWriteFdLocked();
+    if (!failure_reported_) {
+      failure_reported_ = true;
+      failure_to_report_ = std::move(why);
     }
   }
 
-  std::mutex write_mu_;
-  int write_fd_ ABSL_GUARDED_BY(write_mu_);
+  void WriteLoop() {
+    std::unique_lock<std::mutex> lock(mu_);
+    auto last_progress = std::chrono::steady_clock::now();
+    while (!stopping_) {
+      const bool has_data =
+          write_fd_ >= 0 && pending_begin_ < pending_.size();
+      if (write_fd_ >= 0 && closing_ && !has_data) CloseWriteFdLocked();
+      ReportFailure(lock);
+      pollfd fds[2] = {{wake_fd_, POLLIN, 0}, {-1, POLLOUT, 0}};
+      int timeout_ms = -1;
+      if (has_data) {
+        fds[1].fd = write_fd_;
+        auto left = options_.write_timeout -
+                    std::chrono::duration_cast<std::chrono::milliseconds>(
+                        std::chrono::steady_clock::now() - last_progress);
+        timeout_ms = static_cast<int>(std::max<int64_t>(left.count(), 0));
+      } else {
+        last_progress = std::chrono::steady_clock::now();
+      }
+      lock.unlock();
+      int ready = ::poll(fds, 2, timeout_ms);
+      if (fds[0].revents & POLLIN) {
+        uint64_t drained;
+        (void)!::read(wake_fd_, &drained, sizeof(drained));
+      }
+      lock.lock();
+      if (stopping_ || write_fd_ < 0) continue;
+      if (pending_begin_ == pending_.size()) continue;
+      if (ready == 0 && fds[1].fd >= 0) {
+        FailLocked(absl::UnavailableError(absl::StrCat(
+            "the sidecar has not read its input for ",
+            options_.write_timeout.count(), " ms; it is stuck")));
+        continue;
+      }
+      const size_t before = pending_begin_;
+      if (!FlushLocked()) continue;
+      if (pending_begin_ != before) last_progress = std::chrono::steady_clock::now();
+      if (pending_begin_ == pending_.size()) {
+        pending_.clear();
+        pending_begin_ = 0;
+      }
+    }
+  }
+
+  // Runs on_send_failed outside the lock, once.
+  void ReportFailure(std::unique_lock<std::mutex>& lock)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (failure_to_report_.ok()) return;
+    absl::Status why = std::exchange(failure_to_report_, absl::OkStatus());
+    if (!options_.on_send_failed) return;
+    lock.unlock();
+    options_.on_send_failed(why);
+    lock.lock();
+  }
+
+  void ReadLoop() {
+    LineReader reader(read_fd_, options_.max_line_bytes);
+    while (true) {
+      absl::StatusOr<std::string> line = reader.Next();
+      if (absl::IsResourceExhausted(line.status())) {
+        const std::string& prefix = reader.overlong_prefix();
+        std::optional<int64_t> id = ScanIntegerField(prefix, "\"request_id\"");
+        if (!id.has_value()) id = ScanIntegerField(prefix, "\"id\"");
+        Guard("an over-long line", [&] {
+          handler_->OnBadLine(line.status(), id, prefix);
+        });
+        continue;
+      }
+      if (!line.ok()) {
+        Guard("the end of the stream",
+              [&] { handler_->OnClosed(line.status()); });
+        return;
+      }
+      if (line->empty()) continue;
+      ParsedLine parsed = ParseLine(*line);
+      if (!parsed.message.has_value()) {
+        Guard("a malformed line", [&] {
+          handler_->OnBadLine(absl::InternalError(parsed.problem),
+                              parsed.call_id,
+                              std::string_view(*line).substr(0, 200));
+        });
+        continue;
+      }
+      Guard("a message",
+            [&] { handler_->OnMessage(*std::move(parsed.message)); });
+    }
+  }
+
+  // The last line of defence: nothing a handler throws may escape the
+  // reader thread (std::terminate would take every call with it).
+  template <typename Fn>
+  static void Guard(const char* what, Fn fn) {
+    try {
+      fn();
+    } catch (const std::exception& e) {
+      std::fprintf(stderr,
+                   "{\"level\":\"error\",\"event\":\"reader_exception\","
+                   "\"while\":\"%s\",\"what\":\"%.200s\"}\n",
+                   what, e.what());
+    } catch (...) {
+      std::fprintf(stderr,
+                   "{\"level\":\"error\",\"event\":\"reader_exception\","
+                   "\"while\":\"%s\"}\n",
+                   what);
+    }
+  }
+
+  std::mutex mu_;
+  int write_fd_ ABSL_GUARDED_BY(mu_);
+  std::string pending_ ABSL_GUARDED_BY(mu_);
+  size_t pending_begin_ ABSL_GUARDED_BY(mu_) = 0;
+  bool closing_ ABSL_GUARDED_BY(mu_) = false;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  bool failure_reported_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Status failure_to_report_ ABSL_GUARDED_BY(mu_);
+  absl::Status closed_status_ ABSL_GUARDED_BY(mu_) =
+      absl::UnavailableError("the sidecar's stdin is closed");
   const int read_fd_;
+  const int wake_fd_;
   MessageHandler* const handler_;
-  const std::chrono::milliseconds write_timeout_;
+  const StdioTransportOptions options_;
   std::thread reader_;
+  std::thread writer_;
 };
 
 }  // namespace
@@ -121,7 +264,8 @@ class StdioTransport : public Transport {
 std::unique_ptr<Transport> MakeStdioTransport(int write_fd, int read_fd,
                                               MessageHandler* handler,
                                               StdioTransportOptions options) {
-  return std::make_unique<StdioTransport>(write_fd, read_fd, handler, options);
+  return std::make_unique<StdioTransport>(write_fd, read_fd, handler,
+                                          std::move(options));
 }
 
 }  // namespace llmbridge::rpc

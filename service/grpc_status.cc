@@ -14,10 +14,10 @@ namespace {
 
 namespace reason = rpc::reason;
 
-std::string Truncate(std::string message) {
-  if (message.size() <= kMaxStatusMessageBytes) return message;
+std::string Truncate(std::string message, size_t limit) {
+  if (message.size() <= limit) return message;
   constexpr char kMarker[] = " ...[truncated]";
-  message.resize(kMaxStatusMessageBytes - sizeof(kMarker) + 1);
+  message.resize(limit - sizeof(kMarker) + 1);
   // Do not leave half a UTF-8 sequence before the marker.
   while (!message.empty() &&
          (static_cast<unsigned char>(message.back()) & 0xC0) == 0x80) {
@@ -83,6 +83,8 @@ std::string ReasonForCode(absl::StatusCode code) {
       return reason::kSidecarUnavailable;
     case absl::StatusCode::kResourceExhausted:
       return reason::kBackendRateLimited;
+    case absl::StatusCode::kInternal:
+      return reason::kInternal;
     case absl::StatusCode::kNotFound:
       return reason::kModelNotFound;
     case absl::StatusCode::kUnimplemented:
@@ -113,7 +115,16 @@ grpc::Status ToGrpcStatus(const absl::Status& status,
                           const ErrorContext& context) {
   if (status.ok()) return grpc::Status::OK;
   const auto code = static_cast<grpc::StatusCode>(status.code());
-  const std::string message = Truncate(std::string(status.message()));
+  std::string suffix;
+  if (!context.request_id.empty() &&
+      (status.code() == absl::StatusCode::kInternal ||
+       status.code() == absl::StatusCode::kUnavailable ||
+       status.code() == absl::StatusCode::kUnknown)) {
+    suffix = " (request id " + context.request_id + ")";
+  }
+  const std::string message =
+      Truncate(std::string(status.message()), kMaxStatusMessageBytes - suffix.size()) +
+      suffix;
 
   google::rpc::ErrorInfo info;
   info.set_reason(ReasonFor(status));
@@ -121,6 +132,7 @@ grpc::Status ToGrpcStatus(const absl::Status& status,
   auto& metadata = *info.mutable_metadata();
   if (!context.backend.empty()) metadata["backend"] = context.backend;
   if (!context.model.empty()) metadata["model"] = context.model;
+  if (!context.request_id.empty()) metadata["request_id"] = context.request_id;
   if (std::optional<rpc::RpcError> error = rpc::RpcErrorFromStatus(status)) {
     metadata["jsonrpc_code"] = std::to_string(error->code);
     if (std::optional<int> http = HttpStatusOf(*error)) {

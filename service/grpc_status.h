@@ -4,8 +4,8 @@
 // grpc-status-details-bin trailer) with exactly one google.rpc.ErrorInfo:
 //   reason    UPPER_SNAKE_CASE, stable (rpc_bridge/error_reason.h);
 //   domain    "llmbridge.io";
-//   metadata  jsonrpc_code, backend, model, and http_status / field when
-//             known.
+//   metadata  jsonrpc_code, backend, model, request_id, and http_status /
+//             field when known.
 // Errors worth retrying (UNAVAILABLE, RESOURCE_EXHAUSTED) also carry
 // google.rpc.RetryInfo.
 #ifndef LLMBRIDGE_SERVICE_GRPC_STATUS_H_
@@ -30,6 +30,10 @@ inline constexpr size_t kMaxStatusMessageBytes = 2048;
 struct ErrorContext {
   std::string backend;
   std::string model;
+  // Put in ErrorInfo metadata, and in the message of errors the server
+  // itself must explain (INTERNAL, UNAVAILABLE, UNKNOWN), so a user can
+  // quote it and an operator find the details in the log.
+  std::string request_id;
 };
 
 // absl and gRPC share code numbers, so the code maps one to one.

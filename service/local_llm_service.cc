@@ -1,5 +1,6 @@
 #include "service/local_llm_service.h"
 
+#include <algorithm>
 #include <chrono>
 #include <deque>
 #include <mutex>
@@ -7,6 +8,7 @@
 #include <utility>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/strings/str_cat.h"
 #include "rpc_bridge/error_reason.h"
 #include "service/grpc_status.h"
 #include "service/logging.h"
@@ -40,9 +42,28 @@ std::optional<std::chrono::steady_clock::time_point> SteadyDeadline(
          (deadline - std::chrono::system_clock::now());
 }
 
+bool IsPlainText(const CompleteResponse& r) {
+  return !r.done() && !r.has_tool_call() && !r.has_tool_result();
+}
+
+// Why a call ended, for the log: the client, its deadline, the server's
+// shutdown, admission control, a slow client, or the outcome itself.
+std::string CauseOf(const absl::Status& status, const std::string& reason) {
+  if (status.ok()) return "completed";
+  if (reason == rpc::reason::kOverloaded) return "overload";
+  if (reason == rpc::reason::kClientTooSlow) return "client_too_slow";
+  if (reason == rpc::reason::kShuttingDown) return "shutdown";
+  if (absl::IsDeadlineExceeded(status)) return "deadline";
+  if (absl::IsCancelled(status)) return "client";
+  return "error";
+}
+
 // One Complete call. The sidecar's stream feeds a queue; gRPC drains it one
-// write at a time. Finish runs exactly once, after the stream's on_done, so
-// no sidecar callback can touch the reactor after OnDone deletes it.
+// write at a time. While a write is in flight, text deltas are merged into
+// the last queued message, so a slow client gets fewer, larger messages
+// instead of a message per token; past max_unsent_bytes the call ends.
+// Finish runs exactly once, after the stream's on_done, so no sidecar
+// callback can touch the reactor after OnDone deletes it.
 class CompleteReactor : public grpc::ServerWriteReactor<CompleteResponse> {
  public:
   CompleteReactor(LocalLLMService* service, rpc::Client* client,
@@ -50,11 +71,14 @@ class CompleteReactor : public grpc::ServerWriteReactor<CompleteResponse> {
                   grpc::CallbackServerContext* context,
                   const llmbridge::v1::CompleteRequest& request)
       : service_(service),
+        context_(context),
+        max_unsent_bytes_(options.max_unsent_bytes),
         observer_(options.metrics, "Complete"),
         request_id_(RequestIdOf(*context)),
         error_context_{client->config().backend,
                        request.model().empty() ? client->config().model
-                                               : request.model()},
+                                               : request.model(),
+                       request_id_},
         start_(std::chrono::steady_clock::now()) {
     context->AddInitialMetadata(kRequestIdHeader, request_id_);
     nlohmann::json fields = {{"request_id", request_id_},
@@ -86,35 +110,30 @@ class CompleteReactor : public grpc::ServerWriteReactor<CompleteResponse> {
       return;
     }
     rpc::StreamHandlers handlers;
-    handlers.on_chunk = [this](const std::string& delta) {
-      observer_.FirstChunk();
-      CompleteResponse response;
-      response.set_content(delta);
-      Enqueue(std::move(response));
-    };
+    handlers.collect_content = false;
+    handlers.on_chunk = [this](std::string& delta) { OnDelta(delta); };
     handlers.on_tool_event = [this](const rpc::ToolEvent& event) {
-      Enqueue(ToToolResponse(event));
+      CompleteResponse response = ToToolResponse(event);
+      Push(std::move(response), 0);
     };
     handlers.on_done = [this](absl::StatusOr<rpc::CompleteResult> result) {
       if (result.ok()) {
         output_tokens_ = result->usage.output_tokens;
         observer_.OutputTokens(result->usage.output_tokens);
-        Enqueue(ToFinalResponse(*result));
+        Push(ToFinalResponse(*result), 0);
       }
       End(result.status());
     };
     rpc::CallOptions call;
     call.deadline = SteadyDeadline(*context);
-    absl::StatusOr<rpc::StreamHandle> handle =
+    // Never blocks: the pool sends the call, queues it, or refuses it (then
+    // on_done has run already).
+    rpc::StreamHandle handle =
         client->Stream(*std::move(params), std::move(handlers), call);
-    if (!handle.ok()) {
-      End(handle.status());
-      return;
-    }
     bool cancel_now;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      handle_ = *handle;
+      handle_ = handle;
       cancel_now = cancel_requested_;
     }
     if (cancel_now) CancelStream(ClientCancelled());
@@ -129,7 +148,10 @@ class CompleteReactor : public grpc::ServerWriteReactor<CompleteResponse> {
     }
     std::lock_guard<std::mutex> lock(mu_);
     writing_ = false;
-    if (!ok) queue_.clear();
+    if (!ok) {
+      queue_.clear();
+      unsent_bytes_ = 0;
+    }
     StartNextLocked();
   }
 
@@ -149,16 +171,19 @@ class CompleteReactor : public grpc::ServerWriteReactor<CompleteResponse> {
       status = final_status_;
     }
     observer_.Finish(status.code());
+    const std::string reason = status.ok() ? "" : ReasonFor(status);
     nlohmann::json fields = {
         {"request_id", request_id_},
         {"method", "Complete"},
         {"code", CodeName(status.code())},
+        {"cause", CauseOf(status, reason)},
         {"ms", std::chrono::duration_cast<std::chrono::milliseconds>(
                    std::chrono::steady_clock::now() - start_)
                    .count()},
-        {"output_tokens", output_tokens_}};
+        {"output_tokens", output_tokens_},
+        {"tokens_sent", tokens_sent_}};
     if (!status.ok()) {
-      fields["reason"] = ReasonFor(status);
+      fields["reason"] = reason;
       fields["error"] = std::string(status.message());
     }
     LogEvent(status.ok() ? "info" : "warn", "request_done", std::move(fields));
@@ -167,7 +192,21 @@ class CompleteReactor : public grpc::ServerWriteReactor<CompleteResponse> {
   }
 
  private:
-  static absl::Status ClientCancelled() {
+  // A cancel from gRPC: the client's, its deadline's, or the server's
+  // shutdown (which cancels what runs past the grace period).
+  absl::Status ClientCancelled() {
+    if (service_->draining()) {
+      return rpc::WithReason(
+          absl::UnavailableError(
+              "the server shut down before the model finished; retry on "
+              "another instance"),
+          rpc::reason::kShuttingDown);
+    }
+    if (context_->deadline() <= std::chrono::system_clock::now()) {
+      return rpc::WithReason(
+          absl::DeadlineExceededError("the client's deadline passed"),
+          rpc::reason::kDeadlineExceeded);
+    }
     return rpc::WithReason(absl::CancelledError("the client cancelled the call"),
                            rpc::reason::kRequestCancelled);
   }
@@ -178,13 +217,49 @@ class CompleteReactor : public grpc::ServerWriteReactor<CompleteResponse> {
       std::lock_guard<std::mutex> lock(mu_);
       handle = handle_;
     }
-    // Runs on_done synchronously unless it already ran; must not hold mu_.
+    // on_done follows (now or soon); must not hold mu_.
     if (handle.has_value()) handle->Cancel(why);
   }
 
-  void Enqueue(CompleteResponse response) {
+  void OnDelta(std::string& delta) {
+    observer_.FirstChunk();
+    bool too_slow = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (end_.has_value() || overflowed_) return;
+      ++tokens_sent_;
+      unsent_bytes_ += delta.size();
+      if (!queue_.empty() && IsPlainText(queue_.back())) {
+        queue_.back().mutable_content()->append(delta);
+      } else {
+        CompleteResponse response;
+        response.set_content(std::move(delta));
+        queue_.push_back(std::move(response));
+      }
+      too_slow = unsent_bytes_ > max_unsent_bytes_;
+      if (too_slow) {
+        overflowed_ = true;
+        queue_.clear();
+        unsent_bytes_ = 0;
+      } else {
+        StartNextLocked();
+      }
+    }
+    if (too_slow) {
+      CancelStream(rpc::WithReason(
+          absl::ResourceExhaustedError(absl::StrCat(
+              "the client read the stream too slowly: more than ",
+              max_unsent_bytes_,
+              " bytes of answer were waiting for it (--max_unsent_bytes); "
+              "the generation was stopped")),
+          rpc::reason::kClientTooSlow));
+    }
+  }
+
+  void Push(CompleteResponse response, size_t bytes) {
     std::lock_guard<std::mutex> lock(mu_);
-    if (end_.has_value()) return;
+    if (end_.has_value() || overflowed_) return;
+    unsent_bytes_ += bytes;
     queue_.push_back(std::move(response));
     StartNextLocked();
   }
@@ -194,6 +269,15 @@ class CompleteReactor : public grpc::ServerWriteReactor<CompleteResponse> {
     if (end_.has_value()) return;
     final_status_ = status;
     end_ = ToGrpcStatus(status, error_context_);
+    if (!status.ok()) {
+      // An error ends the stream now: whatever text waits is dropped, and
+      // Finish does not wait for a client that may not be reading.
+      queue_.clear();
+      unsent_bytes_ = 0;
+      finished_ = true;
+      Finish(*end_);
+      return;
+    }
     StartNextLocked();
   }
 
@@ -205,6 +289,7 @@ class CompleteReactor : public grpc::ServerWriteReactor<CompleteResponse> {
     if (!queue_.empty()) {
       current_ = std::move(queue_.front());
       queue_.pop_front();
+      unsent_bytes_ -= std::min(unsent_bytes_, current_.content().size());
       writing_ = true;
       StartWrite(&current_);
       return;
@@ -216,6 +301,8 @@ class CompleteReactor : public grpc::ServerWriteReactor<CompleteResponse> {
   }
 
   LocalLLMService* const service_;
+  grpc::CallbackServerContext* const context_;
+  const size_t max_unsent_bytes_;
   bool counted_ = false;  // counted in the service's in-flight calls
   Metrics::Call observer_;
   const std::string request_id_;
@@ -225,6 +312,9 @@ class CompleteReactor : public grpc::ServerWriteReactor<CompleteResponse> {
 
   std::mutex mu_;
   std::deque<CompleteResponse> queue_ ABSL_GUARDED_BY(mu_);
+  size_t unsent_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t tokens_sent_ ABSL_GUARDED_BY(mu_) = 0;
+  bool overflowed_ ABSL_GUARDED_BY(mu_) = false;
   CompleteResponse current_ ABSL_GUARDED_BY(mu_);
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
@@ -246,27 +336,31 @@ grpc::ServerUnaryReactor* LocalLLMService::ListTools(
     grpc::CallbackServerContext* context,
     const llmbridge::v1::ListToolsRequest* /*request*/,
     llmbridge::v1::ListToolsResponse* response) {
-  Metrics::Call observer(options_.metrics, "ListTools");
+  auto observer = std::make_shared<Metrics::Call>(options_.metrics, "ListTools");
   auto deadline = SteadyDeadline(*context);
   auto timeout = std::chrono::milliseconds(30000);
   if (deadline.has_value()) {
     timeout = std::chrono::duration_cast<std::chrono::milliseconds>(
         *deadline - std::chrono::steady_clock::now());
   }
-  absl::StatusOr<rpc::Json> tools = client_->Call(
-      rpc::kMethodTools, rpc::Json::object(),
-      std::max(timeout, std::chrono::milliseconds(1)));
-  absl::Status status = tools.status();
-  if (tools.ok()) {
-    absl::StatusOr<llmbridge::v1::ListToolsResponse> converted =
-        ToListToolsResponse(*tools);
-    status = converted.status();
-    if (converted.ok()) *response = *std::move(converted);
-  }
-  observer.Finish(status.code());
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  reactor->Finish(ToGrpcStatus(
-      status, {client_->config().backend, client_->config().model}));
+  ErrorContext error_context{client_->config().backend, client_->config().model,
+                             RequestIdOf(*context)};
+  // Answered from a bridge thread when the sidecar replies; never waits here.
+  client_->CallAsync(
+      rpc::kMethodTools, rpc::Json::object(),
+      std::max(timeout, std::chrono::milliseconds(1)),
+      [reactor, response, observer, error_context](absl::StatusOr<rpc::Json> tools) {
+        absl::Status status = tools.status();
+        if (tools.ok()) {
+          absl::StatusOr<llmbridge::v1::ListToolsResponse> converted =
+              ToListToolsResponse(*tools);
+          status = converted.status();
+          if (converted.ok()) *response = *std::move(converted);
+        }
+        observer->Finish(status.code());
+        reactor->Finish(ToGrpcStatus(status, error_context));
+      });
   return reactor;
 }
 
@@ -280,6 +374,11 @@ bool LocalLLMService::CallStarted() {
 void LocalLLMService::CallEnded() {
   std::lock_guard<std::mutex> lock(drain_mu_);
   if (--in_flight_ == 0) drain_cv_.notify_all();
+}
+
+bool LocalLLMService::draining() {
+  std::lock_guard<std::mutex> lock(drain_mu_);
+  return draining_;
 }
 
 void LocalLLMService::StopAccepting() {
@@ -296,22 +395,39 @@ grpc::ServerUnaryReactor* LocalLLMService::GetCapabilities(
     grpc::CallbackServerContext* context,
     const llmbridge::v1::GetCapabilitiesRequest* /*request*/,
     llmbridge::v1::Capabilities* response) {
-  Metrics::Call observer(options_.metrics, "GetCapabilities");
-  // The answer comes from the running sidecar's init result; the health
-  // monitor normally has it started already.
-  (void)client_->EnsureStarted();
-  rpc::Capabilities caps = client_->GetCapabilities();
-  response->set_streaming(caps.streaming);
-  response->set_tools(caps.tools);
-  response->set_mcp(caps.mcp);
-  response->set_sessions(caps.sessions);
-  response->set_images(caps.images);
-  for (const std::string& t : caps.native_tools) response->add_native_tools(t);
-  response->set_backend(client_->config().backend);
-  response->set_model(client_->config().model);
-  observer.Finish(absl::StatusCode::kOk);
+  auto observer =
+      std::make_shared<Metrics::Call>(options_.metrics, "GetCapabilities");
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  reactor->Finish(grpc::Status::OK);
+  rpc::Client* client = client_;
+  auto answer = [client, reactor, response, observer] {
+    rpc::Capabilities caps = client->GetCapabilities();
+    response->set_streaming(caps.streaming);
+    response->set_tools(caps.tools);
+    response->set_mcp(caps.mcp);
+    response->set_sessions(caps.sessions);
+    response->set_images(caps.images);
+    for (const std::string& t : caps.native_tools) response->add_native_tools(t);
+    response->set_backend(client->config().backend);
+    response->set_model(client->config().model);
+    observer->Finish(absl::StatusCode::kOk);
+    reactor->Finish(grpc::Status::OK);
+  };
+  if (client_->Status().init.has_value()) {
+    answer();  // published by a sidecar that started: nothing to wait for
+    return reactor;
+  }
+  // No sidecar has started yet: answer once one has (or its start failed),
+  // from a bridge thread. A health call is the cheapest thing that waits
+  // for a ready sidecar in the pool's queue.
+  auto deadline = SteadyDeadline(*context);
+  auto timeout = client_->config().startup_timeout;
+  if (deadline.has_value()) {
+    timeout = std::min(timeout, std::chrono::duration_cast<std::chrono::milliseconds>(
+                                    *deadline - std::chrono::steady_clock::now()));
+  }
+  client_->CallAsync(rpc::kMethodHealth, rpc::Json::object(),
+                     std::max(timeout, std::chrono::milliseconds(1)),
+                     [answer](absl::StatusOr<rpc::Json>) { answer(); });
   return reactor;
 }
 

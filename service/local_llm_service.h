@@ -1,9 +1,13 @@
 // The llmbridge.v1.LocalLLM service on gRPC's callback API, forwarding each
-// call to the sidecar through rpc_bridge::Client.
+// call to the sidecars through rpc_bridge::Client.
 //
-// Threading: gRPC calls the service on its own threads; stream data arrives
-// on the sidecar's reader thread. Each Complete call is one reactor object
-// with one write in flight (see local_llm_service.cc).
+// Threading: gRPC calls the service on its own threads, and no handler ever
+// blocks there: calls are registered with the client's pool (which queues
+// or refuses them) and answered from the bridge's threads. Each Complete
+// call is one reactor object with one write in flight; text that arrives
+// while a write is in flight is merged into the next message, and a client
+// that falls further behind than max_unsent_bytes is ended with
+// RESOURCE_EXHAUSTED (see local_llm_service.cc).
 #ifndef LLMBRIDGE_SERVICE_LOCAL_LLM_SERVICE_H_
 #define LLMBRIDGE_SERVICE_LOCAL_LLM_SERVICE_H_
 
@@ -24,6 +28,9 @@ struct ServiceOptions {
   size_t max_request_bytes = 4 * 1024 * 1024;
   // Put prompt and answer sizes... and the text itself in the logs.
   bool log_prompts = false;
+  // Text waiting for a slow client beyond this ends the call
+  // (RESOURCE_EXHAUSTED, reason CLIENT_TOO_SLOW) and stops the model.
+  size_t max_unsent_bytes = 4 * 1024 * 1024;
   Metrics* metrics = nullptr;  // optional, not owned
 };
 
@@ -56,6 +63,7 @@ class LocalLLMService final : public llmbridge::v1::LocalLLM::CallbackService {
   // Reactors report their start and end (any thread).
   bool CallStarted();  // false when draining: refuse the call
   void CallEnded();
+  bool draining();
 
  private:
   rpc::Client* const client_;

@@ -22,10 +22,11 @@
 #include "grpcpp/health_check_service_interface.h"
 #include "rpc_bridge/client.h"
 #include "rpc_bridge/config.h"
-#include "service/health_monitor.h"
+#include "service/health_reporter.h"
 #include "service/local_llm_service.h"
 #include "service/logging.h"
 #include "service/metrics.h"
+#include "service/pool_events.h"
 #include "service/server_config.h"
 #include "service/sidecar_locator.h"
 
@@ -35,8 +36,9 @@ ABSL_FLAG(std::string, config, "",
           "work_dir, env, mcp_servers) plus the server keys (listen, "
           "metrics_listen, shutdown_grace, health_interval, tls_cert, "
           "tls_key, tls_client_ca, max_message_bytes, max_request_bytes, "
-          "log_prompts, mcp_strict). Flags given on the command line "
-          "override it.");
+          "log_prompts, mcp_strict, sidecars, max_concurrent, max_queue, "
+          "queue_timeout, health_timeout, max_unsent_bytes). Flags given on "
+          "the command line override it.");
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
           "Address to serve gRPC on. Loopback by default; 0.0.0.0:50051 "
           "accepts remote clients (use TLS then).");
@@ -86,6 +88,31 @@ ABSL_FLAG(bool, mcp_strict, false,
           "reached (default: report it in ListTools and go on without it).");
 ABSL_FLAG(bool, log_prompts, false,
           "Include prompt text in the request logs (off: only sizes).");
+ABSL_FLAG(int, sidecars, 1,
+          "Sidecar processes for the backend, supervised and health-checked; "
+          "each call goes to the least-loaded ready one. For gguf and "
+          "transformers each process generates one answer at a time, so N "
+          "sidecars serve N requests in parallel (gguf splits the cores: "
+          "llama.cpp n_threads = cores / N). HTTP backends multiplex: 1 is "
+          "enough.");
+ABSL_FLAG(int, max_concurrent, 0,
+          "Requests in flight per sidecar; more wait in the queue. 0: 1 for "
+          "gguf and transformers (one generation at a time per process), 128 "
+          "for the HTTP backends (TGI's default limit).");
+ABSL_FLAG(int, max_queue, 512,
+          "Requests waiting for a free sidecar (or for one to start); past it "
+          "requests get RESOURCE_EXHAUSTED (reason OVERLOADED) at once. "
+          "512 is Ollama's default queue.");
+ABSL_FLAG(absl::Duration, queue_timeout, absl::Seconds(60),
+          "Longest wait in the queue; then RESOURCE_EXHAUSTED (reason "
+          "OVERLOADED), or UNAVAILABLE if the sidecar is still starting.");
+ABSL_FLAG(absl::Duration, health_timeout, absl::Seconds(10),
+          "A sidecar that leaves a health probe unanswered this long is "
+          "considered stuck, killed and replaced.");
+ABSL_FLAG(int64_t, max_unsent_bytes, 4 * 1024 * 1024,
+          "Answer text waiting for a slow client beyond this ends the call "
+          "with RESOURCE_EXHAUSTED (reason CLIENT_TOO_SLOW) and stops the "
+          "generation.");
 
 namespace {
 
@@ -146,6 +173,15 @@ absl::StatusOr<svc::ServerConfig> BuildConfig(int argc, char** argv) {
   }
   if (use("log_prompts")) c.log_prompts = absl::GetFlag(FLAGS_log_prompts);
   if (use("mcp_strict")) c.client.mcp_strict = absl::GetFlag(FLAGS_mcp_strict);
+  if (use("sidecars")) c.sidecars = absl::GetFlag(FLAGS_sidecars);
+  if (use("max_concurrent")) c.max_concurrent = absl::GetFlag(FLAGS_max_concurrent);
+  if (use("max_queue")) c.max_queue = absl::GetFlag(FLAGS_max_queue);
+  if (use("queue_timeout")) c.queue_timeout = ToMillis(absl::GetFlag(FLAGS_queue_timeout));
+  if (use("health_timeout")) c.health_timeout = ToMillis(absl::GetFlag(FLAGS_health_timeout));
+  if (use("max_unsent_bytes")) {
+    int64_t v = absl::GetFlag(FLAGS_max_unsent_bytes);
+    c.max_unsent_bytes = v > 0 ? static_cast<size_t>(v) : 0;
+  }
   if (c.client.sidecar_path.empty()) c.client.sidecar_path = svc::ShippedSidecarPath();
   c.client = llmbridge::rpc::WithDefaults(c.client);
   if (absl::Status valid = svc::ValidateServerConfig(c); !valid.ok()) return valid;
@@ -198,12 +234,34 @@ int Run(int argc, char** argv) {
     }
     metrics_port = *served;
   }
+  const std::string model_label =
+      config.client.model.empty() ? config.client.backend : config.client.model;
+  svc::PoolEvents pool_events(model_label, &metrics);
   llmbridge::rpc::ClientOptions client_options;
-  client_options.on_sidecar_start = [&metrics](int) { metrics.SidecarStarted(); };
+  llmbridge::rpc::PoolOptions& pool = client_options.pool;
+  pool.sidecars = config.sidecars;
+  pool.max_concurrent = config.max_concurrent > 0
+                            ? config.max_concurrent
+                            : svc::DefaultMaxConcurrent(config.client.backend);
+  pool.max_queue = config.max_queue;
+  pool.queue_timeout = config.queue_timeout;
+  pool.health_interval = config.health_interval;
+  pool.health_timeout = config.health_timeout;
+  // The server loads the model at boot, so that readiness turns SERVING
+  // exactly when requests can be served.
+  pool.preload = true;
+  // Remote clients must not see the sidecar's stderr (paths, pids): it is
+  // in the server's log, under the sidecar's pid.
+  pool.sidecar.stderr_in_errors = false;
+  pool.observer = &pool_events;
+  if (config.client.backend == llmbridge::rpc::kBackendGguf) {
+    pool.sidecar.init_options["n_threads"] = svc::GgufThreadsPerSidecar(config.sidecars);
+  }
   llmbridge::rpc::Client client(config.client, client_options);
   svc::ServiceOptions service_options;
   service_options.max_request_bytes = config.max_request_bytes;
   service_options.log_prompts = config.log_prompts;
+  service_options.max_unsent_bytes = config.max_unsent_bytes;
   service_options.metrics = &metrics;
   svc::LocalLLMService service(&client, service_options);
 
@@ -223,8 +281,8 @@ int Run(int argc, char** argv) {
                  config.listen.c_str());
     return 1;
   }
-  svc::HealthMonitor health(&client, server->GetHealthCheckService(),
-                            config.health_interval);
+  svc::HealthReporter health(server->GetHealthCheckService(), &client);
+  pool_events.set_health(&health);
   health.Start();
   std::fprintf(stderr,
                "llmbridge: serving %s on %s (port %d%s), backend %s, model "
@@ -237,6 +295,9 @@ int Run(int argc, char** argv) {
                  {"port", port},
                  {"backend", config.client.backend},
                  {"model", config.client.model},
+                 {"sidecars", config.sidecars},
+                 {"max_concurrent", pool.max_concurrent},
+                 {"max_queue", config.max_queue},
                  {"tls", !config.tls_cert.empty()},
                  {"metrics_listen", config.metrics_listen},
                  {"metrics_port", metrics_port}});
@@ -246,7 +307,7 @@ int Run(int argc, char** argv) {
     sigwait(&stop_signals, &signo);
     // 1. New Complete calls are refused, and health says NOT_SERVING.
     service.StopAccepting();
-    health.Stop();
+    health.Shutdown();
     svc::LogEvent("info", "shutdown",
                   {{"signal", signo},
                    {"grace_ms", config.shutdown_grace.count()}});
@@ -260,8 +321,9 @@ int Run(int argc, char** argv) {
   });
   server->Wait();
   stopper.join();
-  // 3. The sidecar: shutdown request, then signals if it does not exit.
-  client.Close();
+  // 3. The sidecars: shutdown request, then signals if they do not exit.
+  pool_events.set_health(nullptr);
+  client.Shutdown();
   std::fprintf(stderr, "llmbridge: stopped\n");
   return 0;
 }

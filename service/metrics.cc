@@ -48,10 +48,47 @@ Metrics::Metrics() : registry_(std::make_shared<prometheus::Registry>()) {
                         .Add({});
   sidecar_starts_ = &prometheus::BuildCounter()
                          .Name("llmbridge_sidecar_starts_total")
-                         .Help("Sidecar processes started; more than one "
-                               "means restarts.")
-                         .Register(*registry_)
-                         .Add({});
+                         .Help("Sidecar processes started; more than "
+                               "--sidecars means restarts.")
+                         .Register(*registry_);
+  sidecars_ready_ = &prometheus::BuildGauge()
+                         .Name("llmbridge_sidecars_ready")
+                         .Help("Sidecar processes ready to serve.")
+                         .Register(*registry_);
+  admitted_in_flight_ = &prometheus::BuildGauge()
+                             .Name("llmbridge_admitted_in_flight")
+                             .Help("Completions running on sidecars.")
+                             .Register(*registry_);
+  queue_depth_ = &prometheus::BuildGauge()
+                      .Name("llmbridge_queue_depth")
+                      .Help("Calls waiting for a sidecar (starting or busy).")
+                      .Register(*registry_);
+  queue_wait_ = &prometheus::BuildHistogram()
+                     .Name("llmbridge_queue_wait_seconds")
+                     .Help("Time completions waited in the queue before a "
+                           "sidecar took them.")
+                     .Register(*registry_);
+  rejected_ = &prometheus::BuildCounter()
+                   .Name("llmbridge_rejected_total")
+                   .Help("Completions refused by admission control "
+                         "(RESOURCE_EXHAUSTED, reason OVERLOADED).")
+                   .Register(*registry_);
+  protocol_errors_ = &prometheus::BuildCounter()
+                          .Name("llmbridge_sidecar_protocol_errors_total")
+                          .Help("Lines from sidecars that were not valid "
+                                "protocol messages (dropped).")
+                          .Register(*registry_);
+}
+
+Metrics::Pool Metrics::ForModel(const std::string& model) {
+  const prometheus::Labels labels = {{"model", model}};
+  return Pool{&sidecar_starts_->Add(labels),
+              &sidecars_ready_->Add(labels),
+              &admitted_in_flight_->Add(labels),
+              &queue_depth_->Add(labels),
+              &queue_wait_->Add(labels, kLatencyBuckets),
+              &rejected_->Add(labels),
+              &protocol_errors_->Add(labels)};
 }
 
 absl::StatusOr<int> Metrics::Serve(const std::string& address) {

@@ -6,7 +6,13 @@
 //   llmbridge_request_duration_seconds{method}     histogram
 //   llmbridge_time_to_first_chunk_seconds          histogram (Complete)
 //   llmbridge_output_tokens_total                  counter
-//   llmbridge_sidecar_starts_total                 counter (restarts = starts - 1)
+//   llmbridge_sidecar_starts_total{model}          counter (restarts = starts - 1)
+//   llmbridge_sidecars_ready{model}                gauge
+//   llmbridge_admitted_in_flight{model}            gauge (completions on sidecars)
+//   llmbridge_queue_depth{model}                   gauge (waiting for a sidecar)
+//   llmbridge_queue_wait_seconds{model}            histogram
+//   llmbridge_rejected_total{model}                counter (admission control)
+//   llmbridge_sidecar_protocol_errors_total{model} counter (malformed lines)
 //
 // Threading: every method may be called from any thread (prometheus-cpp
 // metrics are atomic).
@@ -37,7 +43,19 @@ class Metrics {
   // destroyed; returns the port.
   absl::StatusOr<int> Serve(const std::string& address);
 
-  void SidecarStarted() { sidecar_starts_->Increment(); }
+  // The serving metrics of one model's sidecar pool. Pointers into the
+  // registry: valid as long as the Metrics.
+  struct Pool {
+    prometheus::Counter* starts;
+    prometheus::Gauge* ready;
+    prometheus::Gauge* in_flight;
+    prometheus::Gauge* queued;
+    prometheus::Histogram* queue_wait;
+    prometheus::Counter* rejected;
+    prometheus::Counter* protocol_errors;
+  };
+  // The metrics labelled with `model` (created on first use).
+  Pool ForModel(const std::string& model);
 
   // Observes one call from construction to Finish (or destruction).
   class Call {
@@ -70,7 +88,13 @@ class Metrics {
   prometheus::Family<prometheus::Histogram>* duration_;
   prometheus::Histogram* first_chunk_;
   prometheus::Counter* output_tokens_;
-  prometheus::Counter* sidecar_starts_;
+  prometheus::Family<prometheus::Counter>* sidecar_starts_;
+  prometheus::Family<prometheus::Gauge>* sidecars_ready_;
+  prometheus::Family<prometheus::Gauge>* admitted_in_flight_;
+  prometheus::Family<prometheus::Gauge>* queue_depth_;
+  prometheus::Family<prometheus::Histogram>* queue_wait_;
+  prometheus::Family<prometheus::Counter>* rejected_;
+  prometheus::Family<prometheus::Counter>* protocol_errors_;
 };
 
 // The canonical gRPC name of a status code ("NOT_FOUND").

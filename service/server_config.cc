@@ -2,7 +2,10 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <fstream>
+#include <thread>
+#include <tuple>
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
@@ -26,18 +29,43 @@ absl::Status ReadPositive(const rpc::Json& j, const char* key, int64_t& out) {
   return absl::OkStatus();
 }
 
+absl::Status ReadInt(const rpc::Json& j, const char* key, int64_t min,
+                     int64_t max, int64_t& out) {
+  auto it = j.find(key);
+  if (it == j.end() || it->is_null()) return absl::OkStatus();
+  if (!it->is_number_integer() ||
+      (it->is_number_unsigned() && it->get<uint64_t>() > static_cast<uint64_t>(max)) ||
+      it->get<int64_t>() < min || it->get<int64_t>() > max) {
+    return Bad(key, absl::StrCat("must be an integer from ", min, " to ", max));
+  }
+  out = it->get<int64_t>();
+  return absl::OkStatus();
+}
+
 bool Readable(const std::string& path) {
   return ::access(path.c_str(), R_OK) == 0;
 }
 
 }  // namespace
 
+int DefaultMaxConcurrent(const std::string& backend) {
+  if (backend == rpc::kBackendGguf || backend == rpc::kBackendTransformers) return 1;
+  return 128;
+}
+
+int GgufThreadsPerSidecar(int sidecars) {
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  return std::max(1, cores / std::max(1, sidecars));
+}
+
 const std::set<std::string>& ServerConfigKeys() {
   static const auto* keys = new std::set<std::string>{
       "listen",        "metrics_listen",    "shutdown_grace",
       "health_interval", "tls_cert",        "tls_key",
       "tls_client_ca", "max_message_bytes", "max_request_bytes",
-      "log_prompts",   "mcp_strict"};
+      "log_prompts",   "mcp_strict",        "sidecars",
+      "max_concurrent", "max_queue",        "queue_timeout",
+      "health_timeout", "max_unsent_bytes"};
   return *keys;
 }
 
@@ -68,7 +96,9 @@ absl::StatusOr<ServerConfig> ServerConfigFromJson(const rpc::Json& j) {
     }
   }
   for (auto [key, field] : {std::pair{"shutdown_grace", &c.shutdown_grace},
-                            {"health_interval", &c.health_interval}}) {
+                            {"health_interval", &c.health_interval},
+                            {"queue_timeout", &c.queue_timeout},
+                            {"health_timeout", &c.health_timeout}}) {
     auto it = j.find(key);
     if (it == j.end() || it->is_null()) continue;
     auto d = rpc::DurationFromJson(*it, key);
@@ -83,6 +113,20 @@ absl::StatusOr<ServerConfig> ServerConfigFromJson(const rpc::Json& j) {
   if (auto s = ReadPositive(j, "max_request_bytes", max_request); !s.ok()) {
     return s;
   }
+  int64_t sidecars = c.sidecars, max_concurrent = c.max_concurrent,
+          max_queue = c.max_queue,
+          max_unsent = static_cast<int64_t>(c.max_unsent_bytes);
+  for (auto [key, min, max, field] :
+       {std::tuple{"sidecars", int64_t{1}, int64_t{kMaxSidecars}, &sidecars},
+        {"max_concurrent", int64_t{0}, int64_t{100000}, &max_concurrent},
+        {"max_queue", int64_t{0}, int64_t{1000000}, &max_queue},
+        {"max_unsent_bytes", int64_t{1024}, int64_t{INT32_MAX}, &max_unsent}}) {
+    if (auto s = ReadInt(j, key, min, max, *field); !s.ok()) return s;
+  }
+  c.sidecars = static_cast<int>(sidecars);
+  c.max_concurrent = static_cast<int>(max_concurrent);
+  c.max_queue = static_cast<int>(max_queue);
+  c.max_unsent_bytes = static_cast<size_t>(max_unsent);
   c.max_message_bytes = static_cast<int>(std::min<int64_t>(max_message, INT32_MAX));
   c.max_request_bytes = static_cast<size_t>(max_request);
   for (auto [key, field] : {std::pair{"log_prompts", &c.log_prompts},
@@ -141,6 +185,14 @@ absl::Status ValidateServerConfig(const ServerConfig& c) {
     return Bad("health_interval", "must be positive");
   }
   if (c.max_message_bytes <= 0) return Bad("max_message_bytes", "must be positive");
+  if (c.sidecars < 1 || c.sidecars > kMaxSidecars) {
+    return Bad("sidecars", absl::StrCat("must be from 1 to ", kMaxSidecars));
+  }
+  if (c.max_concurrent < 0) return Bad("max_concurrent", "must be >= 0 (0: per backend)");
+  if (c.max_queue < 0) return Bad("max_queue", "must be >= 0");
+  if (c.queue_timeout.count() <= 0) return Bad("queue_timeout", "must be positive");
+  if (c.health_timeout.count() <= 0) return Bad("health_timeout", "must be positive");
+  if (c.max_unsent_bytes < 1024) return Bad("max_unsent_bytes", "must be at least 1024");
   if (c.max_request_bytes == 0) return Bad("max_request_bytes", "must be positive");
   return absl::OkStatus();
 }

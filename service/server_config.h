@@ -11,7 +11,10 @@
 //     "shutdown_grace": "30s", "health_interval": "5s",
 //     "tls_cert": "...", "tls_key": "...", "tls_client_ca": "...",
 //     "max_message_bytes": 8388608, "max_request_bytes": 4194304,
-//     "log_prompts": false, "mcp_strict": false }
+//     "log_prompts": false, "mcp_strict": false,
+//     "sidecars": 1, "max_concurrent": 0, "max_queue": 512,
+//     "queue_timeout": "60s", "health_timeout": "10s",
+//     "max_unsent_bytes": 4194304 }
 #ifndef LLMBRIDGE_SERVICE_SERVER_CONFIG_H_
 #define LLMBRIDGE_SERVICE_SERVER_CONFIG_H_
 
@@ -27,6 +30,8 @@
 
 namespace llmbridge::service {
 
+inline constexpr int kMaxSidecars = 64;
+
 struct ServerConfig {
   rpc::Config client;
   std::string listen = "127.0.0.1:50051";
@@ -39,7 +44,24 @@ struct ServerConfig {
   int max_message_bytes = 8 * 1024 * 1024;
   size_t max_request_bytes = 4 * 1024 * 1024;
   bool log_prompts = false;
+  // The serving core (rpc_bridge/sidecar_pool.h).
+  int sidecars = 1;
+  int max_concurrent = 0;  // 0: DefaultMaxConcurrent(backend)
+  int max_queue = 512;
+  std::chrono::milliseconds queue_timeout{60000};
+  std::chrono::milliseconds health_timeout{10000};
+  size_t max_unsent_bytes = 4 * 1024 * 1024;
 };
+
+// Streams in flight per sidecar when max_concurrent is 0: 1 for the
+// in-process backends, which generate one answer at a time per process
+// (more would only queue inside the sidecar, out of sight of admission
+// control), 128 for those that multiplex (TGI's default limit).
+int DefaultMaxConcurrent(const std::string& backend);
+
+// llama.cpp threads per gguf sidecar when the pool has `sidecars` of them:
+// the machine's cores shared out, so the processes do not fight for them.
+int GgufThreadsPerSidecar(int sidecars);
 
 // The server keys a --config file may hold besides the seed's.
 const std::set<std::string>& ServerConfigKeys();

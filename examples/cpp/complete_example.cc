@@ -52,12 +52,10 @@ int main(int argc, char** argv) {
   handlers.on_done = [&finished](absl::StatusOr<CompleteResult> result) {
     finished.set_value(std::move(result));
   };
-  absl::StatusOr<StreamHandle> stream = client.Stream(params, handlers);
-  if (!stream.ok()) {
-    std::fprintf(stderr, "error: %s\n", stream.status().ToString().c_str());
-    return 1;
-  }
-  // stream->Cancel(absl::CancelledError("...")) would stop it early.
+  // Never blocks: the sidecar starts (or the call is refused) in the
+  // background, and on_done reports the outcome either way.
+  StreamHandle stream = client.Stream(params, handlers);
+  // stream.Cancel(absl::CancelledError("...")) would stop it early.
   absl::StatusOr<CompleteResult> result = finished.get_future().get();
   if (!result.ok()) {
     std::fprintf(stderr, "\nerror: %s\n", result.status().ToString().c_str());

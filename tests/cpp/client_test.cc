@@ -22,6 +22,7 @@
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/cpp/fake_sidecar.h"
 #include "rpc_bridge/sidecar.h"
 
 namespace llmbridge::rpc {
@@ -31,33 +32,10 @@ using std::chrono::milliseconds;
 using std::chrono::seconds;
 using ::testing::HasSubstr;
 
-constexpr milliseconds kWait = seconds(20);  // only bounds a broken test
-
-std::string FakeSidecar() {
-  const char* srcdir = std::getenv("TEST_SRCDIR");
-  return absl::StrCat(srcdir ? srcdir : ".",
-                      "/llmbridge/tests/cpp/testdata/fake_sidecar.py");
-}
-
-Config FakeConfig(const std::string& mode,
-                  std::map<std::string, std::string> env = {}) {
-  Config c;
-  c.backend = kBackendOllama;
-  c.model = "fake";
-  c.python_path = "/usr/bin/python3";
-  c.sidecar_path = FakeSidecar();
-  c.env = std::move(env);
-  c.env["FAKE_SIDECAR_MODE"] = mode;
-  c.startup_timeout = seconds(10);
-  c.request_timeout = seconds(30);
-  return c;
-}
-
-CompleteParams Ask(const std::string& text) {
-  CompleteParams p;
-  p.messages = {{"user", text, ""}};
-  return p;
-}
+using testing::Ask;
+using testing::FakeConfig;
+using testing::FakeSidecarPath;
+using testing::kWait;
 
 // Collects one stream's chunks and its end; Wait blocks on the end.
 struct Collected {
@@ -112,9 +90,8 @@ TEST(ClientTest, ManyConcurrentStreamsShareOneSidecar) {
   std::vector<std::unique_ptr<Collected>> streams;
   for (int i = 0; i < kStreams; ++i) {
     streams.push_back(std::make_unique<Collected>());
-    auto handle = client.Stream(Ask(absl::StrCat("stream", i, " alpha beta")),
-                                streams.back()->Handlers());
-    ASSERT_TRUE(handle.ok()) << handle.status();
+    client.Stream(Ask(absl::StrCat("stream", i, " alpha beta")),
+                  streams.back()->Handlers());
   }
   for (int i = 0; i < kStreams; ++i) {
     auto result = streams[i]->Wait();
@@ -133,9 +110,7 @@ TEST(ClientTest, SeedStyleSidecarGetsItsStreamsOneAtATime) {
   std::vector<std::unique_ptr<Collected>> streams;
   for (int i = 0; i < 4; ++i) {
     streams.push_back(std::make_unique<Collected>());
-    ASSERT_TRUE(client.Stream(Ask(absl::StrCat("seed", i, " words")),
-                              streams.back()->Handlers())
-                    .ok());
+    client.Stream(Ask(absl::StrCat("seed", i, " words")), streams.back()->Handlers());
   }
   for (int i = 0; i < 4; ++i) {
     auto result = streams[i]->Wait();
@@ -148,7 +123,7 @@ TEST(ClientTest, SeedStyleSidecarGetsItsStreamsOneAtATime) {
 TEST(ClientTest, CompleteReturnsTheWholeAnswer) {
   Client client({WithBackend(kBackendOllama), WithModel("fake"),
                  WithPythonPath("/usr/bin/python3"),
-                 WithSidecarPath(FakeSidecar()),
+                 WithSidecarPath(FakeSidecarPath()),
                  WithEnv({{"FAKE_SIDECAR_MODE", "echo"}})});
   EXPECT_EQ(client.config().host, "localhost:11434");  // WithDefaults
   auto result = client.Complete(Ask("whole answer"));
@@ -160,9 +135,8 @@ TEST(ClientTest, CompleteReturnsTheWholeAnswer) {
 TEST(ClientTest, CancelEndsTheStreamAtOnce) {
   Client client(FakeConfig("hang"));
   Collected c;
-  auto handle = client.Stream(Ask("never answered"), c.Handlers());
-  ASSERT_TRUE(handle.ok());
-  handle->Cancel(absl::CancelledError("user pressed stop"));
+  StreamHandle handle = client.Stream(Ask("never answered"), c.Handlers());
+  handle.Cancel(absl::CancelledError("user pressed stop"));
   std::lock_guard<std::mutex> lock(c.mu);
   ASSERT_TRUE(c.done.has_value()) << "on_done must run before Cancel returns";
   EXPECT_TRUE(absl::IsCancelled(c.done->status()));
@@ -175,9 +149,8 @@ TEST(ClientTest, CancelReachesTheSidecarAndLateRepliesAreDropped) {
   ASSERT_TRUE(sidecar.ok()) << sidecar.status();
   Dispatcher& d = (*sidecar)->dispatcher();
   int replies = 0;
-  int64_t id = d.Call("complete", Ask("x"), {nullptr, [&](absl::StatusOr<Json>) {
-                                               ++replies;
-                                             }});
+  int64_t id = d.Call("complete", Ask("x"),
+                      {nullptr, nullptr, [&](absl::StatusOr<Json>) { ++replies; }});
   d.Cancel(id, absl::CancelledError("stop"));
   // The fake answers the cancelled request with -32800 (dropped here) and
   // records the cancel, which "stats" reports.
@@ -192,7 +165,7 @@ TEST(ClientTest, PassedDeadlineEndsWithDeadlineExceeded) {
   Collected c;
   CallOptions call;
   call.deadline = std::chrono::steady_clock::now() + milliseconds(200);
-  ASSERT_TRUE(client.Stream(Ask("slow"), c.Handlers(), call).ok());
+  client.Stream(Ask("slow"), c.Handlers(), call);
   auto result = c.Wait();
   EXPECT_TRUE(absl::IsDeadlineExceeded(result.status())) << result.status();
   // Complete honours its deadline too.
@@ -203,8 +176,9 @@ TEST(ClientTest, PassedDeadlineEndsWithDeadlineExceeded) {
 
 TEST(ClientTest, CrashFailsInFlightCallsWithExitAndStderrThenRestarts) {
   Client client(FakeConfig("crash_mid_stream"));
+  ASSERT_TRUE(client.EnsureStarted().ok());
   Collected first;
-  ASSERT_TRUE(client.Stream(Ask("boom"), first.Handlers()).ok());
+  client.Stream(Ask("boom"), first.Handlers());
   pid_t first_pid = client.SidecarPid();
   auto result = first.Wait();
   ASSERT_TRUE(absl::IsUnavailable(result.status())) << result.status();
@@ -214,17 +188,19 @@ TEST(ClientTest, CrashFailsInFlightCallsWithExitAndStderrThenRestarts) {
               HasSubstr("fatal: simulated crash"));
   EXPECT_EQ(first.Text(), "partial");
 
-  Collected second;
-  ASSERT_TRUE(client.Stream(Ask("again"), second.Handlers()).ok());
+  // The supervisor replaces it at once, without waiting for a request.
+  ASSERT_TRUE(client.EnsureStarted().ok());
   EXPECT_NE(client.SidecarPid(), first_pid);
   EXPECT_EQ(client.StartCount(), 2);
+  Collected second;
+  client.Stream(Ask("again"), second.Handlers());
   EXPECT_TRUE(absl::IsUnavailable(second.Wait().status()));
 }
 
 TEST(ClientTest, GarbageOnStdoutIsSkipped) {
   Client client(FakeConfig("garbage"));
   Collected c;
-  ASSERT_TRUE(client.Stream(Ask("still fine"), c.Handlers()).ok());
+  client.Stream(Ask("still fine"), c.Handlers());
   auto result = c.Wait();
   ASSERT_TRUE(result.ok()) << result.status();
   EXPECT_EQ(c.Text(), "still fine ");
@@ -232,7 +208,7 @@ TEST(ClientTest, GarbageOnStdoutIsSkipped) {
 
 TEST(ClientTest, OverlongLineFailsOnlyItsCall) {
   ClientOptions options;
-  options.max_line_bytes = 1 << 20;
+  options.pool.sidecar.max_line_bytes = 1 << 20;
   Client client(FakeConfig("huge_line", {{"FAKE_SIDECAR_HUGE_BYTES", "3000000"}}),
                 options);
   auto huge = client.Complete(Ask("huge"));
@@ -262,50 +238,75 @@ TEST(ClientTest, SidecarExitingDuringInitReportsCodeAndStderr) {
   EXPECT_THAT(std::string(started.message()), HasSubstr("cannot load model"));
 }
 
-TEST(ClientTest, RepeatedQuickFailuresGiveAClearErrorWithoutRespawning) {
+TEST(ClientTest, AFailedStartIsRememberedAndCallsFailAtOnceWithIt) {
   ClientOptions options;
-  options.restart.max_quick_failures = 3;
-  options.restart.initial_backoff = milliseconds(1);
-  options.restart.cool_down = seconds(600);
+  options.pool.restart.initial_backoff = seconds(600);  // no second try here
   Client client(FakeConfig("init_exit"), options);
-  for (int i = 0; i < 3; ++i) EXPECT_FALSE(client.EnsureStarted().ok());
-  absl::Status refused = client.EnsureStarted();
-  EXPECT_TRUE(absl::IsUnavailable(refused));
-  EXPECT_THAT(std::string(refused.message()), HasSubstr("failed 3 times in a row"));
-  EXPECT_THAT(std::string(refused.message()), HasSubstr("cannot load model"));
-  EXPECT_EQ(client.StartCount(), 3);
+  EXPECT_FALSE(client.EnsureStarted().ok());
+  auto refused = client.Complete(Ask("hello"));
+  EXPECT_TRUE(absl::IsUnavailable(refused.status())) << refused.status();
+  EXPECT_THAT(std::string(refused.status().message()), HasSubstr("exited with code 4"));
+  EXPECT_THAT(std::string(refused.status().message()), HasSubstr("cannot load model"));
+  EXPECT_EQ(client.StartCount(), 1);
 }
 
-TEST(ClientTest, CrashLoopAfterStartsAlsoStopsRespawning) {
-  // Each sidecar starts fine, then dies mid-stream: a crash loop all the same.
+TEST(ClientTest, PermanentStartErrorsKeepTheirCode) {
+  // A missing model stays NOT_FOUND however often the start is retried: a
+  // client must not be told to retry something that cannot work.
   ClientOptions options;
-  options.restart.max_quick_failures = 3;
-  options.restart.initial_backoff = milliseconds(1);
-  options.restart.cool_down = seconds(600);
+  options.pool.restart.initial_backoff = milliseconds(1);
+  options.pool.restart.max_backoff = milliseconds(5);
+  Client client(FakeConfig("init_not_found"), options);
+  for (int i = 0; i < 8; ++i) {
+    absl::Status started = client.EnsureStarted();
+    EXPECT_TRUE(absl::IsNotFound(started)) << started;
+    auto result = client.Complete(Ask("hello"));
+    EXPECT_TRUE(absl::IsNotFound(result.status())) << result.status();
+  }
+}
+
+TEST(ClientTest, CrashLoopAfterStartsFailsCallsAtOnce) {
+  // Each sidecar starts fine, then dies mid-stream: a crash loop all the
+  // same. The first crash restarts at once; the second gives up for a
+  // while, and calls fail at once naming the exit.
+  ClientOptions options;
+  options.pool.restart.max_quick_failures = 2;
+  options.pool.restart.initial_backoff = seconds(600);
+  options.pool.restart.max_backoff = seconds(600);
   Client client(FakeConfig("crash_mid_stream"), options);
-  for (int i = 0; i < 3; ++i) {
+  for (int i = 0; i < 2; ++i) {
+    ASSERT_TRUE(client.EnsureStarted().ok()) << i;
     Collected c;
-    ASSERT_TRUE(client.Stream(Ask("boom"), c.Handlers()).ok()) << i;
+    client.Stream(Ask("boom"), c.Handlers());
     EXPECT_TRUE(absl::IsUnavailable(c.Wait().status()));
   }
+  // Once the second death is processed (EnsureStarted returns then), calls
+  // fail at once.
+  absl::Status looping = client.EnsureStarted();
+  EXPECT_THAT(std::string(looping.message()), HasSubstr("keeps dying"));
   Collected refused;
-  auto handle = client.Stream(Ask("again"), refused.Handlers());
-  ASSERT_FALSE(handle.ok());
-  EXPECT_THAT(std::string(handle.status().message()),
-              HasSubstr("failed 3 times in a row"));
-  EXPECT_THAT(std::string(handle.status().message()), HasSubstr("exited with code 3"));
-  EXPECT_EQ(client.StartCount(), 3);
+  client.Stream(Ask("again"), refused.Handlers());
+  auto result = refused.Wait();
+  ASSERT_TRUE(absl::IsUnavailable(result.status())) << result.status();
+  EXPECT_THAT(std::string(result.status().message()), HasSubstr("keeps dying"));
+  EXPECT_THAT(std::string(result.status().message()), HasSubstr("exited with code 3"));
+  EXPECT_EQ(client.StartCount(), 2);
 }
 
 TEST(ClientTest, StuckSidecarDoesNotBlockWritesForever) {
   ClientOptions options;
-  options.write_timeout = milliseconds(300);
-  options.stop_grace = milliseconds(300);
+  options.pool.sidecar.write_timeout = milliseconds(300);
+  options.pool.sidecar.stop_grace = milliseconds(300);
   Client client(FakeConfig("no_read"), options);
   ASSERT_TRUE(client.EnsureStarted().ok());
-  // Far more than a pipe buffer: the write must give up, not block.
+  const pid_t stuck = client.SidecarPid();
+  // Far more than a pipe buffer: the write is left to the writer thread,
+  // which gives up after write_timeout; the stuck sidecar is replaced.
   auto result = client.Complete(Ask(std::string(4 << 20, 'w')));
   EXPECT_TRUE(absl::IsUnavailable(result.status())) << result.status();
+  ASSERT_TRUE(client.EnsureStarted().ok());
+  EXPECT_NE(client.SidecarPid(), stuck);
+  EXPECT_TRUE(ProcessGone(stuck));
 }
 
 TEST(ClientTest, FloodOfStderrNeverBlocksTheSidecar) {
@@ -351,7 +352,7 @@ TEST(ClientTest, NoFdThreadOrZombieLeaksAcrossRestarts) {
     ASSERT_TRUE(client.Restart().ok());
     pids.push_back(client.SidecarPid());
     Collected c;
-    ASSERT_TRUE(client.Stream(Ask("cycle"), c.Handlers()).ok());
+    client.Stream(Ask("cycle"), c.Handlers());
     ASSERT_TRUE(c.Wait().ok());
   }
   client.Close();

@@ -6,13 +6,14 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "rpc_bridge/error_reason.h"
 
 namespace llmbridge::rpc {
 namespace {
 
 class FakeTransport : public Transport {
  public:
-  absl::Status Send(const std::string& line) override {
+  absl::Status Send(std::string_view line) override {
     std::lock_guard<std::mutex> lock(mu);
     if (broken) return absl::UnavailableError("pipe broken");
     sent.push_back(Json::parse(line));
@@ -28,13 +29,31 @@ struct Recorder {
   std::vector<std::string> chunks;
   std::vector<absl::StatusOr<Json>> replies;
   CallHandlers Handlers() {
-    return {[this](const Notification& n) -> NotificationOutcome {
-              chunks.push_back(n.params.value("content", ""));
-              return std::nullopt;
-            },
+    return {[this](std::string text) { chunks.push_back(std::move(text)); },
+            nullptr,
+            [this](absl::StatusOr<Json> r) { replies.push_back(std::move(r)); }};
+  }
+  // A plain request (no stream handlers), like a health probe.
+  CallHandlers Plain() {
+    return {nullptr, nullptr,
             [this](absl::StatusOr<Json> r) { replies.push_back(std::move(r)); }};
   }
 };
+
+// Feeds one raw line the way the transport's reader does.
+void Feed(Dispatcher& dispatcher, const std::string& line) {
+  ParsedLine parsed = ParseLine(line);
+  if (parsed.message.has_value()) {
+    dispatcher.OnMessage(*std::move(parsed.message));
+  } else {
+    dispatcher.OnBadLine(absl::InternalError(parsed.problem), parsed.call_id,
+                         line);
+  }
+}
+
+std::string ReasonOf(const absl::Status& status) {
+  return AttachedReason(status).value_or("");
+}
 
 IncomingMessage Parse(const std::string& line) {
   auto m = ParseIncoming(line);
@@ -146,6 +165,114 @@ TEST_F(DispatcherTest, UntaggedChunksAreDroppedWhenStreamsAreTagged) {
   dispatcher.OnMessage(Parse(
       R"({"jsonrpc":"2.0","method":"stream.chunk","params":{"content":"stray"}})"));
   EXPECT_TRUE(r.chunks.empty());
+}
+
+TEST_F(DispatcherTest, SeedStyleChunksSkipAPendingPlainCall) {
+  dispatcher.set_stream_request_id(false);
+  Recorder probe, stream;
+  dispatcher.Call("health", Json::object(), probe.Plain());  // older
+  dispatcher.Call("complete", Json::object(), stream.Handlers());
+  dispatcher.OnMessage(Parse(
+      R"({"jsonrpc":"2.0","method":"stream.chunk","params":{"content":"seed"}})"));
+  EXPECT_EQ(stream.chunks, (std::vector<std::string>{"seed"}));
+  EXPECT_TRUE(probe.replies.empty());
+}
+
+// Each ill-typed message that still names its call fails that call at once
+// with INTERNAL / SIDECAR_PROTOCOL_ERROR (never INVALID_ARGUMENT: the
+// client's request was fine), and the next call is served.
+TEST_F(DispatcherTest, IllTypedMessagesFailTheCallTheyName) {
+  const std::vector<std::string> bad = {
+      R"({"jsonrpc":2.0,"id":ID,"result":{"content":"x"}})",
+      R"({"jsonrpc":"2.0","id":ID})",
+      R"({"jsonrpc":"2.0","id":ID,"error":{"code":"x","message":"m"}})",
+      R"({"jsonrpc":"2.0","id":ID,"error":{"code":1e40}})",
+      R"({"jsonrpc":"2.0","method":"stream.chunk","params":{"request_id":ID,"content":5}})",
+      "{\"jsonrpc\":\"2.0\",\"id\":ID,\"result\":\"\xff\xfe\"}",
+      R"({"jsonrpc":"2.0","id":ID,"result":{"content":"x"})",  // cut short
+  };
+  for (const std::string& pattern : bad) {
+    Recorder r;
+    const int64_t id = dispatcher.Call("complete", Json::object(), r.Handlers());
+    std::string line = pattern;
+    line.replace(line.find("ID"), 2, std::to_string(id));
+    Feed(dispatcher, line);
+    ASSERT_EQ(r.replies.size(), 1u) << line;
+    EXPECT_TRUE(absl::IsInternal(r.replies[0].status())) << line << ": "
+                                                         << r.replies[0].status();
+    EXPECT_EQ(ReasonOf(r.replies[0].status()), reason::kSidecarProtocolError);
+    EXPECT_EQ(dispatcher.pending_count(), 0u);
+  }
+  EXPECT_EQ(dispatcher.protocol_errors(), bad.size());
+  Recorder ok;
+  const int64_t id = dispatcher.Call("complete", Json::object(), ok.Handlers());
+  Feed(dispatcher, Result(id));
+  ASSERT_EQ(ok.replies.size(), 1u);
+  EXPECT_TRUE(ok.replies[0].ok());
+}
+
+TEST_F(DispatcherTest, UnattributableGarbageIsDroppedAndCounted) {
+  Recorder r;
+  const int64_t id = dispatcher.Call("complete", Json::object(), r.Handlers());
+  for (const char* line :
+       {R"({"jsonrpc":"2.0","id":{},"result":1})", "[1,2,3]",
+        R"({"jsonrpc":"2.0","method":"stream.chunk","params":"text"})",
+        R"({"jsonrpc":"2.0","id":99999,"result":1})",  // unknown id
+        R"({"jsonrpc":"2.0","id":123456789012345678901234567890,"result":1})",
+        R"({"jsonrpc":"2.0","method":"stream.chunk","params":{"request_id":-1,"content":"x"}})"}) {
+    Feed(dispatcher, line);
+  }
+  EXPECT_TRUE(r.replies.empty());
+  Feed(dispatcher, Chunk(id, "still"));
+  Feed(dispatcher, Result(id));
+  EXPECT_EQ(r.chunks, (std::vector<std::string>{"still"}));
+  ASSERT_EQ(r.replies.size(), 1u);
+  EXPECT_TRUE(r.replies[0].ok());
+}
+
+TEST_F(DispatcherTest, DuplicateRepliesAndLateChunksAreDropped) {
+  Recorder r;
+  const int64_t id = dispatcher.Call("complete", Json::object(), r.Handlers());
+  Feed(dispatcher, Result(id));
+  Feed(dispatcher, Result(id));
+  Feed(dispatcher, Chunk(id, "late"));
+  EXPECT_EQ(r.replies.size(), 1u);
+  EXPECT_TRUE(r.chunks.empty());
+}
+
+TEST_F(DispatcherTest, RequestOverTheSidecarsLineCapIsRefusedBeforeSending) {
+  Dispatcher small(DispatcherOptions{nullptr, nullptr, 1024});
+  small.set_transport(&transport);
+  Recorder r;
+  // Control characters grow six-fold when escaped.
+  std::string text(400, '\x01');
+  small.Call("complete", Json{{"messages", {{{"role", "user"}, {"content", text}}}}},
+             r.Handlers());
+  ASSERT_EQ(r.replies.size(), 1u);
+  EXPECT_TRUE(absl::IsInvalidArgument(r.replies[0].status()));
+  EXPECT_TRUE(transport.sent.empty());
+  EXPECT_EQ(small.pending_count(), 0u);
+}
+
+TEST_F(DispatcherTest, AHandlerMayCancelItsOwnCall) {
+  // E.g. a stream whose client reads too slowly stops the model from its
+  // chunk handler: that must neither deadlock nor reply twice.
+  std::vector<absl::StatusOr<Json>> replies;
+  int64_t id = 0;
+  CallHandlers handlers;
+  handlers.on_chunk = [&](std::string) {
+    dispatcher.Cancel(id, absl::ResourceExhaustedError("too slow"));
+  };
+  handlers.on_reply = [&](absl::StatusOr<Json> r) { replies.push_back(std::move(r)); };
+  id = dispatcher.Call("complete", Json::object(), std::move(handlers));
+  Feed(dispatcher, Chunk(id, "one"));
+  Feed(dispatcher, Chunk(id, "two"));
+  Feed(dispatcher, Result(id));
+  ASSERT_EQ(replies.size(), 1u);
+  EXPECT_TRUE(absl::IsResourceExhausted(replies[0].status()));
+  ASSERT_EQ(transport.sent.size(), 2u);
+  EXPECT_EQ(transport.sent[1]["method"], "$/cancelRequest");
+  EXPECT_EQ(dispatcher.pending_count(), 0u);
 }
 
 }  // namespace

@@ -105,5 +105,79 @@ TEST(ProtocolTest, InitResultDetectsTaggedStreams) {
   EXPECT_TRUE(ours.stream_request_id);
 }
 
+// The stream.chunk fast path must agree with the full parser on every line
+// our sidecar writes, and leave everything else to it.
+TEST(ProtocolTest, ChunkFastPathAgreesWithTheFullParser) {
+  const std::vector<std::string> texts = {
+      "plain",  "", "with \"quotes\" and \\ backslash", "tab\tnew\nline\r",
+      "\xc3\xa9t\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80", std::string("nul\0byte", 8),
+      "\x01\x1f control"};
+  for (const std::string& text : texts) {
+    // Exactly what protocol.py's stream_chunk_line writes (compact JSON).
+    Json params = {{"request_id", 42}, {"content", text}, {"done", false}};
+    std::string line = R"({"jsonrpc":"2.0","method":"stream.chunk","params":{"request_id":42,"content":)" +
+                       Json(text).dump() + R"(,"done":false}})";
+    ParsedLine parsed = ParseLine(line);
+    ASSERT_TRUE(parsed.message.has_value()) << line;
+    ASSERT_TRUE(parsed.message->chunk.has_value());
+    EXPECT_EQ(parsed.message->chunk->request_id, 42);
+    EXPECT_EQ(parsed.message->chunk->content, text);
+  }
+  // Python's json escapes non-ASCII when ensure_ascii is on: \u escapes,
+  // surrogate pairs included.
+  ParsedLine escaped = ParseLine(
+      R"({"jsonrpc":"2.0","method":"stream.chunk","params":{"request_id":7,"content":"\u00e9\ud83d\ude00\/","done":false}})");
+  ASSERT_TRUE(escaped.message.has_value());
+  EXPECT_EQ(escaped.message->chunk->content, "\xc3\xa9\xf0\x9f\x98\x80/");
+}
+
+TEST(ProtocolTest, ChunkFastPathRejectsWhatTheFullParserRejects) {
+  for (const std::string& line : {
+           // lone surrogate, invalid UTF-8, raw control character, bad escape
+           std::string(R"({"jsonrpc":"2.0","method":"stream.chunk","params":{"request_id":1,"content":"\ud800","done":false}})"),
+           std::string("{\"jsonrpc\":\"2.0\",\"method\":\"stream.chunk\",\"params\":{\"request_id\":1,\"content\":\"\xff\",\"done\":false}}"),
+           std::string("{\"jsonrpc\":\"2.0\",\"method\":\"stream.chunk\",\"params\":{\"request_id\":1,\"content\":\"a\nb\",\"done\":false}}"),
+           std::string(R"({"jsonrpc":"2.0","method":"stream.chunk","params":{"request_id":1,"content":"\q","done":false}})"),
+           // overlong encoding of '/', a UTF-16 surrogate in UTF-8
+           std::string("{\"jsonrpc\":\"2.0\",\"method\":\"stream.chunk\",\"params\":{\"request_id\":1,\"content\":\"\xc0\xaf\",\"done\":false}}"),
+           std::string("{\"jsonrpc\":\"2.0\",\"method\":\"stream.chunk\",\"params\":{\"request_id\":1,\"content\":\"\xed\xa0\x80\",\"done\":false}}"),
+       }) {
+    ParsedLine parsed = ParseLine(line);
+    EXPECT_FALSE(parsed.message.has_value()) << line;
+    EXPECT_EQ(parsed.call_id, 1) << line;  // still names its call
+  }
+}
+
+TEST(ProtocolTest, IllTypedFieldsNeverThrow) {
+  for (const char* line : {
+           R"({"jsonrpc":2.0,"id":1,"result":{}})",
+           R"({"jsonrpc":"2.0","id":1,"error":{"code":1e300,"message":3}})",
+           R"({"jsonrpc":"2.0","id":1,"error":[]})",
+           R"({"jsonrpc":"2.0","method":7})",
+           R"({"jsonrpc":"2.0","method":"stream.done","params":{"usage":{"input_tokens":1e20}}})",
+           R"({"jsonrpc":"2.0","id":18446744073709551615,"result":1})",
+           R"(null)", R"("text")", R"({"jsonrpc":null})",
+       }) {
+    ParsedLine parsed = ParseLine(line);  // must not throw
+    (void)parsed;
+  }
+  EXPECT_FALSE(ParseStreamDone(Json::parse(R"({"usage":{"input_tokens":1e20}})")).ok());
+  EXPECT_FALSE(ParseStreamDone(Json::parse(R"({"usage":{"input_tokens":-1}})")).ok());
+  EXPECT_FALSE(ParseStreamDone(Json::parse(R"({"usage":{"output_tokens":3000000000}})")).ok());
+  auto big = ParseStreamDone(Json::parse(
+      R"({"usage":{"input_tokens":2147483647,"output_tokens":2147483647}})"));
+  ASSERT_TRUE(big.ok());
+  EXPECT_EQ(big->usage.total_tokens, 2147483647);  // clamped, not overflowed
+  EXPECT_FALSE(ParseStreamChunk(Json::parse(R"({"content":5})")).ok());
+}
+
+TEST(ProtocolTest, ScanIntegerFieldNeverOverflows) {
+  EXPECT_EQ(ScanIntegerField(R"({"id": 12,)", "\"id\""), 12);
+  EXPECT_EQ(ScanIntegerField(R"({"id":99999999999999999999999999})", "\"id\""),
+            std::nullopt);
+  EXPECT_EQ(ScanIntegerField(R"({"id":"x"})", "\"id\""), std::nullopt);
+  EXPECT_EQ(ScanIntegerField(R"({"other":1})", "\"id\""), std::nullopt);
+}
+
 }  // namespace
 }  // namespace llmbridge::rpc

@@ -147,5 +147,54 @@ TEST(GrpcStatusTest, BridgeReasonsWinOverCodeDefaults) {
             "INVALID_REQUEST");
 }
 
+// The rows of the README's "raised by the server itself" table that the
+// serving core adds: each keeps its reason and gets RetryInfo exactly when
+// retrying can help.
+TEST(GrpcStatusTest, ServingCoreRowsHaveTheirReasonsAndRetryInfo) {
+  struct Row {
+    absl::Status status;
+    grpc::StatusCode code;
+    const char* reason;
+    bool retry;
+  };
+  const Row rows[] = {
+      {rpc::WithReason(absl::InternalError("bad line"), rpc::reason::kSidecarProtocolError),
+       grpc::StatusCode::INTERNAL, "SIDECAR_PROTOCOL_ERROR", false},
+      {rpc::WithReason(absl::ResourceExhaustedError("full"), rpc::reason::kOverloaded),
+       grpc::StatusCode::RESOURCE_EXHAUSTED, "OVERLOADED", true},
+      {rpc::WithReason(absl::ResourceExhaustedError("slow"), rpc::reason::kClientTooSlow),
+       grpc::StatusCode::RESOURCE_EXHAUSTED, "CLIENT_TOO_SLOW", true},
+      {rpc::WithReason(absl::UnavailableError("bye"), rpc::reason::kShuttingDown),
+       grpc::StatusCode::UNAVAILABLE, "SHUTTING_DOWN", true},
+      {rpc::RpcErrorToStatus({rpc::kModelNotFound, "no model", Json()}),
+       grpc::StatusCode::NOT_FOUND, "MODEL_NOT_FOUND", false},
+  };
+  for (const Row& row : rows) {
+    grpc::Status g = service::ToGrpcStatus(row.status, {"gguf", "m", "req-1"});
+    EXPECT_EQ(g.error_code(), row.code) << row.reason;
+    google::rpc::Status details;
+    ASSERT_TRUE(details.ParseFromString(g.error_details()));
+    bool retry = false;
+    for (const auto& any : details.details()) {
+      google::rpc::ErrorInfo info;
+      if (any.UnpackTo(&info)) {
+        EXPECT_EQ(info.reason(), row.reason);
+        EXPECT_EQ(info.metadata().at("request_id"), "req-1");
+      }
+      retry = retry || any.Is<google::rpc::RetryInfo>();
+    }
+    EXPECT_EQ(retry, row.retry) << row.reason;
+  }
+  // Errors the server must explain quote the request id; a client's own
+  // mistake does not need it.
+  EXPECT_NE(service::ToGrpcStatus(absl::InternalError("x"), {"", "", "req-9"})
+                .error_message()
+                .find("request id req-9"),
+            std::string::npos);
+  EXPECT_EQ(service::ToGrpcStatus(absl::InvalidArgumentError("x"), {"", "", "req-9"})
+                .error_message(),
+            "x");
+}
+
 }  // namespace
 }  // namespace llmbridge

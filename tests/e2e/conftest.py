@@ -97,9 +97,10 @@ class Server:
         return self.process.wait(timeout=30)
 
 
-def _start(argv: list[str], ready: str, watch: str) -> tuple[subprocess.Popen[str], LineWatcher, re.Match[str]]:
+def _start(argv: list[str], ready: str, watch: str, env: dict[str, str] | None = None,
+           ) -> tuple[subprocess.Popen[str], LineWatcher, re.Match[str]]:
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, cwd=ROOT)
+                               text=True, cwd=ROOT, env=env)
     watcher = LineWatcher(process.stdout if watch == "stdout" else process.stderr)
     other = process.stderr if watch == "stdout" else process.stdout
     LineWatcher(other)  # drained so the child never blocks on a full pipe

@@ -326,7 +326,9 @@ def test_metrics_count_requests_tokens_and_sidecar_starts(pb, start_server, olla
     assert value(r'llmbridge_time_to_first_chunk_seconds_count') == 1
     assert value(r'llmbridge_request_duration_seconds_count\{method="Complete"\}') == 2
     assert value(r'llmbridge_output_tokens_total') == 4
-    assert value(r'llmbridge_sidecar_starts_total') == 1
+    assert value(r'llmbridge_sidecar_starts_total\{model="llama3.2:latest"\}') == 1
+    assert value(r'llmbridge_sidecars_ready\{model="llama3.2:latest"\}') == 1
+    assert value(r'llmbridge_rejected_total\{model="llama3.2:latest"\}') == 0
 
 
 def test_logs_are_json_lines_with_request_id_and_no_prompt(pb, start_server, ollama):

@@ -23,6 +23,14 @@ FAKE_SIDECAR_MODE picks the behaviour:
   no_read         answers init, then never reads stdin again.
   stderr_flood    writes FAKE_SIDECAR_FLOOD_BYTES to stderr before each reply.
   ignore_stop     like echo, but ignores shutdown, stdin EOF and SIGTERM.
+  slow_init       like echo, but init takes FAKE_SIDECAR_INIT_DELAY_MS.
+  init_not_found  init fails with -32001 (model not found).
+  no_health       like hang, and never answers "health".
+  fault           like echo, but a complete with stream: true answers with
+                  the protocol fault FAKE_SIDECAR_FAULT names (see
+                  send_fault); only the first one with
+                  FAKE_SIDECAR_FAULT_MARKER (see fault_due).
+Every mode answers "pid" with its process id.
 """
 
 import json
@@ -32,6 +40,22 @@ import sys
 import threading
 
 MODE = os.environ.get("FAKE_SIDECAR_MODE", "echo")
+FAULT = os.environ.get("FAKE_SIDECAR_FAULT", "")
+# With FAKE_SIDECAR_FAULT_MARKER=<path> only the first streamed complete is
+# faulty, across processes: the fault creates the file, and a sidecar that
+# finds it behaves.
+FAULT_MARKER = os.environ.get("FAKE_SIDECAR_FAULT_MARKER", "")
+
+
+def fault_due():
+    if not FAULT_MARKER:
+        return True
+    try:
+        fd = os.open(FAULT_MARKER, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return False
+    os.close(fd)
+    return True
 out_lock = threading.Lock()
 cancelled = []
 active_stream = [False]
@@ -74,8 +98,64 @@ def stream_words(rid, params, tagged, before_done=None):
             "usage": usage}
 
 
+def raw(line):
+    with out_lock:
+        sys.stdout.buffer.write(line + b"\n")
+        sys.stdout.flush()
+
+
+def send_fault(rid, params):
+    """The protocol fault FAULT for request rid; True if the call got no
+    valid end (so the caller must not send one)."""
+    done = {"usage": {"input_tokens": 1, "output_tokens": 1}, "finish_reason": "stop",
+            "model": "fake"}
+    ok = {"content": "ok", "model": "fake", "finish_reason": "stop",
+          "usage": {"input_tokens": 1, "output_tokens": 1, "total_tokens": 2}}
+    if FAULT == "jsonrpc_number":
+        raw(b'{"jsonrpc": 2.0, "id": %d, "result": {}}' % rid)
+        return True
+    if FAULT == "no_result_no_error":
+        raw(b'{"jsonrpc": "2.0", "id": %d}' % rid)
+        return True
+    if FAULT == "content_number":
+        raw(b'{"jsonrpc":"2.0","method":"stream.chunk","params":{"request_id":%d,"content":5}}'
+            % rid)
+        return True
+    if FAULT == "non_utf8":
+        raw(b'{"jsonrpc":"2.0","method":"stream.chunk","params":{"request_id":%d,'
+            b'"content":"\xff\xfe bad"}}' % rid)
+        return True
+    if FAULT == "usage_huge":
+        notify("stream.done", {"request_id": rid, "usage": {"input_tokens": 1e20},
+                               "finish_reason": "stop", "model": "fake"})
+        return True
+    # Faults that name no call: the line is dropped, then the call ends well.
+    if FAULT == "id_object":
+        raw(b'{"jsonrpc": "2.0", "id": {}, "result": {}}')
+    elif FAULT == "params_string":
+        raw(b'{"jsonrpc": "2.0", "method": "stream.chunk", "params": "text"}')
+    elif FAULT == "unknown_id":
+        reply(rid + 100000, ok)
+    elif FAULT == "duplicate_done":
+        notify("stream.chunk", {"request_id": rid, "content": "once", "done": False})
+        notify("stream.done", {"request_id": rid, **done})
+        notify("stream.done", {"request_id": rid, **done})
+    elif FAULT == "half_line_eof":
+        with out_lock:
+            sys.stdout.write('{"jsonrpc": "2.0", "id": ')
+            sys.stdout.flush()
+        os._exit(5)
+    reply(rid, ok)
+    return True
+
+
 def handle(msg):
     method, rid, params = msg.get("method"), msg.get("id"), msg.get("params") or {}
+    if method == "pid":
+        reply(rid, {"pid": os.getpid()})
+        return
+    if method == "health" and MODE == "no_health":
+        return
     if MODE == "stderr_flood":
         sys.stderr.write("x" * int(os.environ.get("FAKE_SIDECAR_FLOOD_BYTES", "1000000")) + "\n")
         sys.stderr.flush()
@@ -91,6 +171,11 @@ def handle(msg):
             sys.stderr.write("cannot load model\n")
             sys.stderr.flush()
             os._exit(4)
+        if MODE == "init_not_found":
+            error(rid, -32001, 'model "fake" not found: run `ollama pull fake`')
+            return
+        if MODE == "slow_init":
+            threading.Event().wait(int(os.environ.get("FAKE_SIDECAR_INIT_DELAY_MS", "2000")) / 1000)
         result = {"ready": True, "version": "fake-1", "message": MODE}
         if MODE != "seed":
             result["stream_request_id"] = True
@@ -109,7 +194,10 @@ def handle(msg):
         reply(rid, {"success": True})
         os._exit(0)
     if method == "complete":
-        if MODE == "hang":
+        if MODE in ("hang", "no_health"):
+            return
+        if MODE == "fault" and params.get("stream") and fault_due():
+            send_fault(rid, params)
             return
         if MODE == "crash_mid_stream":
             notify("stream.chunk", {"request_id": rid, "content": "partial", "done": False})

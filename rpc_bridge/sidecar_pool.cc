@@ -1,0 +1,956 @@
+#include "rpc_bridge/sidecar_pool.h"
+
+#include <algorithm>
+#include <atomic>
+#include <climits>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <thread>
+#include <utility>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/strings/str_cat.h"
+#include "rpc_bridge/error_reason.h"
+#include "rpc_bridge/scheduler.h"
+#include "rpc_bridge/sidecar.h"
+
+namespace llmbridge::rpc {
+
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+std::chrono::milliseconds Millis(Clock::duration d) {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(d);
+}
+
+// The back-off before start number `failures` + 1: none after the first
+// failure, then doubling from the initial back-off.
+Clock::duration Backoff(const RestartPolicy& policy, int failures) {
+  if (failures <= 1) return Clock::duration::zero();
+  const int doublings = std::min(failures - 2, 20);
+  return std::min<Clock::duration>(policy.initial_backoff * (int64_t{1} << doublings),
+                                   policy.max_backoff);
+}
+
+}  // namespace
+
+const char* SlotStateName(SlotState state) {
+  switch (state) {
+    case SlotState::kIdle:
+      return "idle";
+    case SlotState::kStarting:
+      return "starting";
+    case SlotState::kReady:
+      return "ready";
+    case SlotState::kFailed:
+      return "failed";
+  }
+  return "unknown";
+}
+
+bool PoolStatus::AnyReady() const {
+  return std::any_of(slots.begin(), slots.end(), [](const SlotStatus& s) {
+    return s.state == SlotState::kReady;
+  });
+}
+
+bool PoolStatus::Serving() const {
+  return !shutting_down &&
+         std::any_of(slots.begin(), slots.end(), [](const SlotStatus& s) {
+           return s.state == SlotState::kReady && s.backend_ok;
+         });
+}
+
+absl::Status PoolStatus::Problem() const {
+  if (Serving()) return absl::OkStatus();
+  for (const SlotStatus& s : slots) {
+    if (s.state == SlotState::kFailed && !s.failure.ok()) return s.failure;
+  }
+  for (const SlotStatus& s : slots) {
+    if (s.state == SlotState::kReady && !s.backend_ok) {
+      return absl::UnavailableError(s.health_message);
+    }
+  }
+  return absl::UnavailableError("the sidecar is starting");
+}
+
+// One call from Submit to its reply. Guarded by PoolCore::mu_, except the
+// user's on_reply, which runs once, outside any lock.
+class PoolCall {
+ public:
+  enum class Phase { kQueued, kSending, kSent, kDone };
+  Phase phase = Phase::kQueued;
+  PoolCallRequest request;
+  std::function<void(absl::StatusOr<Json>)> on_reply;
+  int slot = -1;
+  std::weak_ptr<Sidecar> sidecar;
+  int64_t id = 0;
+  std::optional<absl::Status> cancel_when_sent;
+  uint64_t deadline_timer = 0;
+  uint64_t queue_timer = 0;
+  Clock::time_point queued_at;
+};
+
+// The state behind a SidecarPool, shared with call handles and timers so
+// that a late Cancel or timer after the pool is gone finds nothing to do.
+class PoolCore : public std::enable_shared_from_this<PoolCore> {
+ public:
+  explicit PoolCore(PoolOptions options)
+      : options_(std::move(options)),
+        slots_(static_cast<size_t>(std::max(options_.sidecars, 1))) {
+    demand_ = options_.preload;
+    last_activity_ = Clock::now();
+  }
+
+  void StartKeepers() {
+    for (size_t i = 0; i < slots_.size(); ++i) {
+      keepers_.emplace_back([this, i] { Keep(static_cast<int>(i)); });
+    }
+  }
+
+  const PoolOptions& options() const { return options_; }
+
+  PoolCallHandle Submit(PoolCallRequest request);
+  void Cancel(const std::shared_ptr<PoolCall>& call, const absl::Status& why);
+  PoolStatus Status() const;
+  absl::Status WaitReady(std::chrono::milliseconds timeout);
+  void Unload();
+  void Shutdown();
+
+ private:
+  // What Status() publishes of a slot (state, pid, in_flight, failure,
+  // backend_ok, health_message), and what only its keeper needs.
+  struct Slot : SlotStatus {
+    std::shared_ptr<Sidecar> sidecar;  // set while kReady
+    int failures = 0;  // consecutive failed starts and quick deaths
+    Clock::time_point ready_at;
+    // Events for the keeper, from the sidecar's threads.
+    bool closed = false;
+    bool stalled = false;
+    absl::Status stall_why;
+    uint64_t unload_seen = 0;  // the last Unload generation this slot honoured
+  };
+
+  // The outcome of supervising a ready sidecar.
+  enum class End { kShutdown, kUnload, kIdle, kExited, kStalled, kUnresponsive };
+
+  struct Dispatch {
+    std::shared_ptr<PoolCall> call;
+    std::shared_ptr<Sidecar> sidecar;
+  };
+
+  void Keep(int index);
+  std::shared_ptr<Sidecar> StartOne(int index, absl::Status& failure)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  End Supervise(std::unique_lock<std::mutex>& lock, int index,
+                const std::shared_ptr<Sidecar>& sidecar)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool Interrupted(const Slot& slot) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool Wanted() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool IdleExpired() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  int Capacity(const Slot& slot) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  int PickSlot(bool admission) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool Hopeful() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status LatestFailure() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  int QueuedAdmitted() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  int InFlight() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Assign(const std::shared_ptr<PoolCall>& call, int slot,
+              std::vector<Dispatch>& out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  std::vector<Dispatch> Plan() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  std::vector<std::shared_ptr<PoolCall>> TakeQueue()
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void ReportLoad() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  void Send(std::vector<Dispatch> dispatches) ABSL_LOCKS_EXCLUDED(mu_);
+  void OnReplied(const std::shared_ptr<PoolCall>& call,
+                 absl::StatusOr<Json> reply) ABSL_LOCKS_EXCLUDED(mu_);
+  void OnQueueTimeout(const std::shared_ptr<PoolCall>& call);
+  static void Finish(const std::shared_ptr<PoolCall>& call,
+                     absl::StatusOr<Json> reply);
+  static void FailAll(std::vector<std::shared_ptr<PoolCall>> calls,
+                      const absl::Status& why);
+  void StateChanged() ABSL_LOCKS_EXCLUDED(mu_);
+  void Event(std::string_view event, Json fields) ABSL_LOCKS_EXCLUDED(mu_);
+
+  const PoolOptions options_;
+  Scheduler scheduler_;
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;  // keepers and WaitReady/Unload waiters
+  std::vector<Slot> slots_ ABSL_GUARDED_BY(mu_);
+  std::deque<std::shared_ptr<PoolCall>> queue_ ABSL_GUARDED_BY(mu_);
+  bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
+  bool demand_ ABSL_GUARDED_BY(mu_) = false;
+  uint64_t unload_generation_ ABSL_GUARDED_BY(mu_) = 0;
+  Clock::time_point last_activity_ ABSL_GUARDED_BY(mu_);
+  int starts_ ABSL_GUARDED_BY(mu_) = 0;
+  std::optional<InitResult> init_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::thread> keepers_;
+};
+
+// --- Admission and dispatch --------------------------------------------------
+
+int PoolCore::Capacity(const Slot& slot) const {
+  // A seed-style sidecar routes untagged stream notifications to its one
+  // stream: never give it two.
+  if (slot.sidecar != nullptr && !slot.sidecar->init_result().stream_request_id) {
+    return 1;
+  }
+  return options_.max_concurrent > 0 ? options_.max_concurrent : INT_MAX;
+}
+
+int PoolCore::PickSlot(bool admission) const {
+  int best = -1;
+  for (size_t i = 0; i < slots_.size(); ++i) {
+    const Slot& s = slots_[i];
+    if (s.state != SlotState::kReady || s.sidecar == nullptr) continue;
+    // A dying sidecar takes no new calls: they wait for its replacement.
+    if (s.closed || s.stalled) continue;
+    if (admission && s.in_flight >= Capacity(s)) continue;
+    if (best < 0 || s.in_flight < slots_[static_cast<size_t>(best)].in_flight) {
+      best = static_cast<int>(i);
+    }
+  }
+  return best;
+}
+
+bool PoolCore::Hopeful() const {
+  for (const Slot& s : slots_) {
+    if (s.state == SlotState::kReady || s.state == SlotState::kStarting) {
+      return true;
+    }
+    if (s.state == SlotState::kIdle) return true;  // starts on this demand
+  }
+  return false;
+}
+
+absl::Status PoolCore::LatestFailure() const {
+  for (const Slot& s : slots_) {
+    if (!s.failure.ok()) return s.failure;
+  }
+  return WithReason(absl::UnavailableError("no sidecar is running"),
+                    reason::kSidecarUnavailable);
+}
+
+int PoolCore::QueuedAdmitted() const {
+  int n = 0;
+  for (const auto& call : queue_) n += call->request.admission ? 1 : 0;
+  return n;
+}
+
+int PoolCore::InFlight() const {
+  int n = 0;
+  for (const Slot& s : slots_) n += s.in_flight;
+  return n;
+}
+
+void PoolCore::ReportLoad() {
+  if (options_.observer != nullptr) {
+    options_.observer->OnLoad(InFlight(), static_cast<int>(queue_.size()));
+  }
+}
+
+void PoolCore::Assign(const std::shared_ptr<PoolCall>& call, int index,
+                      std::vector<Dispatch>& out) {
+  Slot& slot = slots_[static_cast<size_t>(index)];
+  call->phase = PoolCall::Phase::kSending;
+  call->slot = index;
+  call->sidecar = slot.sidecar;
+  // The id is known before the request goes out, so a Cancel racing the
+  // send still reaches the sidecar as $/cancelRequest.
+  call->id = slot.sidecar->dispatcher().ReserveId();
+  if (call->request.admission) ++slot.in_flight;
+  scheduler_.Cancel(std::exchange(call->queue_timer, 0));
+  out.push_back({call, slot.sidecar});
+}
+
+std::vector<PoolCore::Dispatch> PoolCore::Plan() {
+  std::vector<Dispatch> out;
+  bool admission_blocked = false;
+  for (auto it = queue_.begin(); it != queue_.end();) {
+    const std::shared_ptr<PoolCall>& call = *it;
+    const bool admission = call->request.admission;
+    // First come, first served among admitted calls; others only need a
+    // ready sidecar and may pass them.
+    int slot = admission && admission_blocked ? -1 : PickSlot(admission);
+    if (slot < 0) {
+      admission_blocked = admission_blocked || admission;
+      ++it;
+      continue;
+    }
+    if (admission && options_.observer != nullptr) {
+      options_.observer->OnAdmitted(Clock::now() - call->queued_at);
+    }
+    Assign(call, slot, out);
+    it = queue_.erase(it);
+  }
+  if (!out.empty()) ReportLoad();
+  return out;
+}
+
+std::vector<std::shared_ptr<PoolCall>> PoolCore::TakeQueue() {
+  std::vector<std::shared_ptr<PoolCall>> calls(queue_.begin(), queue_.end());
+  queue_.clear();
+  for (const auto& call : calls) {
+    call->phase = PoolCall::Phase::kDone;
+    scheduler_.Cancel(std::exchange(call->queue_timer, 0));
+    scheduler_.Cancel(std::exchange(call->deadline_timer, 0));
+  }
+  ReportLoad();
+  return calls;
+}
+
+void PoolCore::Finish(const std::shared_ptr<PoolCall>& call,
+                      absl::StatusOr<Json> reply) {
+  std::function<void(absl::StatusOr<Json>)> on_reply = std::move(call->on_reply);
+  call->on_reply = nullptr;
+  if (on_reply) on_reply(std::move(reply));
+}
+
+void PoolCore::FailAll(std::vector<std::shared_ptr<PoolCall>> calls,
+                       const absl::Status& why) {
+  for (const auto& call : calls) Finish(call, why);
+}
+
+PoolCallHandle PoolCore::Submit(PoolCallRequest request) {
+  auto call = std::make_shared<PoolCall>();
+  call->on_reply = std::move(request.handlers.on_reply);
+  request.handlers.on_reply = nullptr;
+  call->request = std::move(request);
+  PoolCallHandle handle(weak_from_this(), call);
+  std::vector<Dispatch> now;
+  absl::Status refused;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (shutting_down_) {
+      refused = WithReason(
+          absl::UnavailableError(
+              "the server is shutting down; retry on another instance"),
+          reason::kShuttingDown);
+    } else {
+      last_activity_ = Clock::now();
+      if (!demand_) {
+        demand_ = true;  // on-demand pools start now
+        cv_.notify_all();
+      }
+      const bool admission = call->request.admission;
+      const bool queue_ahead =
+          admission ? QueuedAdmitted() > 0 : false;
+      const int slot = queue_ahead ? -1 : PickSlot(admission);
+      if (slot >= 0) {
+        Assign(call, slot, now);
+        ReportLoad();
+      } else if (!Hopeful()) {
+        refused = LatestFailure();
+      } else if (admission && QueuedAdmitted() >= options_.max_queue) {
+        refused = WithReason(
+            absl::ResourceExhaustedError(absl::StrCat(
+                "the server is at capacity for backend ", options_.sidecar.config.backend,
+                ": ", InFlight(), " requests in flight and ", QueuedAdmitted(),
+                " queued (--max_concurrent, --max_queue); retry shortly")),
+            reason::kOverloaded);
+        if (options_.observer != nullptr) options_.observer->OnRejected();
+      } else {
+        call->queued_at = Clock::now();
+        queue_.push_back(call);
+        std::weak_ptr<PoolCore> weak = weak_from_this();
+        std::weak_ptr<PoolCall> weak_call = call;
+        call->queue_timer = scheduler_.Schedule(
+            call->queued_at + options_.queue_timeout, [weak, weak_call] {
+              auto core = weak.lock();
+              auto c = weak_call.lock();
+              if (core != nullptr && c != nullptr) core->OnQueueTimeout(c);
+            });
+        ReportLoad();
+      }
+      if (refused.ok() && call->request.deadline.has_value()) {
+        std::weak_ptr<PoolCore> weak = weak_from_this();
+        std::weak_ptr<PoolCall> weak_call = call;
+        call->deadline_timer = scheduler_.Schedule(
+            *call->request.deadline, [weak, weak_call] {
+              auto core = weak.lock();
+              auto c = weak_call.lock();
+              if (core == nullptr || c == nullptr) return;
+              core->Cancel(
+                  c, WithReason(
+                         absl::DeadlineExceededError(
+                             "the request's deadline passed before the model "
+                             "finished; raise the deadline or "
+                             "--request_timeout, or lower max_tokens"),
+                         reason::kDeadlineExceeded));
+            });
+      }
+      if (!refused.ok()) call->phase = PoolCall::Phase::kDone;
+    }
+  }
+  if (!refused.ok()) {
+    Finish(call, refused);
+    return handle;
+  }
+  Send(std::move(now));
+  return handle;
+}
+
+void PoolCore::Send(std::vector<Dispatch> dispatches) {
+  for (Dispatch& d : dispatches) {
+    const std::shared_ptr<PoolCall>& call = d.call;
+    CallHandlers handlers;
+    handlers.on_chunk = std::move(call->request.handlers.on_chunk);
+    handlers.on_notification = std::move(call->request.handlers.on_notification);
+    std::weak_ptr<PoolCore> weak = weak_from_this();
+    handlers.on_reply = [weak, call](absl::StatusOr<Json> reply) {
+      if (auto core = weak.lock()) {
+        core->OnReplied(call, std::move(reply));
+      } else {
+        Finish(call, std::move(reply));
+      }
+    };
+    Json params = std::move(call->request.params);
+    if (call->request.send_timeout && call->request.deadline.has_value()) {
+      auto left = std::max(Millis(*call->request.deadline - Clock::now()),
+                           std::chrono::milliseconds(1));
+      params["timeout_s"] = static_cast<double>(left.count()) / 1000.0;
+    }
+    Dispatcher& dispatcher = d.sidecar->dispatcher();
+    dispatcher.CallWithId(call->id, call->request.method, std::move(params),
+                          std::move(handlers));
+    std::optional<absl::Status> cancel;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (call->phase == PoolCall::Phase::kSending) {
+        call->phase = PoolCall::Phase::kSent;
+      }
+      cancel = std::exchange(call->cancel_when_sent, std::nullopt);
+    }
+    // Cancelled while it was being sent: the dispatcher knows it now.
+    if (cancel.has_value()) dispatcher.Cancel(call->id, *cancel);
+  }
+}
+
+void PoolCore::OnReplied(const std::shared_ptr<PoolCall>& call,
+                         absl::StatusOr<Json> reply) {
+  std::vector<Dispatch> next;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    call->phase = PoolCall::Phase::kDone;
+    call->cancel_when_sent.reset();
+    scheduler_.Cancel(std::exchange(call->deadline_timer, 0));
+    if (call->request.admission && call->slot >= 0) {
+      --slots_[static_cast<size_t>(call->slot)].in_flight;
+    }
+    last_activity_ = Clock::now();
+    next = Plan();
+    ReportLoad();
+    if (InFlight() == 0 && options_.keep_alive.count() > 0) cv_.notify_all();
+  }
+  Send(std::move(next));
+  Finish(call, std::move(reply));
+}
+
+void PoolCore::Cancel(const std::shared_ptr<PoolCall>& call,
+                      const absl::Status& why) {
+  std::shared_ptr<Sidecar> sidecar;
+  int64_t id = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    switch (call->phase) {
+      case PoolCall::Phase::kDone:
+        return;
+      case PoolCall::Phase::kSending:
+        if (!call->cancel_when_sent.has_value()) call->cancel_when_sent = why;
+        return;
+      case PoolCall::Phase::kSent:
+        sidecar = call->sidecar.lock();
+        id = call->id;
+        break;
+      case PoolCall::Phase::kQueued: {
+        auto it = std::find(queue_.begin(), queue_.end(), call);
+        if (it != queue_.end()) queue_.erase(it);
+        call->phase = PoolCall::Phase::kDone;
+        scheduler_.Cancel(std::exchange(call->queue_timer, 0));
+        scheduler_.Cancel(std::exchange(call->deadline_timer, 0));
+        ReportLoad();
+        break;
+      }
+    }
+  }
+  if (sidecar == nullptr) {
+    // Queued: it ends here. (Sent to a sidecar that is gone: that sidecar
+    // failed its calls before it went, so on_reply ran already.)
+    if (id == 0) Finish(call, why);
+    return;
+  }
+  // The dispatcher tells the sidecar and replies `why`, unless the reply
+  // already came.
+  sidecar->dispatcher().Cancel(id, why);
+}
+
+void PoolCore::OnQueueTimeout(const std::shared_ptr<PoolCall>& call) {
+  absl::Status why;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (call->phase != PoolCall::Phase::kQueued) return;
+    auto it = std::find(queue_.begin(), queue_.end(), call);
+    if (it != queue_.end()) queue_.erase(it);
+    call->phase = PoolCall::Phase::kDone;
+    call->queue_timer = 0;
+    scheduler_.Cancel(std::exchange(call->deadline_timer, 0));
+    ReportLoad();
+    const auto waited = Millis(options_.queue_timeout).count();
+    bool any_ready = std::any_of(slots_.begin(), slots_.end(), [](const Slot& s) {
+      return s.state == SlotState::kReady;
+    });
+    if (!any_ready) {
+      why = WithReason(absl::UnavailableError(absl::StrCat(
+                           "the sidecar was still starting (loading the model) "
+                           "after this request waited ", waited,
+                           " ms (--queue_timeout); retry shortly")),
+                       reason::kSidecarUnavailable);
+    } else {
+      why = WithReason(absl::ResourceExhaustedError(absl::StrCat(
+                           "the request waited ", waited,
+                           " ms in the queue (--queue_timeout) without a free "
+                           "sidecar: the server is overloaded; retry later")),
+                       reason::kOverloaded);
+      if (options_.observer != nullptr) options_.observer->OnRejected();
+    }
+  }
+  Finish(call, why);
+}
+
+// --- Keepers -----------------------------------------------------------------
+
+bool PoolCore::Wanted() const { return demand_ || !queue_.empty(); }
+
+bool PoolCore::IdleExpired() const {
+  return options_.keep_alive.count() > 0 && queue_.empty() && InFlight() == 0 &&
+         Clock::now() - last_activity_ >= options_.keep_alive;
+}
+
+bool PoolCore::Interrupted(const Slot& slot) const {
+  return shutting_down_ || slot.unload_seen != unload_generation_;
+}
+
+void PoolCore::StateChanged() {
+  cv_.notify_all();
+  if (options_.observer != nullptr) options_.observer->OnStateChanged();
+}
+
+void PoolCore::Event(std::string_view event, Json fields) {
+  if (options_.observer != nullptr) options_.observer->OnSidecarEvent(event, fields);
+}
+
+std::shared_ptr<Sidecar> PoolCore::StartOne(int index, absl::Status& failure) {
+  SidecarOptions sidecar_options = options_.sidecar;
+  auto pid = std::make_shared<std::atomic<pid_t>>(-1);
+  PoolObserver* observer = options_.observer;
+  if (observer != nullptr) {
+    sidecar_options.on_stderr_line = [observer, index, pid](std::string_view line) {
+      observer->OnSidecarStderr(index, pid->load(), line);
+    };
+  }
+  SidecarEvents events;
+  events.on_closed = [this, index] {
+    std::lock_guard<std::mutex> lock(mu_);
+    slots_[static_cast<size_t>(index)].closed = true;
+    cv_.notify_all();
+  };
+  events.on_stalled = [this, index](const absl::Status& why) {
+    std::lock_guard<std::mutex> lock(mu_);
+    Slot& slot = slots_[static_cast<size_t>(index)];
+    slot.stalled = true;
+    slot.stall_why = why;
+    cv_.notify_all();
+  };
+  events.on_bad_line = [observer, index](const absl::Status& why,
+                                         std::string_view line) {
+    if (observer != nullptr) observer->OnProtocolError(index, why, line);
+  };
+  absl::StatusOr<std::unique_ptr<Sidecar>> spawned =
+      Sidecar::Spawn(std::move(sidecar_options), std::move(events));
+  if (!spawned.ok()) {
+    failure = spawned.status();
+    Event("sidecar_start_failed",
+          {{"slot", index}, {"error", std::string(failure.message())}});
+    return nullptr;
+  }
+  std::shared_ptr<Sidecar> sidecar(*std::move(spawned));
+  pid->store(sidecar->pid());
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++starts_;
+    slots_[static_cast<size_t>(index)].pid = sidecar->pid();
+  }
+  Event("sidecar_started", {{"slot", index}, {"pid", sidecar->pid()}});
+
+  struct InitOutcome {
+    std::optional<absl::Status> status;
+  };
+  auto outcome = std::make_shared<InitOutcome>();
+  sidecar->SendInit([this, outcome](absl::Status status) {
+    std::lock_guard<std::mutex> lock(mu_);
+    outcome->status = std::move(status);
+    cv_.notify_all();
+  });
+  const auto timeout = options_.sidecar.config.startup_timeout;
+  const auto deadline = Clock::now() + timeout;
+  bool interrupted = false;
+  {
+    std::unique_lock<std::mutex> lock(mu_);
+    Slot& slot = slots_[static_cast<size_t>(index)];
+    cv_.wait_until(lock, deadline, [&] {
+      return outcome->status.has_value() || Interrupted(slot);
+    });
+    if (outcome->status.has_value()) {
+      failure = *outcome->status;
+    } else if (Interrupted(slot)) {
+      interrupted = true;
+      failure = WithReason(absl::UnavailableError("the sidecar start was interrupted"),
+                           reason::kSidecarUnavailable);
+    } else {
+      failure = WithReason(
+          absl::UnavailableError(absl::StrCat(
+              "the sidecar was not ready within ", timeout.count(),
+              " ms (raise --startup_timeout if the model loads slowly)")),
+          reason::kSidecarUnavailable);
+    }
+  }
+  if (failure.ok()) return sidecar;
+  // Not ready: a hung init is killed, an error reply stopped politely.
+  if (!outcome->status.has_value() && !interrupted) sidecar->Kill();
+  ExitInfo exit = sidecar->Stop();
+  Event("sidecar_start_failed",
+        {{"slot", index},
+         {"pid", sidecar->pid()},
+         {"error", std::string(failure.message())},
+         {"exit", exit.Describe()},
+         {"stderr_tail", sidecar->StderrTail()}});
+  return nullptr;
+}
+
+PoolCore::End PoolCore::Supervise(std::unique_lock<std::mutex>& lock, int index,
+                                  const std::shared_ptr<Sidecar>& sidecar) {
+  Slot& slot = slots_[static_cast<size_t>(index)];
+  auto next_probe = Clock::now() + options_.health_interval;
+  while (true) {
+    auto wake = next_probe;
+    if (options_.keep_alive.count() > 0) {
+      wake = std::min(wake, last_activity_ + options_.keep_alive);
+    }
+    cv_.wait_until(lock, wake, [&] {
+      return Interrupted(slot) || slot.closed || slot.stalled || IdleExpired();
+    });
+    if (shutting_down_) return End::kShutdown;
+    if (slot.unload_seen != unload_generation_) return End::kUnload;
+    if (slot.closed) return End::kExited;
+    if (slot.stalled) return End::kStalled;
+    if (IdleExpired()) return End::kIdle;
+    if (Clock::now() < next_probe) continue;
+
+    // A health probe: the sidecar must answer it (or it is replaced); its
+    // answer says whether the backend serves.
+    auto probe = std::make_shared<std::optional<absl::StatusOr<Json>>>();
+    lock.unlock();
+    const int64_t probe_id = sidecar->dispatcher().Call(
+        kMethodHealth, Json::object(),
+        {nullptr, nullptr, [this, probe](absl::StatusOr<Json> reply) {
+           std::lock_guard<std::mutex> l(mu_);
+           *probe = std::move(reply);
+           cv_.notify_all();
+         }});
+    lock.lock();
+    const auto probe_deadline = Clock::now() + options_.health_timeout;
+    cv_.wait_until(lock, probe_deadline, [&] {
+      return probe->has_value() || Interrupted(slot) || slot.closed || slot.stalled;
+    });
+    if (!probe->has_value()) {
+      lock.unlock();
+      sidecar->dispatcher().Cancel(probe_id, absl::CancelledError("probe over"));
+      lock.lock();
+      if (Interrupted(slot) || slot.closed || slot.stalled) continue;
+      return End::kUnresponsive;
+    }
+    bool ok = false;
+    std::string message;
+    const absl::StatusOr<Json>& reply = **probe;
+    if (reply.ok()) {
+      const Json& r = *reply;
+      auto ok_it = r.is_object() ? r.find("ok") : r.end();
+      ok = r.is_object() && ok_it != r.end() && ok_it->is_boolean() &&
+           ok_it->get<bool>();
+      auto msg = r.is_object() ? r.find("message") : r.end();
+      message = r.is_object() && msg != r.end() && msg->is_string()
+                    ? msg->get<std::string>()
+                    : (ok ? "backend healthy" : "backend unhealthy");
+    } else if (absl::IsUnimplemented(reply.status())) {
+      // A seed-style sidecar has no health method: answering is all we know.
+      ok = true;
+      message = "sidecar running (it has no health method)";
+    } else {
+      message = std::string(reply.status().message());
+    }
+    next_probe = Clock::now() + options_.health_interval;
+    if (ok != slot.backend_ok || message != slot.health_message) {
+      const bool changed = ok != slot.backend_ok;
+      slot.backend_ok = ok;
+      slot.health_message = message;
+      if (changed) {
+        lock.unlock();
+        StateChanged();
+        Event("backend_health", {{"slot", index}, {"ok", ok}, {"message", message}});
+        lock.lock();
+      }
+    }
+  }
+}
+
+void PoolCore::Keep(int index) {
+  std::unique_lock<std::mutex> lock(mu_);
+  Slot& slot = slots_[static_cast<size_t>(index)];
+  const RestartPolicy& policy = options_.restart;
+  while (!shutting_down_) {
+    if (slot.unload_seen != unload_generation_) {
+      slot.unload_seen = unload_generation_;
+      cv_.notify_all();  // Unload waits for every keeper to come by here
+    }
+    if (!Wanted()) {
+      if (slot.state != SlotState::kIdle) {
+        slot.state = SlotState::kIdle;
+        slot.failure = absl::OkStatus();
+        lock.unlock();
+        StateChanged();
+        lock.lock();
+      }
+      cv_.wait(lock, [&] {
+        return shutting_down_ || Wanted() || slot.unload_seen != unload_generation_;
+      });
+      continue;
+    }
+
+    // Start.
+    slot.state = SlotState::kStarting;
+    slot.closed = false;
+    slot.stalled = false;
+    lock.unlock();
+    StateChanged();
+    absl::Status failure;
+    std::shared_ptr<Sidecar> sidecar = StartOne(index, failure);
+    lock.lock();
+    if (sidecar == nullptr) {
+      if (Interrupted(slot)) continue;
+      ++slot.failures;
+      slot.state = SlotState::kFailed;
+      slot.failure = failure;
+      slot.pid = -1;
+      std::vector<std::shared_ptr<PoolCall>> hopeless;
+      if (!Hopeful()) hopeless = TakeQueue();
+      const auto retry_at = Clock::now() + std::max<Clock::duration>(
+                                               Backoff(policy, slot.failures),
+                                               policy.initial_backoff);
+      lock.unlock();
+      StateChanged();
+      FailAll(std::move(hopeless), failure);
+      lock.lock();
+      cv_.wait_until(lock, retry_at, [&] { return Interrupted(slot); });
+      continue;
+    }
+    slot.sidecar = sidecar;
+    slot.pid = sidecar->pid();
+    slot.state = SlotState::kReady;
+    slot.failure = absl::OkStatus();
+    // The init just checked the backend; probes keep it honest.
+    slot.backend_ok = true;
+    slot.health_message = "ready";
+    slot.ready_at = Clock::now();
+    init_ = sidecar->init_result();
+    std::vector<Dispatch> waiting = Plan();
+    lock.unlock();
+    StateChanged();
+    Event("sidecar_ready", {{"slot", index},
+                            {"pid", sidecar->pid()},
+                            {"message", sidecar->init_result().message}});
+    Send(std::move(waiting));
+    lock.lock();
+
+    // Supervise until it must go.
+    const End end = Supervise(lock, index, sidecar);
+    slot.sidecar = nullptr;
+    slot.backend_ok = false;
+    const bool crashed =
+        end == End::kExited || end == End::kStalled || end == End::kUnresponsive;
+    if (crashed) {
+      const bool quick = Clock::now() - slot.ready_at < policy.quick_failure;
+      slot.failures = quick ? slot.failures + 1 : 0;
+      slot.state = SlotState::kStarting;  // calls wait for the replacement
+    } else {
+      slot.failures = 0;
+      slot.state = SlotState::kIdle;
+    }
+    if (end == End::kIdle && queue_.empty()) demand_ = false;
+    const absl::Status stall_why = slot.stall_why;
+    lock.unlock();
+    StateChanged();
+    if (end == End::kStalled || end == End::kUnresponsive) sidecar->Kill();
+    const ExitInfo exit = sidecar->Stop();
+    const char* why = "";
+    switch (end) {
+      case End::kShutdown: why = "shutdown"; break;
+      case End::kUnload: why = "unload"; break;
+      case End::kIdle: why = "keep_alive"; break;
+      case End::kExited: why = "exited"; break;
+      case End::kStalled: why = "stalled"; break;
+      case End::kUnresponsive: why = "health probe unanswered"; break;
+    }
+    Json fields = {{"slot", index},
+                   {"pid", sidecar->pid()},
+                   {"why", why},
+                   {"exit", exit.Describe()}};
+    if (crashed) fields["stderr_tail"] = sidecar->StderrTail();
+    if (end == End::kStalled) fields["error"] = std::string(stall_why.message());
+    Event(crashed ? (end == End::kExited ? "sidecar_exited" : "sidecar_replaced")
+                  : "sidecar_unloaded",
+          std::move(fields));
+    sidecar.reset();
+    lock.lock();
+    slot.pid = -1;
+    lock.unlock();
+    StateChanged();
+    lock.lock();
+    if (crashed && slot.failures >= policy.max_quick_failures) {
+      slot.state = SlotState::kFailed;
+      slot.failure = WithReason(
+          absl::UnavailableError(absl::StrCat(
+              "the sidecar keeps dying right after it starts (", slot.failures,
+              " times in a row, last: ", exit.Describe(),
+              "); see the server log. Retrying in ",
+              Millis(Backoff(policy, slot.failures)).count(), " ms")),
+          reason::kSidecarUnavailable);
+      std::vector<std::shared_ptr<PoolCall>> hopeless;
+      if (!Hopeful()) hopeless = TakeQueue();
+      const absl::Status failure_now = slot.failure;
+      lock.unlock();
+      StateChanged();
+      FailAll(std::move(hopeless), failure_now);
+      lock.lock();
+    }
+    if (crashed) {
+      const auto retry_at = Clock::now() + Backoff(policy, slot.failures);
+      cv_.wait_until(lock, retry_at, [&] { return Interrupted(slot); });
+    }
+  }
+  slot.state = SlotState::kIdle;
+}
+
+// --- Status and control ------------------------------------------------------
+
+PoolStatus PoolCore::Status() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  PoolStatus status;
+  for (const Slot& s : slots_) status.slots.push_back(static_cast<const SlotStatus&>(s));
+  status.in_flight = InFlight();
+  status.queued = static_cast<int>(queue_.size());
+  status.starts = starts_;
+  status.shutting_down = shutting_down_;
+  status.init = init_;
+  return status;
+}
+
+absl::Status PoolCore::WaitReady(std::chrono::milliseconds timeout) {
+  std::unique_lock<std::mutex> lock(mu_);
+  if (!demand_) {
+    demand_ = true;
+    cv_.notify_all();
+  }
+  absl::Status result;
+  const bool settled = cv_.wait_for(lock, timeout, [&] {
+    if (shutting_down_) {
+      result = WithReason(absl::UnavailableError("the pool is shut down"),
+                          reason::kShuttingDown);
+      return true;
+    }
+    if (PickSlot(false) >= 0) {
+      result = absl::OkStatus();
+      return true;
+    }
+    if (!Hopeful()) {
+      result = LatestFailure();
+      return true;
+    }
+    return false;
+  });
+  if (!settled) {
+    return WithReason(absl::UnavailableError(absl::StrCat(
+                          "no sidecar became ready within ", timeout.count(), " ms")),
+                      reason::kSidecarUnavailable);
+  }
+  return result;
+}
+
+void PoolCore::Unload() {
+  std::unique_lock<std::mutex> lock(mu_);
+  const uint64_t generation = ++unload_generation_;
+  if (queue_.empty()) demand_ = false;
+  cv_.notify_all();
+  // Every keeper acknowledges by coming back to the top of its loop.
+  cv_.wait(lock, [&] {
+    return shutting_down_ ||
+           std::all_of(slots_.begin(), slots_.end(), [&](const Slot& s) {
+             return s.unload_seen >= generation;
+           });
+  });
+}
+
+void PoolCore::Shutdown() {
+  std::vector<std::shared_ptr<PoolCall>> queued;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (shutting_down_ && keepers_.empty()) return;
+    shutting_down_ = true;
+    queued = TakeQueue();
+    cv_.notify_all();
+  }
+  FailAll(std::move(queued),
+          WithReason(absl::UnavailableError(
+                         "the server is shutting down; retry on another instance"),
+                     reason::kShuttingDown));
+  StateChanged();
+  for (std::thread& keeper : keepers_) {
+    if (keeper.joinable()) keeper.join();
+  }
+  keepers_.clear();
+}
+
+// --- Public wrappers ---------------------------------------------------------
+
+void PoolCallHandle::Cancel(const absl::Status& why) const {
+  if (call_ == nullptr) return;
+  if (std::shared_ptr<PoolCore> core = core_.lock()) core->Cancel(call_, why);
+}
+
+SidecarPool::SidecarPool(PoolOptions options)
+    : core_(std::make_shared<PoolCore>(std::move(options))) {
+  core_->StartKeepers();
+}
+
+SidecarPool::~SidecarPool() { core_->Shutdown(); }
+
+const PoolOptions& SidecarPool::options() const { return core_->options(); }
+
+PoolCallHandle SidecarPool::Submit(PoolCallRequest request) {
+  return core_->Submit(std::move(request));
+}
+
+PoolStatus SidecarPool::Status() const { return core_->Status(); }
+
+absl::Status SidecarPool::WaitReady(std::chrono::milliseconds timeout) {
+  return core_->WaitReady(timeout);
+}
+
+void SidecarPool::Unload() { core_->Unload(); }
+
+void SidecarPool::Shutdown() { core_->Shutdown(); }
+
+}  // namespace llmbridge::rpc

@@ -99,10 +99,25 @@ def stream_chunk_line(request_id: RequestId | None, content: str) -> bytes:
         tag = f'"request_id":{encode_basestring(request_id)},'
     else:
         tag = f'"request_id":{int(request_id)},'
-    return (
+    return utf8_line(
         '{"jsonrpc":"2.0","method":"stream.chunk","params":{'
         f'{tag}"content":{encode_basestring(content)},"done":false}}}}\n'
-    ).encode()
+    )
+
+
+def utf8_line(text: str) -> bytes:
+    """The UTF-8 bytes of an encoded JSON message, whatever its strings hold.
+
+    A Python string can hold a lone surrogate (JSON's ``"\\ud800"`` escape
+    decodes to one), which UTF-8 cannot encode. It is written back as the
+    same JSON escape (``backslashreplace`` yields exactly ``\\ud800``, and
+    lone surrogates only ever occur inside JSON strings), so the line is
+    valid UTF-8 and a request id holding one is echoed unchanged.
+    """
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace")
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
+from .protocol import utf8_line
+
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_LINE_BYTES = 16 * 1024 * 1024
@@ -148,7 +150,7 @@ class StdioTransport:
 
     async def send(self, message: dict[str, Any]) -> None:
         """Queue one message as one line; it is written when this loop iteration ends."""
-        await self.send_line(_ENCODER.encode(message).encode() + b"\n")
+        await self.send_line(utf8_line(_ENCODER.encode(message)) + b"\n")
 
     async def send_line(self, data: bytes) -> None:
         """``send`` for a message already encoded as one line ending in a newline."""

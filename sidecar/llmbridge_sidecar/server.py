@@ -14,12 +14,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from . import __version__, protocol
+from . import __version__, jsonio, protocol
 from .backends import create_backend
 from .backends.base import Backend, ChatDone, ChatRequest, TextDelta
 from .errors import BackendError
@@ -122,7 +121,7 @@ class Server:
 
     async def _dispatch(self, line: bytes) -> None:
         try:
-            msg = json.loads(line)
+            msg = jsonio.loads(line)
         except (ValueError, UnicodeDecodeError) as e:
             await self._send_error(
                 None,

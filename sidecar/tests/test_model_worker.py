@@ -33,10 +33,13 @@ def counting_job(n: int) -> Callable[[Callable[[int], None], threading.Event], N
 
 async def test_jobs_run_one_at_a_time_on_one_thread() -> None:
     worker = ModelWorker("test")
+    loop = asyncio.get_running_loop()
     lock = threading.Lock()
     running = 0
     most = 0
     threads: set[int] = set()
+    gate = threading.Event()
+    first_started = asyncio.Event()
 
     def job(emit: Callable[[int], None], cancelled: threading.Event) -> None:
         nonlocal running, most
@@ -44,22 +47,29 @@ async def test_jobs_run_one_at_a_time_on_one_thread() -> None:
             running += 1
             most = max(most, running)
         threads.add(threading.get_ident())
+        if not gate.is_set():
+            loop.call_soon_threadsafe(first_started.set)
+            gate.wait(LIMIT_S)
         for i in range(200):
             emit(i)
         with lock:
             running -= 1
 
-    threads_before = threading.active_count()
-    results = await asyncio.wait_for(
-        asyncio.gather(*(collect(worker, job) for _ in range(16))), LIMIT_S
-    )
+    before = {t.ident for t in threading.enumerate()}
+    tasks = [asyncio.create_task(collect(worker, job)) for _ in range(16)]
+    await asyncio.wait_for(first_started.wait(), LIMIT_S)
+    await asyncio.sleep(0)  # every other request is now waiting for its turn
+    # The 15 waiting requests parked no thread: the worker is the only new one.
+    (new,) = [t for t in threading.enumerate() if t.ident not in before]
+    assert new.name == "test-worker"
+    gate.set()
+    results = await asyncio.wait_for(asyncio.gather(*tasks), LIMIT_S)
     assert all(r == list(range(200)) for r in results)
     assert most == 1
-    assert len(threads) == 1 and threading.get_ident() not in threads
-    # The waiting requests parked no thread: one worker thread in all.
-    assert threading.active_count() == threads_before + 1
+    assert threads == {new.ident}
     await worker.aclose()
-    assert threading.active_count() == threads_before
+    new.join(LIMIT_S)
+    assert not new.is_alive()
 
 
 async def test_cancel_of_a_waiting_request_is_at_once_and_it_never_runs() -> None:

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from typing import Any
 
 from conftest import SIDECAR_DIR, SIDECAR_SCRIPT, SidecarProcess
 from fake_ollama import FakeOllama
@@ -185,3 +186,21 @@ async def test_deeply_nested_json_is_a_parse_error_not_a_dead_reader(
     reply = await sidecar.read()
     assert reply["error"]["code"] in (-32700, -32602)
     assert (await sidecar.call("nope"))["error"]["code"] == -32601
+
+
+def test_stdin_and_stdout_may_be_regular_files(tmp_path: Any) -> None:
+    """Files cannot be polled: read on a thread, written synchronously."""
+    given = tmp_path / "in.jsonl"
+    given.write_bytes(b'{"jsonrpc":"2.0","id":1,"method":"health"}\n')
+    out = tmp_path / "out.jsonl"
+    with open(given, "rb") as stdin, open(out, "wb") as stdout:
+        proc = subprocess.run(
+            [sys.executable, SIDECAR_SCRIPT],
+            stdin=stdin,
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            timeout=60,
+        )
+    assert proc.returncode == 0, proc.stderr
+    reply = json.loads(out.read_bytes())
+    assert reply["id"] == 1 and reply["result"]["ok"] is False

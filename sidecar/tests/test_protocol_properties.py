@@ -34,7 +34,7 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from conftest import SIDECAR_SCRIPT
-from llmbridge_sidecar import protocol
+from llmbridge_sidecar import jsonio, protocol
 from llmbridge_sidecar.errors import BackendError
 from llmbridge_sidecar.server import Server
 from llmbridge_sidecar.transport import LineTooLong, StdioTransport
@@ -334,3 +334,17 @@ def test_real_sidecar_answers_any_line_and_keeps_serving(
         if "method" not in msg:
             replies.append(msg)
     check(line, want, replies)
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(json_values, st.booleans())
+def test_jsonio_reads_and_writes_what_the_standard_library_does(
+    value: Any, ascii_only: bool
+) -> None:
+    """orjson on the hot path, the standard library where orjson refuses:
+    the same values either way (lone surrogates and big integers included)."""
+    raw = json.dumps(value, ensure_ascii=ascii_only).encode("utf-8", "backslashreplace")
+    assert jsonio.loads(raw) == json.loads(raw)
+    written = jsonio.dumps(value)
+    written.decode("utf-8")  # always valid UTF-8
+    assert json.loads(written) == value

@@ -38,7 +38,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from .. import protocol
+from .. import jsonio, protocol
 from ..errors import BackendError
 from ..protocol import InitParams
 from .base import Backend
@@ -272,7 +272,7 @@ class HttpBackend(Backend):
         """One streamed JSON object (an NDJSON line, an SSE event's data); anything
         else is a -32002 stream error, since the stream can no longer be trusted."""
         try:
-            obj = json.loads(raw)
+            obj = jsonio.loads(raw)
         except (ValueError, RecursionError) as e:
             raise BackendError(
                 protocol.STREAM_ERROR,
@@ -302,7 +302,7 @@ class HttpBackend(Backend):
         except TRANSPORT_ERRORS as e:
             raise self.unreachable(model or self.model, e) from e
         try:
-            body: Any = json.loads(raw)
+            body: Any = jsonio.loads(raw)
         except ValueError:
             body = None
         return status, body
@@ -337,7 +337,7 @@ class HttpBackend(Backend):
         try:
             resp = await self.client().post(
                 self.base_url + path,
-                data=json.dumps(body).encode(),
+                data=jsonio.dumps(body),
                 headers=JSON_HEADERS,
                 proxy=self._proxy,
             )

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import resource
 import sys
 
 from . import __version__
@@ -48,6 +49,19 @@ def claim_stdout() -> int:
     return protocol_fd
 
 
+# Open files the sidecar wants: an HTTP backend's pool holds up to
+# max_connections (default 1024) sockets, more than the usual soft limit.
+WANTED_OPEN_FILES = 65536
+
+
+def raise_open_file_limit() -> None:
+    """Raise the soft limit on open files towards the hard limit (no privilege needed)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = WANTED_OPEN_FILES if hard == resource.RLIM_INFINITY else min(hard, WANTED_OPEN_FILES)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
 async def serve(in_fd: int, out_fd: int) -> int:
     async with StdioTransport(in_fd, out_fd) as transport:
         return await Server(transport).run()
@@ -61,12 +75,9 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s sidecar[%(process)d] %(levelname)s %(name)s: %(message)s",
     )
     protocol_fd = claim_stdout()
+    raise_open_file_limit()
     logging.getLogger(__name__).info("llmbridge sidecar %s starting", __version__)
     try:
         return asyncio.run(serve(0, protocol_fd))
     except KeyboardInterrupt:
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -245,7 +245,11 @@ class McpConnection:
             self._fail(f"did not connect within {self.connect_timeout_s:g} s")
             await self._stop_owner()
         except Exception as e:
-            self._fail(describe_error(e))
+            why = describe_error(e)
+            if self.config.type == "stdio" and self.config.command not in why:
+                # Not every event loop's spawn error names the file.
+                why += f" (command {self.config.command!r})"
+            self._fail(why)
             await self._stop_owner()
         else:
             self._retry_s = FIRST_RETRY_S

@@ -9,7 +9,9 @@ JSON-RPC 2.0, one JSON object per line on stdin/stdout. Methods:
   is still loading, and for each MCP server to connect; ``options.read_timeout_s``
   (default 300) bounds the silence between two stream lines;
   ``options.mcp_strict`` (default false) makes an MCP server that cannot
-  connect fail init with -32003. Other options go to the backend. MCP: see
+  connect fail init with -32003; ``options.max_connections`` (default 1024)
+  caps an HTTP backend's pool of keep-alive connections (more concurrent
+  requests wait for a free one). Other options go to the backend. MCP: see
   ``mcp_client``; the result gains ``mcp: {servers: {name: status}}``.
 * ``complete`` {messages, model?, system_prompt?, max_tokens?, temperature?,
   stream?, options?, use_tools?, max_tool_iterations?, tool_timeout_s?} ->
@@ -65,6 +67,9 @@ DEFAULT_STARTUP_TIMEOUT_S = 30.0
 # Longest silence between two lines of a backend's stream (CPU prompt
 # evaluation can take minutes).
 DEFAULT_READ_TIMEOUT_S = 300.0
+# An HTTP backend's connection pool: one connection per concurrent stream,
+# kept alive between requests.
+DEFAULT_MAX_CONNECTIONS = 1024
 # The tool-calling loop's defaults (complete's use_tools).
 DEFAULT_MAX_TOOL_ITERATIONS = 8
 DEFAULT_TOOL_TIMEOUT_S = 30.0
@@ -99,10 +104,25 @@ def stream_chunk_line(request_id: RequestId | None, content: str) -> bytes:
         tag = f'"request_id":{encode_basestring(request_id)},'
     else:
         tag = f'"request_id":{int(request_id)},'
-    return (
+    return utf8_line(
         '{"jsonrpc":"2.0","method":"stream.chunk","params":{'
         f'{tag}"content":{encode_basestring(content)},"done":false}}}}\n'
-    ).encode()
+    )
+
+
+def utf8_line(text: str) -> bytes:
+    """The UTF-8 bytes of an encoded JSON message, whatever its strings hold.
+
+    A Python string can hold a lone surrogate (JSON's ``"\\ud800"`` escape
+    decodes to one), which UTF-8 cannot encode. It is written back as the
+    same JSON escape (``backslashreplace`` yields exactly ``\\ud800``, and
+    lone surrogates only ever occur inside JSON strings), so the line is
+    valid UTF-8 and a request id holding one is echoed unchanged.
+    """
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace")
 
 
 @dataclass(frozen=True)
@@ -162,6 +182,7 @@ class InitParams:
     options: dict[str, Any] = field(default_factory=dict)
     mcp_servers: dict[str, Any] = field(default_factory=dict)
     mcp_strict: bool = False
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
 
 
 @dataclass(frozen=True)
@@ -254,6 +275,13 @@ def parse_init(raw: Any) -> InitParams:
     read = _pop_seconds(options, "read_timeout_s", DEFAULT_READ_TIMEOUT_S)
     strict = _opt_bool(options, "mcp_strict", "options.mcp_strict")
     options.pop("mcp_strict", None)
+    max_connections = options.pop("max_connections", DEFAULT_MAX_CONNECTIONS)
+    if (
+        isinstance(max_connections, bool)
+        or not isinstance(max_connections, int)
+        or max_connections < 1
+    ):
+        raise invalid_params("options.max_connections", "must be a positive integer")
     return InitParams(
         backend=backend,
         model=_opt_str(params, "model"),
@@ -263,6 +291,7 @@ def parse_init(raw: Any) -> InitParams:
         options=options,
         mcp_servers=_opt_object(params, "mcp_servers"),
         mcp_strict=strict,
+        max_connections=max_connections,
     )
 
 

@@ -14,12 +14,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from . import __version__, protocol
+from . import __version__, jsonio, protocol
 from .backends import create_backend
 from .backends.base import Backend, ChatDone, ChatRequest, TextDelta
 from .errors import BackendError
@@ -106,16 +105,37 @@ class Server:
                 continue
             if not line.strip():
                 continue  # blank lines between messages are harmless
-            await self._dispatch(line)
+            try:
+                await self._dispatch(line)
+            except Exception as e:
+                # The last line of defence: a line the checks in _dispatch did not
+                # foresee still gets an answer, and the reader keeps reading.
+                log.exception("could not handle the message %r", line[:200])
+                await self._send_error(
+                    None,
+                    BackendError(
+                        protocol.INTERNAL_ERROR,
+                        f"internal error handling a message: {type(e).__name__}: {e}",
+                    ),
+                )
 
     async def _dispatch(self, line: bytes) -> None:
         try:
-            msg = json.loads(line)
+            msg = jsonio.loads(line)
         except (ValueError, UnicodeDecodeError) as e:
             await self._send_error(
                 None,
                 BackendError(
                     protocol.PARSE_ERROR, f"parse error: {e}: send one JSON object per line"
+                ),
+            )
+            return
+        except RecursionError:
+            await self._send_error(
+                None,
+                BackendError(
+                    protocol.PARSE_ERROR,
+                    "parse error: the message is nested too deeply; send flatter JSON",
                 ),
             )
             return
@@ -197,7 +217,10 @@ class Server:
     def _notification(self, method: str, params: Any) -> None:
         if method == "$/cancelRequest":
             target = params.get("id") if isinstance(params, dict) else None
-            task = self._requests.get(target) if isinstance(target, (int, str)) else None
+            task = None
+            # bool is an int in Python but never a request id (true is not 1 here).
+            if isinstance(target, (int, str)) and not isinstance(target, bool):
+                task = self._requests.get(target)
             if task is None:
                 # Normal race: the request already finished and was answered.
                 log.debug("cancel for unknown or finished request %r", target)

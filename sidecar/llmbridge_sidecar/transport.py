@@ -15,13 +15,12 @@ then waits while the pipe is over its high-water mark (backpressure).
 
 Pipes (what the C++ bridge gives us) use the event loop directly; other fd
 kinds (regular files, /dev/null) cannot be polled by epoll, so they fall back
-to a thread.
+to a thread (reading) or to synchronous writes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import threading
@@ -29,13 +28,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
+from . import jsonio
+
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_LINE_BYTES = 16 * 1024 * 1024
-
-# One encoder for every message: json.dumps with non-default arguments builds
-# a new JSONEncoder per call, which costs about as much as the encoding.
-_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
 @dataclass(frozen=True)
@@ -148,7 +145,7 @@ class StdioTransport:
 
     async def send(self, message: dict[str, Any]) -> None:
         """Queue one message as one line; it is written when this loop iteration ends."""
-        await self.send_line(_ENCODER.encode(message).encode() + b"\n")
+        await self.send_line(jsonio.dumps(message) + b"\n")
 
     async def send_line(self, data: bytes) -> None:
         """``send`` for a message already encoded as one line ending in a newline."""

@@ -123,3 +123,49 @@ def mcp_test_server(marker: str = "") -> dict[str, Any]:
     if marker:
         entry["env"] = {"MCP_TEST_MARKER": marker}
     return entry
+
+
+async def queue_behind_a_long_stream(
+    sc: SidecarProcess,
+    long_params: dict[str, Any],
+    short_params: dict[str, Any],
+    waiting: int = 15,
+    cancel: tuple[int, ...] = (4, 9),
+) -> dict[int, dict[str, Any]]:
+    """An in-process model under concurrency: one long stream, ``waiting``
+    short requests queued behind it, then a cancel of the queued ones at
+    positions ``cancel`` and of the long one. Returns every reply by id.
+
+    Checks on the way: the long stream is running (its first chunk arrived)
+    when the cancels are sent; each cancelled queued request is answered
+    -32800 before the long stream ends, without a single chunk (it never
+    ran); the long stream's cancel is answered -32800 too.
+    """
+    long_id = await sc.request("complete", {**long_params, "stream": True})
+    short_ids = [await sc.request("complete", short_params) for _ in range(waiting)]
+    first = await sc.read()
+    assert first["method"] == "stream.chunk" and first["params"]["request_id"] == long_id, first
+    doomed = {short_ids[i] for i in cancel}
+    for rid in doomed:
+        await sc.notify("$/cancelRequest", {"id": rid})
+    replies: dict[int, dict[str, Any]] = {}
+    chunk_ids: set[Any] = set()
+    while not doomed <= replies.keys():
+        msg = await sc.read()
+        if "method" in msg:
+            chunk_ids.add(msg["params"].get("request_id"))
+            continue
+        replies[msg["id"]] = msg
+    assert long_id not in replies, "the long stream ended before the queued cancels were answered"
+    assert all(replies[rid]["error"]["code"] == -32800 for rid in doomed)
+    assert not doomed & chunk_ids, "a cancelled queued request ran"
+    await sc.notify("$/cancelRequest", {"id": long_id})
+    while len(replies) < waiting + 1:
+        msg = await sc.read()
+        if "method" in msg:
+            chunk_ids.add(msg["params"].get("request_id"))
+            continue
+        replies[msg["id"]] = msg
+    assert replies[long_id]["error"]["code"] == -32800
+    assert not doomed & chunk_ids
+    return replies

@@ -20,6 +20,11 @@ class FakeHandler(BaseHTTPRequestHandler):
     log_name: ClassVar[str] = "fake"
     json_content_type: ClassVar[str] = "application/json"
 
+    def setup(self) -> None:
+        super().setup()
+        with self.owner.lock:
+            self.owner.connections += 1
+
     def log_message(self, format: str, *args: Any) -> None:
         sys.stderr.write(f"{self.log_name}: " + (format % args) + "\n")
 
@@ -60,6 +65,8 @@ class FakeServer:
     def __init__(self, port: int = 0) -> None:
         # Every request body the fake received, in order.
         self.requests: list[dict[str, Any]] = []
+        # TCP connections accepted (a client that reuses connections opens few).
+        self.connections = 0
         self.lock = threading.Lock()
         # Set when a [[hold]] stream has sent its first chunk.
         self.holding = threading.Event()

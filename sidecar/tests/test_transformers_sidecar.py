@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from conftest import SidecarProcess
+from conftest import SidecarProcess, queue_behind_a_long_stream
 
 MISSING = [
     m for m in ("torch", "transformers", "tokenizers") if importlib.util.find_spec(m) is None
@@ -137,3 +137,26 @@ async def test_missing_model_directory(sidecar: SidecarProcess, tmp_path: Any) -
     reply = await sidecar.call("init", {"backend": "transformers", "model": missing})
     assert reply["error"]["code"] == -32001
     assert "no-model-here" in reply["error"]["message"]
+
+
+async def test_sixteen_concurrent_requests(sidecar: SidecarProcess, tiny_llama: str) -> None:
+    """One generation at a time, the others wait on the event loop (no parked
+    executor threads: past 6 waiting requests the old design starved the
+    running stream); cancelled queued requests never run."""
+    await init(sidecar, tiny_llama)
+    limit = 30000  # runs until cancelled
+    replies = await queue_behind_a_long_stream(
+        sidecar,
+        {
+            "messages": USER,
+            "max_tokens": limit,
+            "temperature": 0,
+            "options": {"min_new_tokens": limit},
+        },
+        {"messages": USER, "max_tokens": 6, "temperature": 0, "options": {"min_new_tokens": 6}},
+    )
+    done = [r["result"] for r in replies.values() if "result" in r]
+    assert len(done) == 13
+    assert all(r["usage"]["output_tokens"] == 6 and r["finish_reason"] == "length" for r in done)
+    # Greedy decoding of the same prompt: every answer is the same.
+    assert len({r["content"] for r in done}) == 1

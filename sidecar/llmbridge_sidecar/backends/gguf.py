@@ -1,11 +1,11 @@
 """GGUF backend: llama.cpp in-process through llama-cpp-python.
 
 llama.cpp is synchronous and not safe for concurrent use of one context, so
-each generation runs on its own worker thread, one at a time per model (a
-``threading.Lock`` held by the worker, so a cancelled request cannot let the
-next one start while the old thread is still inside llama.cpp). Tokens travel
-to the event loop through ``loop.call_soon_threadsafe``; a cancel sets a flag
-that the worker checks between tokens.
+the model has one long-lived worker thread (``worker.ModelWorker``) that
+loads it, runs its generations one at a time, and frees it. Requests waiting
+for their turn wait on the event loop (a cancelled one leaves the line without
+running); tokens travel to the loop through ``loop.call_soon_threadsafe``; a
+cancel sets a flag that the worker checks between tokens.
 
 Tools (``complete`` with ``use_tools``) are not supported: -32602. llama-cpp-
 python renders a model's own chat template but never parses tool calls out of
@@ -21,18 +21,19 @@ does emit a well-formed call (``add({"a": 2, "b": 3})`` for "What is 2 plus
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import importlib.util
 import logging
 import os
 import threading
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from .. import protocol
 from ..errors import BackendError
 from .base import Backend, ChatDone, ChatEvent, ChatRequest, TextDelta
+from .worker import ModelWorker
 
 log = logging.getLogger(__name__)
 
@@ -96,9 +97,8 @@ def _parse_logit_bias(raw: Any, data: dict[str, Any]) -> dict[int, float]:
 
 @dataclass
 class _Generation:
-    """State shared between one request's task and its worker thread."""
+    """Token counts of one generation, kept by its logits processor."""
 
-    cancelled: threading.Event
     prompt_tokens: int = 0
     sampled_tokens: int = 0
 
@@ -111,7 +111,7 @@ class GgufBackend(Backend):
         self._options = options
         self.model_path = ""
         self._llm: Any = None
-        self._gen_lock = threading.Lock()
+        self._worker = ModelWorker("gguf")
 
     async def start(self) -> None:
         try:
@@ -137,8 +137,8 @@ class GgufBackend(Backend):
         kwargs.update({k: v for k, v in self._options.items() if k in LOAD_OPTIONS})
         log.info("loading GGUF model %s", path)
         try:
-            self._llm = await asyncio.to_thread(
-                llama_cpp.Llama, model_path=path, verbose=False, **kwargs
+            self._llm = await self._worker.call(
+                lambda: llama_cpp.Llama(model_path=path, verbose=False, **kwargs)
             )
         except (ValueError, RuntimeError, OSError) as e:
             raise BackendError(
@@ -159,13 +159,8 @@ class GgufBackend(Backend):
 
     async def aclose(self) -> None:
         llm, self._llm = self._llm, None
-        if llm is not None:
-            # Wait for a running generation to leave llama.cpp before freeing it.
-            await asyncio.to_thread(self._close_llm, llm)
-
-    def _close_llm(self, llm: Any) -> None:
-        with self._gen_lock:
-            llm.close()
+        # After the running generation (if any) leaves llama.cpp: free it, stop the thread.
+        await self._worker.aclose(llm.close if llm is not None else None)
 
     async def chat(self, request: ChatRequest) -> AsyncGenerator[ChatEvent, None]:
         if self._llm is None:
@@ -183,43 +178,28 @@ class GgufBackend(Backend):
                 f"{self.model!r}; start another sidecar (init) for another file",
                 self.error_data(request.model),
             )
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[ChatEvent | BaseException] = asyncio.Queue()
-        gen = _Generation(cancelled=threading.Event())
+        bias = _parse_logit_bias(request.options.get("logit_bias"), self.error_data())
 
-        def put(item: ChatEvent | BaseException) -> None:
-            try:
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-            except RuntimeError:
-                pass  # the loop already closed (process exit): nobody is listening
+        def generate(emit: Callable[[ChatEvent], None], cancelled: threading.Event) -> None:
+            self._generate(request, bias, emit, cancelled)
 
-        def work() -> None:
-            try:
-                for event in self._generate(request, gen):
-                    put(event)
-            except BaseException as e:  # handed to the async side, which raises it
-                put(e)
+        async with contextlib.aclosing(self._worker.stream(generate)) as events:
+            async for event in events:
+                yield event
 
-        worker = threading.Thread(target=work, name="gguf-generate", daemon=True)
-        worker.start()
-        try:
-            while True:
-                item = await queue.get()
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-                if isinstance(item, ChatDone):
-                    return
-        finally:
-            # Reached on completion, error, and cancel (aclose of this generator).
-            gen.cancelled.set()
-
-    def _generate(self, request: ChatRequest, gen: _Generation) -> Iterator[ChatEvent]:
-        """Runs on the worker thread."""
+    def _generate(
+        self,
+        request: ChatRequest,
+        bias: dict[int, float],
+        emit: Callable[[ChatEvent], None],
+        cancelled: threading.Event,
+    ) -> None:
+        """Runs on the worker thread: emits the TextDeltas, then the ChatDone
+        (none when cancelled)."""
         kwargs: dict[str, Any] = {k: v for k, v in request.options.items() if k in SAMPLING_OPTIONS}
         if request.temperature is not None:
             kwargs["temperature"] = request.temperature
-        bias = _parse_logit_bias(request.options.get("logit_bias"), self.error_data())
+        gen = _Generation()
 
         def count_tokens(input_ids: Any, scores: Any) -> Any:
             # A logits processor sees the context once per sampled token: the
@@ -233,43 +213,44 @@ class GgufBackend(Backend):
                     scores[token] += value
             return scores
 
-        with self._gen_lock:
-            llm = self._llm
-            if gen.cancelled.is_set() or llm is None:
-                return
-            from llama_cpp import LogitsProcessorList
+        llm = self._llm
+        if llm is None:
+            return  # closed while this request waited: its consumer is gone
+        from llama_cpp import LogitsProcessorList
 
-            stream = llm.create_chat_completion(
-                messages=[m.to_chat() for m in request.messages],
-                max_tokens=request.max_tokens or DEFAULT_MAX_TOKENS,
-                stream=True,
-                logits_processor=LogitsProcessorList([count_tokens]),
-                **kwargs,
-            )
-            finish_reason = ""
-            emitted = 0
-            try:
-                for chunk in stream:
-                    if gen.cancelled.is_set():
-                        log.info("gguf generation cancelled after %d tokens", emitted)
-                        return
-                    choice = chunk["choices"][0]
-                    text = choice.get("delta", {}).get("content") or ""
-                    if text:
-                        emitted += 1
-                        yield TextDelta(text)
-                    if choice.get("finish_reason"):
-                        finish_reason = str(choice["finish_reason"])
-            finally:
-                # Closing the generator stops llama.cpp at the next token.
-                stream.close()
-            output = gen.sampled_tokens
-            if finish_reason == "stop" and output > 1:
-                # The end-of-generation token was sampled but is not part of the
-                # answer (llama-cpp-python does not count it either).
-                output -= 1
-            yield ChatDone(
+        stream = llm.create_chat_completion(
+            messages=[m.to_chat() for m in request.messages],
+            max_tokens=request.max_tokens or DEFAULT_MAX_TOKENS,
+            stream=True,
+            logits_processor=LogitsProcessorList([count_tokens]),
+            **kwargs,
+        )
+        finish_reason = ""
+        emitted = 0
+        try:
+            for chunk in stream:
+                if cancelled.is_set():
+                    log.info("gguf generation cancelled after %d tokens", emitted)
+                    return
+                choice = chunk["choices"][0]
+                text = choice.get("delta", {}).get("content") or ""
+                if text:
+                    emitted += 1
+                    emit(TextDelta(text))
+                if choice.get("finish_reason"):
+                    finish_reason = str(choice["finish_reason"])
+        finally:
+            # Closing the generator stops llama.cpp at the next token.
+            stream.close()
+        output = gen.sampled_tokens
+        if finish_reason == "stop" and output > 1:
+            # The end-of-generation token was sampled but is not part of the
+            # answer (llama-cpp-python does not count it either).
+            output -= 1
+        emit(
+            ChatDone(
                 usage=protocol.Usage(input_tokens=gen.prompt_tokens, output_tokens=output),
                 finish_reason=finish_reason or "stop",
                 model=self.model,
             )
+        )

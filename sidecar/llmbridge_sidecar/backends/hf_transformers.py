@@ -2,11 +2,13 @@
 
 The model is a local directory (``save_pretrained`` output) or a hub id that
 is already in the local cache; the sidecar never downloads. The prompt comes
-from the tokenizer's chat template; ``model.generate`` runs on a worker
-thread and hands text to a ``TextIteratorStreamer``, which the event loop
-drains. A cancel sets a flag that a ``StoppingCriteria`` checks after every
-token, so the worker leaves ``generate`` at the next token. One generation
-runs at a time per model (a lock held by the worker thread).
+from the tokenizer's chat template; ``model.generate`` runs on the model's
+one long-lived worker thread (``worker.ModelWorker``: one generation at a
+time, requests waiting for their turn wait on the event loop, a cancelled one
+leaves the line without running), and a ``TextStreamer`` hands each piece of
+text to the loop with ``loop.call_soon_threadsafe``. A cancel sets a flag
+that a ``StoppingCriteria`` checks after every token, so the worker leaves
+``generate`` at the next token.
 
 Device: CUDA when ``torch.cuda.is_available()``, else CPU; ``options.device``
 overrides. Tools (``use_tools``) are not supported (-32602): a template may
@@ -17,36 +19,25 @@ transformers are the ``[transformers]`` extra.
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import logging
 import os
 import threading
-from collections.abc import AsyncGenerator
-from dataclasses import dataclass, field
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 from .. import protocol
 from ..errors import BackendError
 from .base import Backend, ChatDone, ChatEvent, ChatRequest, TextDelta
+from .worker import ModelWorker
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_TOKENS = 256
-# Longest wait for the next piece of text before the request fails.
-STREAM_TIMEOUT_S = 300.0
 # Request ``options`` passed to ``generate`` as is.
 GENERATE_OPTIONS = frozenset(
     {"top_p", "top_k", "min_p", "repetition_penalty", "min_new_tokens", "no_repeat_ngram_size"}
 )
-
-
-@dataclass
-class _Generation:
-    """State shared between one request's task and its worker thread."""
-
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    output_ids: Any = None
-    error: BaseException | None = None
 
 
 def _missing_engine(e: ImportError) -> BackendError:
@@ -67,7 +58,7 @@ class TransformersBackend(Backend):
         self.device = ""
         self._model: Any = None
         self._tokenizer: Any = None
-        self._gen_lock = threading.Lock()
+        self._worker = ModelWorker("transformers")
 
     def capabilities(self) -> dict[str, Any]:
         return {"in_process": True, "device": self.device}
@@ -104,7 +95,7 @@ class TransformersBackend(Backend):
             return tokenizer, model.to(self.device).eval()
 
         try:
-            self._tokenizer, self._model = await asyncio.to_thread(load)
+            self._tokenizer, self._model = await self._worker.call(load)
         except (OSError, ValueError) as e:
             raise BackendError(
                 protocol.MODEL_NOT_FOUND,
@@ -122,11 +113,9 @@ class TransformersBackend(Backend):
         self.model = os.path.basename(os.path.normpath(path)) if os.path.isdir(path) else path
 
     async def aclose(self) -> None:
-        model, self._model = self._model, None
-        if model is not None:
-            # Wait for a running generation to leave generate() before dropping it.
-            await asyncio.to_thread(self._gen_lock.acquire)
-            self._gen_lock.release()
+        self._model = None
+        # Waits for a running generation to leave generate(), then stops the thread.
+        await self._worker.aclose()
 
     def _generate_kwargs(self, request: ChatRequest) -> dict[str, Any]:
         kwargs: dict[str, Any] = {k: v for k, v in request.options.items() if k in GENERATE_OPTIONS}
@@ -146,11 +135,7 @@ class TransformersBackend(Backend):
         return kwargs
 
     async def chat(self, request: ChatRequest) -> AsyncGenerator[ChatEvent, None]:
-        import torch
-        import transformers
-
-        model, tokenizer = self._model, self._tokenizer
-        if model is None:
+        if self._model is None:
             raise BackendError(
                 protocol.INTERNAL_ERROR, "transformers model is not loaded", self.error_data()
             )
@@ -165,6 +150,38 @@ class TransformersBackend(Backend):
         seed = request.options.get("seed")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise protocol.invalid_params("options.seed", "must be an integer")
+
+        def generate(emit: Callable[[ChatEvent], None], cancelled: threading.Event) -> None:
+            self._generate(request, kwargs, seed, emit, cancelled)
+
+        try:
+            async with contextlib.aclosing(self._worker.stream(generate)) as events:
+                async for event in events:
+                    yield event
+        except BackendError:
+            raise
+        except Exception as e:
+            raise BackendError(
+                protocol.INTERNAL_ERROR,
+                f"transformers generation failed: {type(e).__name__}: {e}",
+                self.error_data(),
+            ) from e
+
+    def _generate(
+        self,
+        request: ChatRequest,
+        kwargs: dict[str, Any],
+        seed: int | None,
+        emit: Callable[[ChatEvent], None],
+        cancelled: threading.Event,
+    ) -> None:
+        """Runs on the worker thread: emits the TextDeltas, then the ChatDone."""
+        import torch
+        import transformers
+
+        model, tokenizer = self._model, self._tokenizer
+        if model is None:
+            return  # closed while this request waited: its consumer is gone
         inputs = tokenizer.apply_chat_template(
             [m.to_chat() for m in request.messages],
             add_generation_prompt=True,
@@ -173,67 +190,43 @@ class TransformersBackend(Backend):
             return_tensors="pt",
         ).to(self.device)
         prompt_tokens = int(inputs["input_ids"].shape[-1])
-        gen = _Generation()
 
         class StopOnCancel(transformers.StoppingCriteria):
             def __call__(self, input_ids: Any, scores: Any, **kw: Any) -> Any:
-                return gen.cancelled.is_set()
+                return cancelled.is_set()
 
-        streamer: Any = transformers.TextIteratorStreamer(
-            tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=STREAM_TIMEOUT_S
-        )
+        class EmitText(transformers.TextStreamer):
+            """Decodes tokens as generate() makes them; hands out each finished piece."""
 
-        def work() -> None:
-            try:
-                with self._gen_lock:
-                    if gen.cancelled.is_set():
-                        return
-                    if seed is not None:
-                        torch.manual_seed(seed)
-                    with torch.inference_mode():
-                        gen.output_ids = model.generate(
-                            **inputs,
-                            streamer=streamer,
-                            stopping_criteria=transformers.StoppingCriteriaList([StopOnCancel()]),
-                            pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
-                            **kwargs,
-                        )
-            except BaseException as e:  # handed to the async side, which raises it
-                gen.error = e
-            finally:
-                streamer.end()  # wakes the reader even if generate failed or never ran
+            def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+                if text:
+                    emit(TextDelta(text))
 
-        worker = threading.Thread(target=work, name="transformers-generate", daemon=True)
-        worker.start()
-        pieces = iter(streamer)
-        done = object()
-        try:
-            while True:
-                text = await asyncio.to_thread(next, pieces, done)
-                if text is done:
-                    break
-                if isinstance(text, str) and text:
-                    yield TextDelta(text)
-        finally:
-            # Reached on completion, error, and cancel (aclose of this generator).
-            gen.cancelled.set()
-        await asyncio.to_thread(worker.join)
-        if gen.error is not None:
-            raise BackendError(
-                protocol.INTERNAL_ERROR,
-                f"transformers generation failed: {type(gen.error).__name__}: {gen.error}",
-                self.error_data(),
-            ) from gen.error
-        output = 0 if gen.output_ids is None else int(gen.output_ids.shape[-1]) - prompt_tokens
+        streamer: Any = EmitText(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        if seed is not None:
+            torch.manual_seed(seed)
+        with torch.inference_mode():
+            output_ids = model.generate(
+                **inputs,
+                streamer=streamer,
+                stopping_criteria=transformers.StoppingCriteriaList([StopOnCancel()]),
+                pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+                **kwargs,
+            )
+        if cancelled.is_set():
+            return
+        output = int(output_ids.shape[-1]) - prompt_tokens
         finish_reason = "length" if output >= kwargs["max_new_tokens"] else "stop"
         if finish_reason == "stop" and output > 0:
             eos = model.generation_config.eos_token_id
             eos_ids = set(eos) if isinstance(eos, list) else {eos}
-            if int(gen.output_ids[0, -1]) in eos_ids:
+            if int(output_ids[0, -1]) in eos_ids:
                 # The end-of-turn token ends the answer but is not part of it.
                 output -= 1
-        yield ChatDone(
-            usage=protocol.Usage(input_tokens=prompt_tokens, output_tokens=output),
-            finish_reason=finish_reason,
-            model=self.model,
+        emit(
+            ChatDone(
+                usage=protocol.Usage(input_tokens=prompt_tokens, output_tokens=output),
+                finish_reason=finish_reason,
+                model=self.model,
+            )
         )

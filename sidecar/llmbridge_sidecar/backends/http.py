@@ -7,8 +7,20 @@ The rule for errors, the same for Ollama and the OpenAI-compatible servers:
   model is -32001), otherwise -32000 carrying ``http_status``;
 * the connection broke or went silent after streaming began -> -32002.
 
+The client: one ``aiohttp`` session per backend, alive as long as the backend,
+with a pool of up to ``max_connections`` keep-alive connections (init option
+``max_connections``, default 1024). It was chosen over httpx and httpcore by
+bench/http_clients.py (see BENCHMARKS.md): several times less CPU per request
+and no collapse at high concurrency. Connections are reused: a stream is read
+to its end (``LineStream.finish``) before the answer completes, and error
+bodies are read whole. A cancelled stream closes its connection instead:
+HTTP/1.1 has no other way to tell the server to stop generating. Idle
+connections are dropped after ``KEEPALIVE_S``, before the 5 s after which
+uvicorn (vLLM) and llama.cpp's server close them, so a request never goes out
+on a connection the server is closing.
+
 Each backend module keeps its own wire format; this module knows nothing of
-NDJSON or SSE, only lines.
+NDJSON or SSE, only lines (bytes, without the line ending).
 """
 
 from __future__ import annotations
@@ -17,13 +29,16 @@ import asyncio
 import json
 import logging
 import time
+import urllib.request
 from abc import abstractmethod
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from types import TracebackType
 from typing import Any
+from urllib.parse import urlsplit
 
-import httpx
+import aiohttp
 
-from .. import protocol
+from .. import jsonio, protocol
 from ..errors import BackendError
 from ..protocol import InitParams
 from .base import Backend
@@ -32,12 +47,25 @@ log = logging.getLogger(__name__)
 
 # Connecting to a local daemon is quick; a slow connect means it is down.
 CONNECT_TIMEOUT_S = 10.0
-WRITE_TIMEOUT_S = 30.0
+# Longest wait for a free connection when all max_connections are busy.
 POOL_TIMEOUT_S = 30.0
 # Probes (health, model lists) must answer fast or count as unreachable.
 PROBE_TIMEOUT_S = 5.0
+# Idle pooled connections are closed after this (servers close theirs after 5 s).
+KEEPALIVE_S = 4.0
+# After a stream's last line, how long and how much to read to reach the end of
+# the response (normally nothing is left but the chunked terminator, already
+# read): past either, the connection is closed instead of reused.
+FINISH_TIMEOUT_S = 1.0
+FINISH_MAX_BYTES = 64 * 1024
+# Longest line a stream may send (the sidecar's own protocol line cap).
+MAX_LINE_BYTES = 16 * 1024 * 1024
 # Cap on how much of an upstream error body is copied into a message.
 MAX_ERROR_TEXT = 2000
+JSON_HEADERS = {"Content-Type": "application/json"}
+# Errors of the HTTP client that mean "the connection failed" (timeouts included:
+# aiohttp's are asyncio.TimeoutError subclasses).
+TRANSPORT_ERRORS = (aiohttp.ClientError, TimeoutError)
 
 
 def normalize_host(host: str | None, default: str) -> str:
@@ -56,7 +84,7 @@ def error_text(body: bytes) -> str:
     ``{"object": "error", "message": ...}``; FastAPI ``{"detail": ...}``.
     Anything else is returned as raw text.
     """
-    text = body.decode("utf-8", errors="replace").strip()
+    text = _text(body).strip()
     try:
         parsed = json.loads(text)
     except ValueError:
@@ -72,6 +100,110 @@ def error_text(body: bytes) -> str:
         if "detail" in parsed:
             return json.dumps(parsed["detail"])[:MAX_ERROR_TEXT]
     return text[:MAX_ERROR_TEXT]
+
+
+def environment_proxy(base_url: str) -> str | None:
+    """The proxy HTTP_PROXY / NO_PROXY name for ``base_url``, looked up once.
+
+    (The client does not read the environment per request: that costs a scan
+    of os.environ on every request.)
+    """
+    parts = urlsplit(base_url)
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if proxy is None or urllib.request.proxy_bypass(parts.hostname or ""):
+        return None
+    return proxy
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8", errors="replace")
+
+
+class LineStream:
+    """A 200 streaming answer, read line by line (``async for line in stream``).
+
+    Use as ``async with backend.stream(...) as stream``. After the last line
+    the backend expects, ``await stream.finish()`` reads the response to its
+    end so the connection goes back to the pool; leaving the block without it
+    (an error, a cancel) closes the connection, which tells the server to stop.
+    """
+
+    def __init__(self, backend: HttpBackend, model: str, resp: aiohttp.ClientResponse) -> None:
+        self._backend = backend
+        self._model = model
+        self._resp = resp
+        self._content = resp.content
+        self._buffer = b""
+        self._start = 0  # where the next line starts in _buffer
+        self._eof = False
+
+    async def __aenter__(self) -> LineStream:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        # No-op when finish() already gave the connection back.
+        self._resp.close()
+
+    def __aiter__(self) -> LineStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        """The next non-blank line, without its line ending."""
+        while True:
+            end = self._buffer.find(b"\n", self._start)
+            if end >= 0:
+                line = self._buffer[self._start : end]
+                self._start = end + 1
+                if line.endswith(b"\r"):
+                    line = line[:-1]
+                if line.strip():
+                    return line
+                continue
+            if self._eof:
+                rest, self._buffer, self._start = self._buffer[self._start :], b"", 0
+                if rest.strip():
+                    return rest.rstrip(b"\r")
+                raise StopAsyncIteration
+            if len(self._buffer) - self._start > MAX_LINE_BYTES:
+                raise self._backend.stream_broken(
+                    self._model, f"sent a line longer than {MAX_LINE_BYTES} bytes"
+                )
+            data = await self._read()
+            if not data:
+                self._eof = True
+            self._buffer = (
+                self._buffer[self._start :] + data if self._start else self._buffer + data
+            )
+            self._start = 0
+
+    async def _read(self) -> bytes:
+        try:
+            return await self._content.readany()
+        except TimeoutError as e:  # aiohttp's read timeout: the server went silent
+            raise self._backend.stream_broken(
+                self._model, f"sent nothing for {self._backend.read_timeout_s:g} s"
+            ) from e
+        except aiohttp.ClientError as e:
+            raise self._backend.stream_broken(
+                self._model, f"dropped the connection ({type(e).__name__}: {e})"
+            ) from e
+
+    async def finish(self) -> None:
+        """Read what is left of the response (normally nothing), releasing the connection."""
+        left = FINISH_MAX_BYTES
+        try:
+            async with asyncio.timeout(FINISH_TIMEOUT_S):
+                while left >= 0 and (data := await self._content.readany()):
+                    left -= len(data)
+        except TRANSPORT_ERRORS:
+            return  # __aexit__ closes the connection
+        if left >= 0:
+            self._resp.release()
 
 
 class HttpBackend(Backend):
@@ -90,18 +222,31 @@ class HttpBackend(Backend):
         # Between two stream lines a server may be loading a model or
         # evaluating a long prompt, which takes minutes on CPU.
         self.read_timeout_s = params.read_timeout_s
-        self._client = httpx.AsyncClient(
-            base_url=self.base_url,
-            timeout=httpx.Timeout(
-                connect=CONNECT_TIMEOUT_S,
-                read=self.read_timeout_s,
-                write=WRITE_TIMEOUT_S,
-                pool=POOL_TIMEOUT_S,
-            ),
-        )
+        self.max_connections = params.max_connections
+        self._proxy = environment_proxy(self.base_url)
+        self._session: aiohttp.ClientSession | None = None
+
+    def client(self) -> aiohttp.ClientSession:
+        """The backend's one session (made on first use: it needs the running loop)."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(
+                    limit=self.max_connections, limit_per_host=0, keepalive_timeout=KEEPALIVE_S
+                ),
+                timeout=aiohttp.ClientTimeout(
+                    total=None,
+                    connect=POOL_TIMEOUT_S + CONNECT_TIMEOUT_S,  # a free connection, then connect
+                    sock_connect=CONNECT_TIMEOUT_S,
+                    sock_read=self.read_timeout_s,
+                ),
+                cookie_jar=aiohttp.DummyCookieJar(),  # backends set no cookies we need
+            )
+        return self._session
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
 
     @abstractmethod
     def http_error(self, model: str, status: int, body: bytes) -> BackendError:
@@ -123,22 +268,23 @@ class HttpBackend(Backend):
             self.error_data(model, http_status=200),
         )
 
-    def stream_object(self, model: str, text: str, what: str) -> dict[str, Any]:
+    def stream_object(self, model: str, raw: bytes, what: str) -> dict[str, Any]:
         """One streamed JSON object (an NDJSON line, an SSE event's data); anything
         else is a -32002 stream error, since the stream can no longer be trusted."""
         try:
-            obj = json.loads(text)
-        except ValueError as e:
+            obj = jsonio.loads(raw)
+        except (ValueError, RecursionError) as e:
             raise BackendError(
                 protocol.STREAM_ERROR,
-                f"{self.product} at {self.base_url} sent a {what} that is not JSON: {text[:200]!r}",
+                f"{self.product} at {self.base_url} sent a {what} that is not JSON: "
+                f"{_text(raw[:200])!r}",
                 self.error_data(model, http_status=200),
             ) from e
         if not isinstance(obj, dict):
             raise BackendError(
                 protocol.STREAM_ERROR,
                 f"{self.product} at {self.base_url} sent a {what} that is not a JSON object: "
-                f"{text[:200]!r}",
+                f"{_text(raw[:200])!r}",
                 self.error_data(model, http_status=200),
             )
         return obj
@@ -146,14 +292,20 @@ class HttpBackend(Backend):
     async def get_json(self, path: str, model: str = "") -> tuple[int, Any]:
         """GET a probe endpoint: (status, parsed body or None). -32003 if unreachable."""
         try:
-            resp = await self._client.get(path, timeout=PROBE_TIMEOUT_S)
-        except httpx.TransportError as e:  # TimeoutException is a TransportError
+            async with self.client().get(
+                self.base_url + path,
+                proxy=self._proxy,
+                timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S),
+            ) as resp:
+                raw = await resp.read()  # read whole: the connection is reused
+                status = resp.status
+        except TRANSPORT_ERRORS as e:
             raise self.unreachable(model or self.model, e) from e
         try:
-            body: Any = resp.json()
+            body: Any = jsonio.loads(raw)
         except ValueError:
             body = None
-        return resp.status_code, body
+        return status, body
 
     async def wait_until(self, probe_name: str, ready: Callable[[], Awaitable[bool]]) -> None:
         """Poll ``ready()`` (async, True when ready) until ``startup_timeout_s``.
@@ -175,28 +327,27 @@ class HttpBackend(Backend):
             await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
             delay = min(delay * 2, 1.0)
 
-    async def stream_lines(
-        self, model: str, path: str, body: dict[str, Any]
-    ) -> AsyncGenerator[str, None]:
-        """POST ``body`` and yield the non-empty lines of a 200 streaming answer.
+    async def stream(self, model: str, path: str, body: dict[str, Any]) -> LineStream:
+        """POST ``body``; the 200 streaming answer as a ``LineStream``.
 
-        The response is closed when the caller closes this generator, which is
-        what makes the server stop generating on a cancel.
+        -32003 when the server cannot be reached (or fails before answering),
+        ``http_error`` for any other status (its body read whole, so the
+        connection is reused).
         """
-        started = False
         try:
-            async with self._client.stream("POST", path, json=body) as resp:
-                if resp.status_code != 200:
-                    raise self.http_error(model, resp.status_code, await resp.aread())
-                started = True
-                async for line in resp.aiter_lines():
-                    if line.strip():
-                        yield line
-        except httpx.TimeoutException as e:
-            if not started:
+            resp = await self.client().post(
+                self.base_url + path,
+                data=jsonio.dumps(body),
+                headers=JSON_HEADERS,
+                proxy=self._proxy,
+            )
+        except TRANSPORT_ERRORS as e:
+            raise self.unreachable(model, e) from e
+        if resp.status != 200:
+            try:
+                raw = await resp.read()
+            except TRANSPORT_ERRORS as e:
+                resp.close()
                 raise self.unreachable(model, e) from e
-            raise self.stream_broken(model, f"sent nothing for {self.read_timeout_s:g} s") from e
-        except httpx.TransportError as e:
-            if not started:
-                raise self.unreachable(model, e) from e
-            raise self.stream_broken(model, f"dropped the connection ({e})") from e
+            raise self.http_error(model, resp.status, raw)
+        return LineStream(self, model, resp)

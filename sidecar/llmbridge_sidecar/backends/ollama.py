@@ -1,7 +1,8 @@
 """Ollama backend: ``POST /api/chat`` with NDJSON streaming.
 
 Always streams from Ollama (even for non-streaming ``complete``) so a cancel
-closes the HTTP connection, which makes Ollama stop generating.
+closes the HTTP connection, which makes Ollama stop generating; a stream that
+ends normally is read to its end, so its connection is reused.
 
 Tools: offered in the body's ``tools`` (``{"type": "function", "function":
 {name, description, parameters}}``); Ollama streams the model's calls as
@@ -13,7 +14,6 @@ line before the final one. The conversation continues with the assistant turn
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -119,17 +119,22 @@ class OllamaBackend(HttpBackend):
 
     async def chat(self, request: ChatRequest) -> AsyncGenerator[ChatEvent, None]:
         model = request.model
-        lines = self.stream_lines(model, "/api/chat", self.build_body(request))
         calls: list[protocol.ToolCall] = []
-        async with contextlib.aclosing(lines):
+        done: ChatDone | None = None
+        async with await self.stream(model, "/api/chat", self.build_body(request)) as lines:
             async for line in lines:
                 for event in self._parse_line(model, line, calls):
-                    if isinstance(event, ChatDone) and calls:
-                        event = dataclasses.replace(event, tool_calls=tuple(calls))
-                    yield event
-                    if isinstance(event, ChatDone):
-                        return
-        raise self.stream_broken(model, "closed the stream before the final done line")
+                    if isinstance(event, TextDelta):
+                        yield event
+                    else:
+                        done = event
+                if done is not None:
+                    break
+            else:
+                raise self.stream_broken(model, "closed the stream before the final done line")
+            await lines.finish()  # the connection goes back to the pool
+        assert done is not None  # the loop ends only by break once it is set
+        yield dataclasses.replace(done, tool_calls=tuple(calls)) if calls else done
 
     def http_error(self, model: str, status: int, body: bytes) -> BackendError:
         upstream = error_text(body)
@@ -149,7 +154,9 @@ class OllamaBackend(HttpBackend):
             data,
         )
 
-    def _parse_line(self, model: str, line: str, calls: list[protocol.ToolCall]) -> list[ChatEvent]:
+    def _parse_line(
+        self, model: str, line: bytes, calls: list[protocol.ToolCall]
+    ) -> list[ChatEvent]:
         obj = self.stream_object(model, line, "stream line")
         if "error" in obj:
             raise BackendError(

@@ -15,7 +15,8 @@ answers, not by the backend name:
   and as SSE events mid-stream.
 
 Always streams from the server, so a cancel closes the HTTP connection, which
-vLLM and llama.cpp take as the signal to stop generating.
+vLLM and llama.cpp take as the signal to stop generating; a stream that ends
+normally is read to its end, so its connection is reused.
 
 Tools: offered as ``tools: [{"type": "function", "function": {...}}]`` (no
 ``tool_choice``: the server's default, "auto"; vLLM needs
@@ -30,7 +31,6 @@ one ``{"role": "tool", "tool_call_id", "content"}`` per call.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 from collections.abc import AsyncGenerator
@@ -209,13 +209,12 @@ class OpenAICompatBackend(HttpBackend):
         deltas = 0
         # Tool calls by their index: [id, name, argument pieces].
         pending: dict[int, tuple[list[str], list[str], list[str]]] = {}
-        lines = self.stream_lines(model, CHAT_PATH, self.build_body(request))
-        async with contextlib.aclosing(lines):
+        async with await self.stream(model, CHAT_PATH, self.build_body(request)) as lines:
             async for line in lines:
-                if not line.startswith("data:"):
+                if not line.startswith(b"data:"):
                     continue  # SSE comments (":"), event:, id:, retry:
-                payload = line[len("data:") :].strip()
-                if payload == "[DONE]":
+                payload = line[5:].strip()
+                if payload == b"[DONE]":
                     break
                 obj = self._parse_event(model, payload)
                 if isinstance(obj.get("model"), str) and obj["model"]:
@@ -242,6 +241,7 @@ class OpenAICompatBackend(HttpBackend):
             else:
                 if not finish_reason:
                     raise self.stream_broken(model, "closed the stream before [DONE]")
+            await lines.finish()  # the connection goes back to the pool
         if usage is None:
             # The server ignored include_usage: one chunk is one token on
             # llama.cpp-based servers; the prompt size is unknown.
@@ -283,7 +283,7 @@ class OpenAICompatBackend(HttpBackend):
             if isinstance(function.get("arguments"), str):
                 arguments.append(function["arguments"])
 
-    def _parse_event(self, model: str, payload: str) -> dict[str, Any]:
+    def _parse_event(self, model: str, payload: bytes) -> dict[str, Any]:
         obj = self.stream_object(model, payload, "server-sent event")
         upstream = _event_error(obj)
         if upstream is not None:

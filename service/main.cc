@@ -26,6 +26,7 @@
 #include "service/local_llm_service.h"
 #include "service/logging.h"
 #include "service/metrics.h"
+#include "service/request_decoding.h"
 #include "service/server_config.h"
 #include "service/sidecar_locator.h"
 
@@ -171,6 +172,7 @@ std::shared_ptr<grpc::ServerCredentials> Credentials(const svc::ServerConfig& c)
 }
 
 int Run(int argc, char** argv) {
+  svc::RouteLibraryLogs();
   absl::StatusOr<svc::ServerConfig> configured = BuildConfig(argc, argv);
   if (!configured.ok()) {
     std::fprintf(stderr, "llmbridge: bad configuration: %s\n(see --help)\n",
@@ -206,6 +208,7 @@ int Run(int argc, char** argv) {
   service_options.log_prompts = config.log_prompts;
   service_options.metrics = &metrics;
   svc::LocalLLMService service(&client, service_options);
+  svc::AnswerUndecodableRequests(&service);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -262,6 +265,7 @@ int Run(int argc, char** argv) {
   stopper.join();
   // 3. The sidecar: shutdown request, then signals if it does not exit.
   client.Close();
+  svc::FlushLogs();
   std::fprintf(stderr, "llmbridge: stopped\n");
   return 0;
 }

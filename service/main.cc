@@ -22,6 +22,7 @@
 #include "grpcpp/health_check_service_interface.h"
 #include "rpc_bridge/client.h"
 #include "rpc_bridge/config.h"
+#include "service/auth.h"
 #include "service/health_monitor.h"
 #include "service/local_llm_service.h"
 #include "service/logging.h"
@@ -36,8 +37,8 @@ ABSL_FLAG(std::string, config, "",
           "work_dir, env, mcp_servers) plus the server keys (listen, "
           "metrics_listen, shutdown_grace, health_interval, tls_cert, "
           "tls_key, tls_client_ca, max_message_bytes, max_request_bytes, "
-          "log_prompts, mcp_strict). Flags given on the command line "
-          "override it.");
+          "log_prompts, mcp_strict, auth_token_file, auth_reflection). Flags "
+          "given on the command line override it.");
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
           "Address to serve gRPC on. Loopback by default; 0.0.0.0:50051 "
           "accepts remote clients (use TLS then).");
@@ -87,6 +88,15 @@ ABSL_FLAG(bool, mcp_strict, false,
           "reached (default: report it in ListTools and go on without it).");
 ABSL_FLAG(bool, log_prompts, false,
           "Include prompt text in the request logs (off: only sizes).");
+// --- auth flags ---
+ABSL_FLAG(std::string, auth_token_file, "",
+          "File of bearer tokens, one per line (blank lines and # comments "
+          "ignored): clients must send 'authorization: Bearer <token>', else "
+          "UNAUTHENTICATED. Re-read on SIGHUP and when the file changes. "
+          "Health checks stay open. Empty: no authentication.");
+ABSL_FLAG(bool, auth_reflection, true,
+          "With --auth_token_file: serve reflection without a token (false: "
+          "reflection needs one too).");
 
 namespace {
 
@@ -147,6 +157,8 @@ absl::StatusOr<svc::ServerConfig> BuildConfig(int argc, char** argv) {
   }
   if (use("log_prompts")) c.log_prompts = absl::GetFlag(FLAGS_log_prompts);
   if (use("mcp_strict")) c.client.mcp_strict = absl::GetFlag(FLAGS_mcp_strict);
+  if (use("auth_token_file")) c.auth_token_file = absl::GetFlag(FLAGS_auth_token_file);
+  if (use("auth_reflection")) c.auth_reflection = absl::GetFlag(FLAGS_auth_reflection);
   if (c.client.sidecar_path.empty()) c.client.sidecar_path = svc::ShippedSidecarPath();
   c.client = llmbridge::rpc::WithDefaults(c.client);
   if (absl::Status valid = svc::ValidateServerConfig(c); !valid.ok()) return valid;
@@ -188,6 +200,11 @@ int Run(int argc, char** argv) {
   sigaddset(&stop_signals, SIGINT);
   sigaddset(&stop_signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  auto auth = svc::StartBearerAuth(config.auth_token_file, config.auth_reflection);
+  if (!auth.ok()) {
+    std::fprintf(stderr, "llmbridge: %s\n", std::string(auth.status().message()).c_str());
+    return 2;
+  }
 
   svc::Metrics metrics;
   int metrics_port = 0;
@@ -214,7 +231,10 @@ int Run(int argc, char** argv) {
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(config.listen, Credentials(config), &port);
+  builder.AddListeningPort(
+      config.listen,
+      svc::WithBearerAuth(Credentials(config), !config.tls_cert.empty(), auth->get()),
+      &port);
   builder.RegisterService(&service);
   builder.SetMaxReceiveMessageSize(config.max_message_bytes);
   builder.SetMaxSendMessageSize(config.max_message_bytes);

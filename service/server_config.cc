@@ -37,7 +37,8 @@ const std::set<std::string>& ServerConfigKeys() {
       "listen",        "metrics_listen",    "shutdown_grace",
       "health_interval", "tls_cert",        "tls_key",
       "tls_client_ca", "max_message_bytes", "max_request_bytes",
-      "log_prompts",   "mcp_strict"};
+      "log_prompts",   "mcp_strict",        "auth_token_file",
+      "auth_reflection"};
   return *keys;
 }
 
@@ -62,7 +63,8 @@ absl::StatusOr<ServerConfig> ServerConfigFromJson(const rpc::Json& j) {
                             {"metrics_listen", &c.metrics_listen},
                             {"tls_cert", &c.tls_cert},
                             {"tls_key", &c.tls_key},
-                            {"tls_client_ca", &c.tls_client_ca}}) {
+                            {"tls_client_ca", &c.tls_client_ca},
+                            {"auth_token_file", &c.auth_token_file}}) {
     if (absl::Status s = rpc::ReadJsonString(j, key, *field); !s.ok()) {
       return s;
     }
@@ -86,7 +88,8 @@ absl::StatusOr<ServerConfig> ServerConfigFromJson(const rpc::Json& j) {
   c.max_message_bytes = static_cast<int>(std::min<int64_t>(max_message, INT32_MAX));
   c.max_request_bytes = static_cast<size_t>(max_request);
   for (auto [key, field] : {std::pair{"log_prompts", &c.log_prompts},
-                            {"mcp_strict", &c.client.mcp_strict}}) {
+                            {"mcp_strict", &c.client.mcp_strict},
+                            {"auth_reflection", &c.auth_reflection}}) {
     auto it = j.find(key);
     if (it == j.end() || it->is_null()) continue;
     if (!it->is_boolean()) return Bad(key, "must be true or false");
@@ -131,7 +134,8 @@ absl::Status ValidateServerConfig(const ServerConfig& c) {
   }
   for (auto [key, path] : {std::pair{"tls_cert", &c.tls_cert},
                            {"tls_key", &c.tls_key},
-                           {"tls_client_ca", &c.tls_client_ca}}) {
+                           {"tls_client_ca", &c.tls_client_ca},
+                           {"auth_token_file", &c.auth_token_file}}) {
     if (!path->empty() && !Readable(*path)) {
       return Bad(key, absl::StrCat("cannot read '", *path, "'"));
     }

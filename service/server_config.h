@@ -11,7 +11,8 @@
 //     "shutdown_grace": "30s", "health_interval": "5s",
 //     "tls_cert": "...", "tls_key": "...", "tls_client_ca": "...",
 //     "max_message_bytes": 8388608, "max_request_bytes": 4194304,
-//     "log_prompts": false, "mcp_strict": false }
+//     "log_prompts": false, "mcp_strict": false,
+//     "auth_token_file": "/etc/llmbridge/auth/tokens", "auth_reflection": true }
 #ifndef LLMBRIDGE_SERVICE_SERVER_CONFIG_H_
 #define LLMBRIDGE_SERVICE_SERVER_CONFIG_H_
 
@@ -39,6 +40,10 @@ struct ServerConfig {
   int max_message_bytes = 8 * 1024 * 1024;
   size_t max_request_bytes = 4 * 1024 * 1024;
   bool log_prompts = false;
+  // Bearer tokens, one per line (service/auth.h); empty: no authentication.
+  std::string auth_token_file;
+  // With auth: whether reflection stays open to clients without a token.
+  bool auth_reflection = true;
 };
 
 // The server keys a --config file may hold besides the seed's.

@@ -9,7 +9,14 @@
 //
 // The dispatcher's API is being reworked (issue 10): this harness is kept
 // small so that it is quick to adapt.
+//
+// LLMBRIDGE_FUZZ_MASK_KNOWN=1 steers clear of the findings already reported
+// (corpus/dispatcher/known-*), so that a long run can look past them: ids
+// of over-long lines get at most 18 digits (ScanId's overflow), and an
+// exception escaping ParseIncoming (issue 10: a non-string "jsonrpc") ends
+// only that input. CI runs without it.
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -24,6 +31,14 @@ namespace {
 
 using namespace llmbridge::rpc;  // NOLINT: a harness, not a library
 using llmbridge::fuzz::FuzzInput;
+
+bool MaskKnown() {
+  static const bool mask = [] {
+    const char* value = std::getenv("LLMBRIDGE_FUZZ_MASK_KNOWN");
+    return value != nullptr && std::string(value) == "1";
+  }();
+  return mask;
+}
 
 class FakeTransport : public Transport {
  public:
@@ -100,7 +115,16 @@ class Harness {
   // Feeds one line the way the stdio transport does.
   void Receive(const std::string& line) {
     if (line.empty()) return;
-    absl::StatusOr<IncomingMessage> message = ParseIncoming(line);
+    absl::StatusOr<IncomingMessage> message = absl::InternalError("unset");
+    if (MaskKnown()) {
+      try {
+        message = ParseIncoming(line);
+      } catch (const std::exception&) {
+        return;
+      }
+    } else {
+      message = ParseIncoming(line);
+    }
     if (!message.ok()) {
       dispatcher_.OnBadLine(message.status(),
                             std::string_view(line).substr(0, 200));
@@ -146,13 +170,15 @@ class Harness {
       case 5:
         Receive(in_.Until('\n'));  // any bytes at all
         break;
-      case 6:
+      case 6: {
         // An over-long line: only its first bytes are seen.
+        std::string rest = in_.Until('\n');
+        if (MaskKnown()) rest = rest.substr(0, 18);
         dispatcher_.OnBadLine(
             absl::ResourceExhaustedError("line too long"),
-            absl::StrCat(in_.Below(2) ? "{\"id\": " : "{\"request_id\":",
-                         in_.Until('\n')));
+            absl::StrCat(in_.Below(2) ? "{\"id\": " : "{\"request_id\":", rest));
         break;
+      }
       case 7:
         dispatcher_.set_stream_request_id(in_.Below(2) == 0);
         transport_.broken = in_.Below(4) == 0;

@@ -19,24 +19,15 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from conftest import ROOT, SERVER_BINARY, SIDECAR
+from conftest import SERVER_BINARY, SIDECAR
 from test_complete_e2e import user
-from test_service_e2e import MODEL, pki  # noqa: F401 (pki is a fixture)
-
-sys.path.insert(0, str(ROOT / "sidecar" / "tests"))
-from fake_ollama import FakeOllama  # noqa: E402
+from test_service_e2e import MODEL, ollama, pki  # noqa: F401 (fixtures)
 
 # Distinctive, so that a leak into the logs cannot go unnoticed.
 ALPHA = "tok-alpha-6f1c0e9d"
 BETA = "tok-beta-91ab22c3"
 GAMMA = "tok-gamma-5d0e7f10"
 COMPLETE = "/llmbridge.v1.LocalLLM/Complete"
-
-
-@pytest.fixture
-def ollama():
-    with FakeOllama() as fake:
-        yield fake
 
 
 def write_tokens(path, *tokens: str) -> None:
@@ -116,6 +107,15 @@ def test_calls_without_the_right_token_are_refused_before_any_work(pb, start_ser
         assert token not in logs, "a token reached the logs"
 
 
+def expect_rotated_to_beta(pb, server, trigger: str) -> None:
+    """Waits for the server to reload its tokens (its log says so), then
+    checks that ALPHA is refused and BETA accepted."""
+    server.stderr.wait_for(rf'"event":"auth_tokens_loaded".*"trigger":"{trigger}"', 30)
+    assert server.process.poll() is None, f"the server died on {trigger}"
+    refused(pb, server.channel, bearer(ALPHA))
+    stream(pb, server.channel, bearer(BETA))
+
+
 def test_health_and_reflection_stay_open_by_default(pb, start_server, ollama, tmp_path):
     token_file = tmp_path / "tokens"
     write_tokens(token_file, ALPHA)
@@ -143,9 +143,7 @@ def test_tokens_rotate_when_the_file_is_replaced(pb, start_server, ollama, tmp_p
     stream(pb, server.channel, bearer(ALPHA))
 
     write_tokens(token_file, BETA)
-    server.stderr.wait_for(r'"event":"auth_tokens_loaded".*"trigger":"file changed"', 30)
-    refused(pb, server.channel, bearer(ALPHA))
-    stream(pb, server.channel, bearer(BETA))
+    expect_rotated_to_beta(pb, server, "file changed")
 
 
 def test_tokens_rotate_on_a_kubernetes_secret_update(pb, start_server, ollama, tmp_path):
@@ -167,9 +165,7 @@ def test_tokens_rotate_on_a_kubernetes_secret_update(pb, start_server, ollama, t
     stream(pb, server.channel, bearer(ALPHA))
 
     version("..2026_11_30_02", BETA)
-    server.stderr.wait_for(r'"event":"auth_tokens_loaded".*"trigger":"file changed"', 30)
-    refused(pb, server.channel, bearer(ALPHA))
-    stream(pb, server.channel, bearer(BETA))
+    expect_rotated_to_beta(pb, server, "file changed")
 
 
 def test_sighup_reloads_the_tokens(pb, start_server, ollama, tmp_path):
@@ -181,10 +177,7 @@ def test_sighup_reloads_the_tokens(pb, start_server, ollama, tmp_path):
     token_file.write_text(token_file.read_text().replace(ALPHA, BETA))
     os.utime(token_file, ns=(before.st_atime_ns, before.st_mtime_ns))
     server.process.send_signal(signal.SIGHUP)
-    server.stderr.wait_for(r'"event":"auth_tokens_loaded".*"trigger":"SIGHUP"', 30)
-    assert server.process.poll() is None, "SIGHUP killed the server"
-    refused(pb, server.channel, bearer(ALPHA))
-    stream(pb, server.channel, bearer(BETA))
+    expect_rotated_to_beta(pb, server, "SIGHUP")
 
 
 def test_a_reload_without_tokens_keeps_the_tokens_in_use(pb, start_server, ollama, tmp_path):

@@ -4,30 +4,18 @@ that stops reading (stderr must never stall request processing)."""
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
 import sys
 import threading
-import time
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from conftest import ROOT, SERVER_BINARY, SIDECAR
-from test_service_e2e import MODEL, error_details
-
-sys.path.insert(0, str(ROOT / "sidecar" / "tests"))
-from fake_ollama import FakeOllama  # noqa: E402
+from conftest import ROOT, SERVER_BINARY, SIDECAR, _free_port
+from test_service_e2e import MODEL, error_details, ollama  # noqa: F401 (a fixture)
 
 COMPLETE = "/llmbridge.v1.LocalLLM/Complete"
-
-
-@pytest.fixture
-def ollama():
-    with FakeOllama() as fake:
-        yield fake
 
 
 def raw_complete(channel: grpc.Channel, payload: bytes) -> grpc.RpcError:
@@ -122,12 +110,6 @@ def test_request_limits_refuse_before_the_backend(pb, start_server, ollama):
 
 
 # --- a stderr nobody reads --------------------------------------------------------
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 def test_a_stalled_stderr_does_not_stall_requests(pb):
     """Before: every log line was a write(2) on the request path, so once

@@ -18,6 +18,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "rpc_bridge/async_stderr.h"
 #include "rpc_bridge/line_reader.h"
 
 extern char** environ;
@@ -287,8 +288,9 @@ void Subprocess::PumpStderr(int fd, std::string prefix,
     if (on_line) {
       on_line(*line);
     } else {
-      std::string out = prefix + *line + "\n";
-      (void)!::write(STDERR_FILENO, out.data(), out.size());
+      // Queued, never written here: a stalled server stderr must not stall
+      // this pump, or the sidecar would block on its own full stderr pipe.
+      StderrWriter().Write(prefix + *line);
     }
     std::lock_guard<std::mutex> lock(mu_);
     stderr_tail_.push_back(std::move(*line));

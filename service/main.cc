@@ -22,11 +22,13 @@
 #include "grpcpp/health_check_service_interface.h"
 #include "rpc_bridge/client.h"
 #include "rpc_bridge/config.h"
+#include "service/auth.h"
 #include "service/health_reporter.h"
 #include "service/local_llm_service.h"
 #include "service/logging.h"
 #include "service/metrics.h"
 #include "service/pool_events.h"
+#include "service/request_decoding.h"
 #include "service/server_config.h"
 #include "service/sidecar_locator.h"
 
@@ -37,8 +39,8 @@ ABSL_FLAG(std::string, config, "",
           "metrics_listen, shutdown_grace, health_interval, tls_cert, "
           "tls_key, tls_client_ca, max_message_bytes, max_request_bytes, "
           "log_prompts, mcp_strict, sidecars, max_concurrent, max_queue, "
-          "queue_timeout, health_timeout, max_unsent_bytes). Flags given on "
-          "the command line override it.");
+          "queue_timeout, health_timeout, max_unsent_bytes, auth_token_file, "
+          "auth_reflection). Flags given on the command line override it.");
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
           "Address to serve gRPC on. Loopback by default; 0.0.0.0:50051 "
           "accepts remote clients (use TLS then).");
@@ -113,6 +115,14 @@ ABSL_FLAG(int64_t, max_unsent_bytes, 4 * 1024 * 1024,
           "Answer text waiting for a slow client beyond this ends the call "
           "with RESOURCE_EXHAUSTED (reason CLIENT_TOO_SLOW) and stops the "
           "generation.");
+ABSL_FLAG(std::string, auth_token_file, "",
+          "File of bearer tokens, one per line (blank lines and # comments "
+          "ignored): clients must send 'authorization: Bearer <token>', else "
+          "UNAUTHENTICATED. Re-read on SIGHUP and when the file changes. "
+          "Health checks stay open. Empty: no authentication.");
+ABSL_FLAG(bool, auth_reflection, true,
+          "With --auth_token_file: serve reflection without a token (false: "
+          "reflection needs one too).");
 
 namespace {
 
@@ -182,6 +192,8 @@ absl::StatusOr<svc::ServerConfig> BuildConfig(int argc, char** argv) {
     int64_t v = absl::GetFlag(FLAGS_max_unsent_bytes);
     c.max_unsent_bytes = v > 0 ? static_cast<size_t>(v) : 0;
   }
+  if (use("auth_token_file")) c.auth_token_file = absl::GetFlag(FLAGS_auth_token_file);
+  if (use("auth_reflection")) c.auth_reflection = absl::GetFlag(FLAGS_auth_reflection);
   if (c.client.sidecar_path.empty()) c.client.sidecar_path = svc::ShippedSidecarPath();
   c.client = llmbridge::rpc::WithDefaults(c.client);
   if (absl::Status valid = svc::ValidateServerConfig(c); !valid.ok()) return valid;
@@ -207,6 +219,7 @@ std::shared_ptr<grpc::ServerCredentials> Credentials(const svc::ServerConfig& c)
 }
 
 int Run(int argc, char** argv) {
+  svc::RouteLibraryLogs();
   absl::StatusOr<svc::ServerConfig> configured = BuildConfig(argc, argv);
   if (!configured.ok()) {
     std::fprintf(stderr, "llmbridge: bad configuration: %s\n(see --help)\n",
@@ -222,6 +235,11 @@ int Run(int argc, char** argv) {
   sigaddset(&stop_signals, SIGINT);
   sigaddset(&stop_signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  auto auth = svc::StartBearerAuth(config.auth_token_file, config.auth_reflection);
+  if (!auth.ok()) {
+    std::fprintf(stderr, "llmbridge: %s\n", std::string(auth.status().message()).c_str());
+    return 2;
+  }
 
   svc::Metrics metrics;
   int metrics_port = 0;
@@ -264,12 +282,16 @@ int Run(int argc, char** argv) {
   service_options.max_unsent_bytes = config.max_unsent_bytes;
   service_options.metrics = &metrics;
   svc::LocalLLMService service(&client, service_options);
+  svc::AnswerUndecodableRequests(&service);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(config.listen, Credentials(config), &port);
+  builder.AddListeningPort(
+      config.listen,
+      svc::WithBearerAuth(Credentials(config), !config.tls_cert.empty(), auth->get()),
+      &port);
   builder.RegisterService(&service);
   builder.SetMaxReceiveMessageSize(config.max_message_bytes);
   builder.SetMaxSendMessageSize(config.max_message_bytes);
@@ -324,6 +346,7 @@ int Run(int argc, char** argv) {
   // 3. The sidecars: shutdown request, then signals if they do not exit.
   pool_events.set_health(nullptr);
   client.Shutdown();
+  svc::FlushLogs();
   std::fprintf(stderr, "llmbridge: stopped\n");
   return 0;
 }

@@ -1,9 +1,12 @@
 #include "service/request_conversion.h"
 
+#include <algorithm>
 #include <cmath>
 #include <string>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "google/protobuf/struct.pb.h"
 #include "google/protobuf/util/json_util.h"
 
 namespace llmbridge::service {
@@ -14,23 +17,109 @@ bool KnownRole(const std::string& role) {
          role == "tool";
 }
 
+// How deeply objects and arrays nest in the options, counted as in their
+// JSON form (a scalar is 0, {} is 1). Checked on the protobuf itself:
+// protobuf's JSON conversion gives up at 64 message levels (32 JSON levels)
+// with a message that means little to a client.
+int ValueDepth(const google::protobuf::Value& value);
+
+int StructDepth(const google::protobuf::Struct& s) {
+  int deepest = 0;
+  for (const auto& [key, value] : s.fields()) {
+    deepest = std::max(deepest, ValueDepth(value));
+  }
+  return deepest + 1;
+}
+
+int ValueDepth(const google::protobuf::Value& value) {
+  if (value.has_struct_value()) return StructDepth(value.struct_value());
+  if (!value.has_list_value()) return 0;
+  int deepest = 0;
+  for (const auto& item : value.list_value().values()) {
+    deepest = std::max(deepest, ValueDepth(item));
+  }
+  return deepest + 1;
+}
+
+absl::Status TooLong(const std::string& field, size_t size, size_t limit) {
+  return absl::InvalidArgumentError(absl::StrCat(
+      field, ": ", size, " bytes, over the server's limit of ", limit));
+}
+
+// The request's options as a JSON object, within the limits.
+absl::StatusOr<rpc::Json> OptionsJson(const google::protobuf::Struct& options,
+                                      const RequestLimits& limits) {
+  if (int depth = StructDepth(options); depth > limits.max_options_depth) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "options: nested ", depth, " levels deep, over the server's limit of ",
+        limits.max_options_depth));
+  }
+  std::string json;
+  auto converted = google::protobuf::util::MessageToJsonString(options, &json);
+  if (!converted.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("options: ", converted.ToString()));
+  }
+  if (json.size() > limits.max_options_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "options: ", json.size(), " bytes of JSON, over the server's limit of ",
+        limits.max_options_bytes, "; pass only the backend options you need"));
+  }
+  rpc::Json parsed = rpc::Json::parse(json, nullptr, false);
+  if (!parsed.is_object()) {
+    return absl::InvalidArgumentError("options: must be a JSON object");
+  }
+  return parsed;
+}
+
 }  // namespace
 
 absl::StatusOr<rpc::CompleteParams> ToCompleteParams(
     const llmbridge::v1::CompleteRequest& request, size_t max_request_bytes) {
+  RequestLimits limits;
+  limits.max_request_bytes = max_request_bytes;
+  return ToCompleteParams(request, limits);
+}
+
+absl::StatusOr<rpc::CompleteParams> ToCompleteParams(
+    const llmbridge::v1::CompleteRequest& request, const RequestLimits& limits) {
   rpc::CompleteParams params;
-  size_t text_bytes = request.system_prompt().size();
-  for (const auto& m : request.messages()) text_bytes += m.content().size();
-  if (text_bytes > max_request_bytes) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "messages: the request's text is ", text_bytes,
-        " bytes, over the server's limit of ", max_request_bytes,
-        " (--max_request_bytes); shorten the conversation"));
-  }
   if (request.messages().empty()) {
     return absl::InvalidArgumentError(
         "messages: at least one message is required, e.g. "
         R"({"messages":[{"role":"user","content":"Hello"}]})");
+  }
+  if (request.messages_size() > limits.max_messages) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "messages: ", request.messages_size(),
+        " messages, over the server's limit of ", limits.max_messages,
+        "; shorten the conversation"));
+  }
+  if (request.model().size() > limits.max_name_bytes) {
+    return TooLong("model", request.model().size(), limits.max_name_bytes);
+  }
+  size_t text_bytes = request.system_prompt().size() + request.model().size();
+  for (int i = 0; i < request.messages_size(); ++i) {
+    const auto& m = request.messages(i);
+    for (auto [field, value] : {std::pair{"role", &m.role()}, {"name", &m.name()}}) {
+      if (value->size() > limits.max_name_bytes) {
+        return TooLong(absl::StrCat("messages[", i, "].", field), value->size(),
+                       limits.max_name_bytes);
+      }
+    }
+    text_bytes += m.role().size() + m.content().size() + m.name().size();
+  }
+  if (request.has_options()) {
+    absl::StatusOr<rpc::Json> options = OptionsJson(request.options(), limits);
+    if (!options.ok()) return options.status();
+    params.options = *std::move(options);
+    text_bytes += params.options.dump().size();
+  }
+  if (text_bytes > limits.max_request_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "messages: the request's text is ", text_bytes,
+        " bytes, over the server's limit of ", limits.max_request_bytes,
+        " (--max_request_bytes); shorten the conversation"));
   }
   for (int i = 0; i < request.messages_size(); ++i) {
     const auto& m = request.messages(i);
@@ -54,29 +143,17 @@ absl::StatusOr<rpc::CompleteParams> ToCompleteParams(
     }
     params.temperature = t;
   }
-  if (request.max_tool_iterations() < 0) {
+  if (request.max_tool_iterations() < 0 ||
+      request.max_tool_iterations() > limits.max_tool_iterations) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "max_tool_iterations: must be >= 0 (0 means the default), got ",
-        request.max_tool_iterations()));
+        "max_tool_iterations: must be between 0 (the default, 8) and ",
+        limits.max_tool_iterations, ", got ", request.max_tool_iterations()));
   }
   params.use_tools = request.use_tools();
   params.max_tool_iterations = request.max_tool_iterations();
   params.model = request.model();
   params.system_prompt = request.system_prompt();
   params.max_tokens = request.max_tokens();
-  if (request.has_options()) {
-    std::string json;
-    auto converted =
-        google::protobuf::util::MessageToJsonString(request.options(), &json);
-    if (!converted.ok()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("options: ", converted.ToString()));
-    }
-    params.options = rpc::Json::parse(json, nullptr, false);
-    if (!params.options.is_object()) {
-      return absl::InvalidArgumentError("options: must be a JSON object");
-    }
-  }
   return params;
 }
 

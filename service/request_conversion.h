@@ -9,8 +9,31 @@
 
 namespace llmbridge::service {
 
-// InvalidArgument naming the offending field, e.g. "messages[1].role: ...".
-// `max_request_bytes` bounds the text of all messages and the system prompt.
+// Bounds on what one request may ask for. A request comes from any client
+// that reaches the port, and each of these costs the sidecar and the
+// backend in proportion (README: "Untrusted input limits").
+struct RequestLimits {
+  // All text of the request: every message's role, content and name, the
+  // model, the system prompt and the options as JSON (--max_request_bytes).
+  size_t max_request_bytes = 4 * 1024 * 1024;
+  // Messages in the conversation.
+  int max_messages = 4096;
+  // `options`, as JSON: its size, and how deeply objects and arrays nest
+  // (protobuf's own JSON conversion stops at 32 levels).
+  size_t max_options_bytes = 64 * 1024;
+  int max_options_depth = 32;
+  // `max_tool_iterations` (model -> tools -> model rounds).
+  int max_tool_iterations = 64;
+  // `model` and each message's `name` and `role`.
+  size_t max_name_bytes = 1024;
+};
+
+// InvalidArgument naming the offending field, e.g. "messages[1].role: ...",
+// and the limit with what to do about it.
+absl::StatusOr<rpc::CompleteParams> ToCompleteParams(
+    const llmbridge::v1::CompleteRequest& request, const RequestLimits& limits);
+
+// The same with the default limits but `max_request_bytes`.
 absl::StatusOr<rpc::CompleteParams> ToCompleteParams(
     const llmbridge::v1::CompleteRequest& request,
     size_t max_request_bytes = 4 * 1024 * 1024);

@@ -65,7 +65,8 @@ const std::set<std::string>& ServerConfigKeys() {
       "tls_client_ca", "max_message_bytes", "max_request_bytes",
       "log_prompts",   "mcp_strict",        "sidecars",
       "max_concurrent", "max_queue",        "queue_timeout",
-      "health_timeout", "max_unsent_bytes"};
+      "health_timeout", "max_unsent_bytes", "auth_token_file",
+      "auth_reflection"};
   return *keys;
 }
 
@@ -90,7 +91,8 @@ absl::StatusOr<ServerConfig> ServerConfigFromJson(const rpc::Json& j) {
                             {"metrics_listen", &c.metrics_listen},
                             {"tls_cert", &c.tls_cert},
                             {"tls_key", &c.tls_key},
-                            {"tls_client_ca", &c.tls_client_ca}}) {
+                            {"tls_client_ca", &c.tls_client_ca},
+                            {"auth_token_file", &c.auth_token_file}}) {
     if (absl::Status s = rpc::ReadJsonString(j, key, *field); !s.ok()) {
       return s;
     }
@@ -130,7 +132,8 @@ absl::StatusOr<ServerConfig> ServerConfigFromJson(const rpc::Json& j) {
   c.max_message_bytes = static_cast<int>(std::min<int64_t>(max_message, INT32_MAX));
   c.max_request_bytes = static_cast<size_t>(max_request);
   for (auto [key, field] : {std::pair{"log_prompts", &c.log_prompts},
-                            {"mcp_strict", &c.client.mcp_strict}}) {
+                            {"mcp_strict", &c.client.mcp_strict},
+                            {"auth_reflection", &c.auth_reflection}}) {
     auto it = j.find(key);
     if (it == j.end() || it->is_null()) continue;
     if (!it->is_boolean()) return Bad(key, "must be true or false");
@@ -175,7 +178,8 @@ absl::Status ValidateServerConfig(const ServerConfig& c) {
   }
   for (auto [key, path] : {std::pair{"tls_cert", &c.tls_cert},
                            {"tls_key", &c.tls_key},
-                           {"tls_client_ca", &c.tls_client_ca}}) {
+                           {"tls_client_ca", &c.tls_client_ca},
+                           {"auth_token_file", &c.auth_token_file}}) {
     if (!path->empty() && !Readable(*path)) {
       return Bad(key, absl::StrCat("cannot read '", *path, "'"));
     }

@@ -14,7 +14,8 @@
 //     "log_prompts": false, "mcp_strict": false,
 //     "sidecars": 1, "max_concurrent": 0, "max_queue": 512,
 //     "queue_timeout": "60s", "health_timeout": "10s",
-//     "max_unsent_bytes": 4194304 }
+//     "max_unsent_bytes": 4194304,
+//     "auth_token_file": "/etc/llmbridge/auth/tokens", "auth_reflection": true }
 #ifndef LLMBRIDGE_SERVICE_SERVER_CONFIG_H_
 #define LLMBRIDGE_SERVICE_SERVER_CONFIG_H_
 
@@ -51,6 +52,10 @@ struct ServerConfig {
   std::chrono::milliseconds queue_timeout{60000};
   std::chrono::milliseconds health_timeout{10000};
   size_t max_unsent_bytes = 4 * 1024 * 1024;
+  // Bearer tokens, one per line (service/auth.h); empty: no authentication.
+  std::string auth_token_file;
+  // With auth: whether reflection stays open to clients without a token.
+  bool auth_reflection = true;
 };
 
 // Streams in flight per sidecar when max_concurrent is 0: 1 for the

@@ -6,6 +6,8 @@
 //     (google.rpc.Status in the grpc-status-details-bin trailer).
 //
 // Usage: go run . [ADDRESS]   (default: $LLMBRIDGE_ADDRESS or 127.0.0.1:50051)
+// With $LLMBRIDGE_TOKEN set, every call sends `authorization: Bearer <token>`
+// (for a server started with --auth_token_file).
 package main
 
 import (
@@ -23,12 +25,25 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails" // registers ErrorInfo, RetryInfo
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	pb "github.com/llmbridge/llmbridge/examples/go/llmbridgev1"
 )
 
 const timeout = 60 * time.Second
+
+// callContext is a context with the call's deadline and, when
+// $LLMBRIDGE_TOKEN is set, the bearer token as metadata. Over a plaintext
+// connection the token crosses the network readable: use TLS beyond
+// loopback or a pod.
+func callContext() (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	if token := os.Getenv("LLMBRIDGE_TOKEN"); token != "" {
+		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token)
+	}
+	return ctx, cancel
+}
 
 func main() {
 	log.SetFlags(0)
@@ -61,7 +76,7 @@ func main() {
 
 func streamCompletion(client pb.LocalLLMClient) error {
 	fmt.Println("== Complete (streaming)")
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	ctx, cancel := callContext()
 	defer cancel()
 	stream, err := client.Complete(ctx, &pb.CompleteRequest{
 		Messages: []*pb.Message{{Role: "user", Content: "Say hello."}},
@@ -89,7 +104,7 @@ func streamCompletion(client pb.LocalLLMClient) error {
 
 func failingCall(client pb.LocalLLMClient) error {
 	fmt.Println("== Complete with an unknown model (fails)")
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	ctx, cancel := callContext()
 	defer cancel()
 	stream, err := client.Complete(ctx, &pb.CompleteRequest{
 		Model:    "no-such-model",

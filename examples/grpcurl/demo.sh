@@ -8,6 +8,8 @@
 #
 # Usage: examples/grpcurl/demo.sh [ADDRESS]   (default: $LLMBRIDGE_ADDRESS or 127.0.0.1:50051)
 # grpcurl: $GRPCURL, else the pinned one examples/setup installs, else grpcurl on PATH.
+# With $LLMBRIDGE_TOKEN set, every call sends `authorization: Bearer <token>`
+# (for a server started with --auth_token_file); the demo shows it as $LLMBRIDGE_TOKEN.
 set -euo pipefail
 ADDRESS=${1:-${LLMBRIDGE_ADDRESS:-127.0.0.1:50051}}
 PINNED=${LLMBRIDGE_CACHE_DIR:-$HOME/.cache/llmbridge}/bin/grpcurl
@@ -20,29 +22,38 @@ if [ -z "${GRPCURL:-}" ]; then
     exit 1
   fi
 fi
+# -H sends the header on the calls and on reflection (when the server
+# protects reflection too: --auth_reflection=false).
+auth=()
+shown_auth=()
+if [ -n "${LLMBRIDGE_TOKEN:-}" ]; then
+  auth=(-H "authorization: Bearer $LLMBRIDGE_TOKEN")
+  shown_auth=(-H "'authorization: Bearer \$LLMBRIDGE_TOKEN'")
+fi
 show() { printf '$ grpcurl %s\n' "$*"; }
+grpcurl() { "$GRPCURL" "${auth[@]}" "$@"; }
 
 echo "== list"
-show -plaintext "$ADDRESS" list
-"$GRPCURL" -plaintext "$ADDRESS" list
+show "${shown_auth[@]}" -plaintext "$ADDRESS" list
+grpcurl -plaintext "$ADDRESS" list
 
 echo "== describe"
-show -plaintext "$ADDRESS" describe llmbridge.v1.LocalLLM
-"$GRPCURL" -plaintext "$ADDRESS" describe llmbridge.v1.LocalLLM
-show -plaintext "$ADDRESS" describe llmbridge.v1.CompleteRequest
-"$GRPCURL" -plaintext "$ADDRESS" describe llmbridge.v1.CompleteRequest
+show "${shown_auth[@]}" -plaintext "$ADDRESS" describe llmbridge.v1.LocalLLM
+grpcurl -plaintext "$ADDRESS" describe llmbridge.v1.LocalLLM
+show "${shown_auth[@]}" -plaintext "$ADDRESS" describe llmbridge.v1.CompleteRequest
+grpcurl -plaintext "$ADDRESS" describe llmbridge.v1.CompleteRequest
 
 echo "== Complete (streaming)"
 request='{"messages": [{"role": "user", "content": "Say hello."}]}'
-show -plaintext -d "'$request'" "$ADDRESS" llmbridge.v1.LocalLLM/Complete
-"$GRPCURL" -plaintext -d "$request" "$ADDRESS" llmbridge.v1.LocalLLM/Complete
+show "${shown_auth[@]}" -plaintext -d "'$request'" "$ADDRESS" llmbridge.v1.LocalLLM/Complete
+grpcurl -plaintext -d "$request" "$ADDRESS" llmbridge.v1.LocalLLM/Complete
 
 echo "== Complete with an unknown model (fails)"
 request='{"model": "no-such-model", "messages": [{"role": "user", "content": "Hi"}]}'
-show -plaintext -d "'$request'" "$ADDRESS" llmbridge.v1.LocalLLM/Complete
+show "${shown_auth[@]}" -plaintext -d "'$request'" "$ADDRESS" llmbridge.v1.LocalLLM/Complete
 # On an error status grpcurl prints it (and its details) to stderr and exits
 # with 64 + the status code.
-if output=$("$GRPCURL" -plaintext -d "$request" "$ADDRESS" llmbridge.v1.LocalLLM/Complete 2>&1); then
+if output=$(grpcurl -plaintext -d "$request" "$ADDRESS" llmbridge.v1.LocalLLM/Complete 2>&1); then
   echo "$output"
   echo "the call with an unknown model succeeded" >&2
   exit 1

@@ -7,6 +7,8 @@
 //    the grpc-status-details-bin trailer).
 //
 // Usage: node client.js [ADDRESS]   (default: $LLMBRIDGE_ADDRESS or 127.0.0.1:50051)
+// With $LLMBRIDGE_TOKEN set, every call sends `authorization: Bearer <token>`
+// (for a server started with --auth_token_file).
 'use strict';
 
 const path = require('node:path');
@@ -41,10 +43,20 @@ function deadline() {
   return new Date(Date.now() + TIMEOUT_MS);
 }
 
+// The bearer token from $LLMBRIDGE_TOKEN, as call metadata. Over a plaintext
+// channel it crosses the network readable: use TLS beyond loopback or a pod.
+function authMetadata() {
+  const metadata = new grpc.Metadata();
+  if (process.env.LLMBRIDGE_TOKEN) {
+    metadata.set('authorization', `Bearer ${process.env.LLMBRIDGE_TOKEN}`);
+  }
+  return metadata;
+}
+
 async function streamCompletion(client) {
   console.log('== Complete (streaming)');
   const call = client.Complete({ messages: [{ role: 'user', content: 'Say hello.' }] },
-    { deadline: deadline() });
+    authMetadata(), { deadline: deadline() });
   for await (const response of call) {
     process.stdout.write(response.content); // each text delta as it arrives
     if (response.done) {
@@ -81,7 +93,7 @@ async function failingCall(client) {
   console.log('== Complete with an unknown model (fails)');
   const call = client.Complete(
     { model: 'no-such-model', messages: [{ role: 'user', content: 'Hi' }] },
-    { deadline: deadline() });
+    authMetadata(), { deadline: deadline() });
   try {
     for await (const response of call) console.log(`unexpected: ${JSON.stringify(response)}`);
   } catch (err) {

@@ -7,6 +7,8 @@
    the grpc-status-details-bin trailer).
 
 Usage: client.py [ADDRESS]   (default: $LLMBRIDGE_ADDRESS or 127.0.0.1:50051)
+With $LLMBRIDGE_TOKEN set, every call sends `authorization: Bearer <token>`
+(for a server started with --auth_token_file).
 """
 
 from __future__ import annotations
@@ -25,6 +27,14 @@ from grpc_tools import protoc
 
 PROTO_DIR = Path(__file__).resolve().parents[2] / "proto"
 TIMEOUT_S = 60
+
+
+def auth_metadata() -> list[tuple[str, str]]:
+    """The bearer token from $LLMBRIDGE_TOKEN, as call metadata. Over a
+    plaintext channel it crosses the network readable: use TLS beyond
+    loopback or a pod."""
+    token = os.environ.get("LLMBRIDGE_TOKEN")
+    return [("authorization", f"Bearer {token}")] if token else []
 
 
 def load_stubs():
@@ -46,7 +56,7 @@ def load_stubs():
 def stream_completion(pb2, stub) -> None:
     print("== Complete (streaming)")
     request = pb2.CompleteRequest(messages=[pb2.Message(role="user", content="Say hello.")])
-    for response in stub.Complete(request, timeout=TIMEOUT_S):
+    for response in stub.Complete(request, timeout=TIMEOUT_S, metadata=auth_metadata()):
         print(response.content, end="", flush=True)  # each text delta as it arrives
         if response.done:
             u = response.usage
@@ -79,7 +89,7 @@ def failing_call(pb2, stub) -> None:
     request = pb2.CompleteRequest(model="no-such-model",
                                   messages=[pb2.Message(role="user", content="Hi")])
     try:
-        for _ in stub.Complete(request, timeout=TIMEOUT_S):
+        for _ in stub.Complete(request, timeout=TIMEOUT_S, metadata=auth_metadata()):
             pass
     except grpc.RpcError as err:
         print_error(err)

@@ -407,6 +407,29 @@ def test_network_policy_admits_clients_and_scrapes(rendered: Rendered, server: S
                         assert peer["podSelector"]["matchLabels"] == {"k8s-app": "kube-dns"}
 
 
+def test_clients_reaching_the_grpc_port_need_a_token(rendered: Rendered, server: Server) -> None:
+    """Where the NetworkPolicy admits clients, --auth_token_file names a file
+    of a Secret volume mounted whole (a subPath mount never sees updates, so
+    tokens could not rotate without a restart)."""
+    for pod in rendered.pods():
+        if pod.as_native_sidecar:
+            continue  # only its own pod's app reaches it (see the NetworkPolicy test)
+        path = flag_args(pod.llmbridge).get("auth_token_file")
+        assert path, f"{rendered.name}: the gRPC port is open to clients without a token"
+        assert "auth_token_file" in server.flags or "auth_token_file" in PLANNED_FLAGS
+        mount = next((m for m in pod.llmbridge.get("volumeMounts", [])
+                      if path.startswith(m["mountPath"].rstrip("/") + "/")), None)
+        assert mount, f"{rendered.name}: nothing is mounted at {path}"
+        assert "subPath" not in mount, f"{rendered.name}: a subPath mount never updates"
+        volume = next(v for v in pod.spec["volumes"] if v["name"] == mount["name"])
+        assert "secret" in volume, f"{rendered.name}: {path} is not on a Secret volume"
+        name = volume["secret"]["secretName"]
+        secrets = [o for o in rendered.of_kind("Secret") if o["metadata"]["name"] == name]
+        assert secrets, f"{rendered.name}: no Secret {name}"
+        key = path[len(mount["mountPath"].rstrip("/")) + 1:]
+        assert key in secrets[0].get("data", {}) or key in secrets[0].get("stringData", {})
+
+
 def test_disruption_budget_and_autoscaler_target_llmbridge(rendered: Rendered) -> None:
     for pod in rendered.pods():
         name = pod.owner["metadata"]["name"]

@@ -46,10 +46,14 @@ def address(examples_ready, start_server, fake_ollama) -> str:
     return f"127.0.0.1:{server.port}"
 
 
-def run_example(argv: list[str], cwd: Path) -> str:
-    """Runs one example to completion and returns what it printed."""
+def run_example(argv: list[str], cwd: Path, token: str | None = None) -> str:
+    """Runs one example to completion (with $LLMBRIDGE_TOKEN when given) and
+    returns what it printed."""
+    env = {k: v for k, v in os.environ.items() if k != "LLMBRIDGE_TOKEN"}
+    if token is not None:
+        env["LLMBRIDGE_TOKEN"] = token
     result = subprocess.run(argv, check=False, cwd=cwd, text=True, capture_output=True,
-                            timeout=RUN_TIMEOUT_S, stdin=subprocess.DEVNULL)
+                            timeout=RUN_TIMEOUT_S, stdin=subprocess.DEVNULL, env=env)
     output = result.stdout + result.stderr
     assert result.returncode == 0, f"{argv} exited {result.returncode}:\n{output}"
     return output
@@ -102,6 +106,43 @@ def test_example_client_fails_with_the_status_when_the_server_is_unreachable(lan
                             timeout=RUN_TIMEOUT_S, stdin=subprocess.DEVNULL)
     assert result.returncode != 0, (result.stdout, result.stderr)
     assert "code: UNAVAILABLE" in result.stdout.splitlines(), (result.stdout, result.stderr)
+
+
+TOKEN = "example-token-3c9a71"
+
+
+@pytest.fixture
+def auth_address(examples_ready, start_server, fake_ollama, tmp_path) -> str:
+    """host:port of a real server that requires the bearer token TOKEN."""
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"# example clients\n{TOKEN}\n")
+    server = start_server("--backend=ollama", f"--host={fake_ollama}",
+                          "--model=llama3.2:latest", f"--auth_token_file={tokens}")
+    return f"127.0.0.1:{server.port}"
+
+
+@pytest.mark.parametrize("language", sorted(CLIENTS))
+def test_example_client_sends_the_token_from_the_environment(language, auth_address):
+    parts = sections(run_example(*CLIENTS[language](auth_address), token=TOKEN))
+    assert parts["Complete (streaming)"][:1] == [STREAMED_TEXT], parts
+    assert "reason: MODEL_NOT_FOUND" in parts["Complete with an unknown model (fails)"], parts
+
+    argv, cwd = CLIENTS[language](auth_address)
+    result = subprocess.run(argv, check=False, cwd=cwd, text=True, capture_output=True,
+                            timeout=RUN_TIMEOUT_S, stdin=subprocess.DEVNULL,
+                            env={**os.environ, "LLMBRIDGE_TOKEN": "wrong"})
+    assert result.returncode != 0, (result.stdout, result.stderr)
+    assert "code: UNAUTHENTICATED" in result.stdout.splitlines(), (result.stdout, result.stderr)
+
+
+def test_grpcurl_script_sends_the_token_from_the_environment(auth_address):
+    output = run_example([str(EXAMPLES / "grpcurl" / "demo.sh"), auth_address], ROOT,
+                         token=TOKEN)
+    parts = sections(output)
+    messages = json_messages(parts["Complete (streaming)"])
+    assert "".join(m.get("content", "") for m in messages) == STREAMED_TEXT, output
+    assert "reason: MODEL_NOT_FOUND" in parts["Complete with an unknown model (fails)"], output
+    assert TOKEN not in output, "the demo printed the token"
 
 
 def json_messages(lines: list[str]) -> list[dict]:

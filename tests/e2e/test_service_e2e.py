@@ -301,7 +301,8 @@ def test_help_documents_every_flag():
     for flag in ["config", "listen", "backend", "model", "host", "python", "sidecar",
                  "work_dir", "startup_timeout", "request_timeout", "shutdown_grace",
                  "health_interval", "metrics_listen", "tls_cert", "tls_key", "tls_client_ca",
-                 "max_message_bytes", "max_request_bytes", "log_prompts"]:
+                 "max_message_bytes", "max_request_bytes", "log_prompts",
+                 "auth_token_file", "auth_reflection"]:
         assert re.search(rf"-{flag} \(", text), f"--{flag} is not documented"
 
 

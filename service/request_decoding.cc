@@ -1,0 +1,234 @@
+#include "service/request_decoding.h"
+
+#include <grpc/byte_buffer.h>
+#include <grpc/byte_buffer_reader.h>
+#include <grpc/grpc.h>
+
+#include <map>
+#include <mutex>
+#include <optional>
+#include <string>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/strings/str_cat.h"
+#include "google/protobuf/unknown_field_set.h"
+#include "grpcpp/impl/codegen/server_callback_handlers.h"
+#include "rpc_bridge/error_reason.h"
+#include "service/grpc_status.h"
+#include "service/logging.h"
+
+namespace llmbridge::service {
+namespace {
+
+using google::protobuf::Descriptor;
+using google::protobuf::FieldDescriptor;
+using google::protobuf::UnknownField;
+using google::protobuf::UnknownFieldSet;
+using llmbridge::v1::CompleteRequest;
+using llmbridge::v1::CompleteResponse;
+
+// The generated code registers Complete as the service's method 0 (its
+// order in llmbridge.proto).
+constexpr int kCompleteMethodIndex = 0;
+
+// Strict UTF-8, as protobuf checks proto3 strings: no overlong forms, no
+// surrogates, nothing past U+10FFFF.
+bool IsValidUtf8(std::string_view s) {
+  size_t i = 0;
+  while (i < s.size()) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    size_t extra;
+    uint32_t min;
+    uint32_t cp;
+    if (c < 0x80) {
+      ++i;
+      continue;
+    } else if ((c & 0xE0) == 0xC0) {
+      extra = 1, min = 0x80, cp = c & 0x1F;
+    } else if ((c & 0xF0) == 0xE0) {
+      extra = 2, min = 0x800, cp = c & 0x0F;
+    } else if ((c & 0xF8) == 0xF0) {
+      extra = 3, min = 0x10000, cp = c & 0x07;
+    } else {
+      return false;
+    }
+    if (i + extra >= s.size()) return false;  // cut short
+    for (size_t k = 1; k <= extra; ++k) {
+      const auto cc = static_cast<unsigned char>(s[i + k]);
+      if ((cc & 0xC0) != 0x80) return false;
+      cp = (cp << 6) | (cc & 0x3F);
+    }
+    if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) {
+      return false;
+    }
+    i += extra + 1;
+  }
+  return true;
+}
+
+// The first string field under `fields` that is not UTF-8, as a path.
+std::optional<std::string> FindInvalidUtf8(const UnknownFieldSet& fields,
+                                           const Descriptor* descriptor,
+                                           const std::string& prefix,
+                                           int depth) {
+  if (depth > 100) return std::nullopt;  // protobuf's own recursion limit
+  std::map<int, int> seen;  // field number -> occurrences so far
+  for (int i = 0; i < fields.field_count(); ++i) {
+    const UnknownField& field = fields.field(i);
+    const int index = seen[field.number()]++;
+    const FieldDescriptor* fd = descriptor->FindFieldByNumber(field.number());
+    if (fd == nullptr || field.type() != UnknownField::TYPE_LENGTH_DELIMITED) {
+      continue;
+    }
+    std::string path = prefix.empty() ? fd->name() : prefix + "." + fd->name();
+    if (fd->is_repeated()) absl::StrAppend(&path, "[", index, "]");
+    if (fd->type() == FieldDescriptor::TYPE_STRING &&
+        !IsValidUtf8(field.length_delimited())) {
+      return path;
+    }
+    if (fd->type() == FieldDescriptor::TYPE_MESSAGE) {
+      UnknownFieldSet nested;
+      if (!nested.ParseFromString(field.length_delimited())) continue;
+      if (auto found = FindInvalidUtf8(nested, fd->message_type(), path,
+                                       depth + 1)) {
+        return found;
+      }
+    }
+  }
+  return std::nullopt;
+}
+
+std::string ReadAll(grpc_byte_buffer* buffer) {
+  grpc_byte_buffer_reader reader;
+  if (!grpc_byte_buffer_reader_init(&reader, buffer)) return "";
+  grpc_slice slice = grpc_byte_buffer_reader_readall(&reader);
+  std::string out(reinterpret_cast<const char*>(GRPC_SLICE_START_PTR(slice)),
+                  GRPC_SLICE_LENGTH(slice));
+  grpc_slice_unref(slice);
+  grpc_byte_buffer_reader_destroy(&reader);
+  return out;
+}
+
+// Ends the call at once with the decoding error.
+class FailedWriteReactor final
+    : public grpc::ServerWriteReactor<CompleteResponse> {
+ public:
+  explicit FailedWriteReactor(const absl::Status& why) {
+    Finish(ToGrpcStatus(why));
+  }
+  void OnDone() override { delete this; }
+};
+
+// gRPC's own streaming handler for Complete, plus a second look at the
+// bytes when it cannot decode them.
+class DecodeCheckingHandler final : public grpc::internal::MethodHandler {
+ public:
+  explicit DecodeCheckingHandler(llmbridge::v1::LocalLLM::CallbackService* service)
+      : inner_([this, service](grpc::CallbackServerContext* context,
+                               const CompleteRequest* request)
+                   -> grpc::ServerWriteReactor<CompleteResponse>* {
+          if (std::optional<absl::Status> why = TakeDecodeError(request)) {
+            return new FailedWriteReactor(*why);
+          }
+          return service->Complete(context, request);
+        }) {}
+
+  void RunHandler(const HandlerParameter& param) override {
+    inner_.RunHandler(param);
+  }
+
+  void* Deserialize(grpc_call* call, grpc_byte_buffer* bytes,
+                    grpc::Status* status, void** handler_data) override {
+    if (bytes == nullptr) {
+      return inner_.Deserialize(call, bytes, status, handler_data);
+    }
+    // gRPC's decoder consumes the buffer; a copy shares its slices (no
+    // bytes are copied) for the rare second look.
+    grpc_byte_buffer* copy = grpc_byte_buffer_copy(bytes);
+    void* request = inner_.Deserialize(call, bytes, status, handler_data);
+    if (request == nullptr) {
+      absl::Status why =
+          DescribeUndecodable(ReadAll(copy), CompleteRequest::descriptor());
+      LogEvent("warn", "request_undecodable",
+               {{"method", "Complete"}, {"error", std::string(why.message())}});
+      // An empty request stands in, in gRPC's call arena like the one its
+      // decoder made (the writer destroys it); the reactor getter sees it
+      // and answers with `why`.
+      auto* placeholder = new (grpc_call_arena_alloc(call, sizeof(CompleteRequest)))
+          CompleteRequest();
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        decode_errors_[placeholder] = why;
+      }
+      *status = grpc::Status::OK;
+      request = placeholder;
+    }
+    grpc_byte_buffer_destroy(copy);
+    return request;
+  }
+
+ private:
+  std::optional<absl::Status> TakeDecodeError(const CompleteRequest* request) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = decode_errors_.find(request);
+    if (it == decode_errors_.end()) return std::nullopt;
+    absl::Status why = std::move(it->second);
+    decode_errors_.erase(it);
+    return why;
+  }
+
+  grpc::internal::CallbackServerStreamingHandler<CompleteRequest, CompleteResponse>
+      inner_;
+  std::mutex mu_;
+  std::map<const CompleteRequest*, absl::Status> decode_errors_
+      ABSL_GUARDED_BY(mu_);
+};
+
+// grpc::Service::MarkMethodCallback is protected; a pointer to it formed
+// through a subclass is the sanctioned way to reach it from outside the
+// generated code without subclassing LocalLLMService.
+struct ServiceAccess : grpc::Service {
+  static void SetCallbackHandler(grpc::Service* service, int index,
+                                 grpc::internal::MethodHandler* handler) {
+    (service->*&ServiceAccess::MarkMethodCallback)(index, handler);
+  }
+};
+
+}  // namespace
+
+absl::Status DescribeUndecodable(std::string_view bytes,
+                                 const Descriptor* descriptor) {
+  UnknownFieldSet fields;
+  if (!fields.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) {
+    return rpc::WithReason(
+        absl::InvalidArgumentError(absl::StrCat(
+            "the request is not a valid ", descriptor->full_name(), ": its ",
+            bytes.size(),
+            " bytes are not protobuf (truncated or corrupt); send a message "
+            "encoded by a protobuf library from llmbridge.proto")),
+        rpc::reason::kInvalidRequest);
+  }
+  if (std::optional<std::string> path =
+          FindInvalidUtf8(fields, descriptor, "", 0)) {
+    return rpc::WithReason(
+        absl::InvalidArgumentError(absl::StrCat(
+            *path,
+            ": not valid UTF-8; protobuf string fields must hold UTF-8 text "
+            "(check the client's text encoding)")),
+        rpc::reason::kInvalidRequest);
+  }
+  return rpc::WithReason(
+      absl::InvalidArgumentError(absl::StrCat(
+          "the request could not be decoded as ", descriptor->full_name(),
+          " (", bytes.size(), " bytes); check that the client uses "
+          "llmbridge.proto")),
+      rpc::reason::kInvalidRequest);
+}
+
+void AnswerUndecodableRequests(
+    llmbridge::v1::LocalLLM::CallbackService* service) {
+  ServiceAccess::SetCallbackHandler(service, kCompleteMethodIndex,
+                                    new DecodeCheckingHandler(service));
+}
+
+}  // namespace llmbridge::service

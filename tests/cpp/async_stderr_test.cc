@@ -1,0 +1,106 @@
+// AsyncLineWriter over a real pipe: lines arrive in order, and a reader
+// that stops reading costs dropped (and reported) lines, never a blocked
+// caller.
+#include "rpc_bridge/async_stderr.h"
+
+#include <unistd.h>
+
+#include <string>
+#include <thread>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "gtest/gtest.h"
+
+namespace llmbridge::rpc {
+namespace {
+
+class Pipe {
+ public:
+  Pipe() { EXPECT_EQ(::pipe(fds_), 0); }
+  ~Pipe() {
+    ::close(fds_[0]);
+    CloseWriteEnd();
+  }
+  void CloseWriteEnd() {
+    if (fds_[1] >= 0) ::close(fds_[1]);
+    fds_[1] = -1;
+  }
+  int read_fd() const { return fds_[0]; }
+  int write_fd() const { return fds_[1]; }
+
+  std::string ReadAll() { return ReadUntil(std::string(1, '\0')); }
+
+  // Reads until `needle` has arrived, or end of file.
+  std::string ReadUntil(const std::string& needle) {
+    std::string got;
+    char buf[65536];
+    while (got.find(needle) == std::string::npos) {
+      ssize_t n = ::read(fds_[0], buf, sizeof(buf));
+      if (n <= 0) break;
+      got.append(buf, static_cast<size_t>(n));
+    }
+    return got;
+  }
+
+ private:
+  int fds_[2];
+};
+
+TEST(AsyncLineWriterTest, WritesLinesInOrderWithNewlines) {
+  Pipe pipe;
+  AsyncLineWriter writer(pipe.write_fd());
+  EXPECT_TRUE(writer.Write("one"));
+  EXPECT_TRUE(writer.Write("two\n"));
+  EXPECT_TRUE(writer.Write("three"));
+  EXPECT_EQ(pipe.ReadUntil("three\n"), "one\ntwo\nthree\n");
+  EXPECT_TRUE(writer.Flush(std::chrono::seconds(10)));
+  EXPECT_EQ(writer.written_lines(), 3u);
+  EXPECT_EQ(writer.dropped_lines(), 0u);
+}
+
+TEST(AsyncLineWriterTest, StalledReaderDropsAndCountsInsteadOfBlocking) {
+  Pipe pipe;
+  AsyncLineWriter writer(pipe.write_fd(), {/*max_queued_bytes=*/1 << 20,
+                                           /*max_queued_lines=*/16});
+  // Far more than the pipe (64 KiB) and the queue hold. Nobody reads: a
+  // blocking writer would hang here, and the test with it.
+  const std::string payload(200, 'x');
+  constexpr int kLines = 5000;
+  int accepted = 0;
+  for (int i = 0; i < kLines; ++i) {
+    if (writer.Write(absl::StrCat(i, " ", payload))) ++accepted;
+  }
+  const uint64_t dropped = writer.dropped_lines();
+  EXPECT_GT(dropped, 0u);
+  EXPECT_EQ(accepted + dropped, static_cast<uint64_t>(kLines));
+
+  // The reader comes back: every accepted line arrives, and reports of
+  // what was lost add up to the drop count.
+  std::string got;
+  std::thread reader([&] { got = pipe.ReadAll(); });
+  EXPECT_TRUE(writer.Flush(std::chrono::seconds(60)));
+  pipe.CloseWriteEnd();
+  reader.join();
+  uint64_t reported = 0;
+  int lines = 0;
+  for (absl::string_view line : absl::StrSplit(got, '\n', absl::SkipEmpty())) {
+    constexpr absl::string_view kCount = "\"count\":";
+    size_t at = line.find(kCount);
+    if (line.find("log_lines_dropped") == absl::string_view::npos) {
+      ++lines;
+      continue;
+    }
+    ASSERT_NE(at, absl::string_view::npos) << line;
+    line.remove_prefix(at + kCount.size());
+    uint64_t count = 0;
+    ASSERT_TRUE(absl::SimpleAtoi(line.substr(0, line.find(',')), &count)) << line;
+    reported += count;
+  }
+  EXPECT_EQ(lines, accepted);
+  EXPECT_EQ(reported, dropped);
+}
+
+}  // namespace
+}  // namespace llmbridge::rpc

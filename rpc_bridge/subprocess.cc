@@ -217,8 +217,9 @@ absl::StatusOr<std::unique_ptr<Subprocess>> Subprocess::Spawn(
   process->stdin_fd_ = in_pipe[1];
   process->stdout_fd_ = out_pipe[0];
   process->tail_lines_ = options.stderr_tail_lines;
-  process->stderr_thread_ = std::thread(&Subprocess::PumpStderr, process.get(),
-                                        err_pipe[0], options.stderr_prefix);
+  process->stderr_thread_ =
+      std::thread(&Subprocess::PumpStderr, process.get(), err_pipe[0],
+                  options.stderr_prefix, options.on_stderr_line);
   return process;
 }
 
@@ -276,14 +277,19 @@ std::optional<ExitInfo> Subprocess::Wait(std::chrono::milliseconds timeout) {
   }
 }
 
-void Subprocess::PumpStderr(int fd, std::string prefix) {
+void Subprocess::PumpStderr(int fd, std::string prefix,
+                            std::function<void(std::string_view)> on_line) {
   LineReader reader(fd, 64 * 1024);
   while (true) {
     absl::StatusOr<std::string> line = reader.Next();
     if (absl::IsResourceExhausted(line.status())) continue;
     if (!line.ok()) break;
-    std::string out = prefix + *line + "\n";
-    (void)!::write(STDERR_FILENO, out.data(), out.size());
+    if (on_line) {
+      on_line(*line);
+    } else {
+      std::string out = prefix + *line + "\n";
+      (void)!::write(STDERR_FILENO, out.data(), out.size());
+    }
     std::lock_guard<std::mutex> lock(mu_);
     stderr_tail_.push_back(std::move(*line));
     while (stderr_tail_.size() > tail_lines_) stderr_tail_.pop_front();

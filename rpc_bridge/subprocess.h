@@ -13,11 +13,13 @@
 #include <chrono>
 #include <condition_variable>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -31,8 +33,13 @@ struct SubprocessOptions {
   std::map<std::string, std::string> extra_env;  // added to our environment
   std::string work_dir;                          // empty: inherit
   // Each line the child writes to stderr is copied to our stderr with this
-  // prefix (logs of the sidecar belong in the server's log).
+  // prefix (logs of the sidecar belong in the server's log)...
   std::string stderr_prefix = "[sidecar] ";
+  // ...unless this is set: then each line (without its '\n') goes here
+  // instead, e.g. to be logged as JSON. It runs on the stderr pump thread,
+  // one line at a time, with no lock of ours held; the child blocks once its
+  // stderr pipe is full, so it should not block for long.
+  std::function<void(std::string_view line)> on_stderr_line;
   size_t stderr_tail_lines = 20;
 };
 
@@ -74,7 +81,8 @@ class Subprocess {
 
  private:
   Subprocess() = default;
-  void PumpStderr(int fd, std::string prefix);
+  void PumpStderr(int fd, std::string prefix,
+                  std::function<void(std::string_view)> on_line);
 
   pid_t pid_ = -1;
   int pidfd_ = -1;  // for waiting with a timeout without polling

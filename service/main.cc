@@ -4,7 +4,6 @@
 // JSON-RPC on stdio; see README.md.
 #include <signal.h>
 
-#include <cstdio>
 #include <fstream>
 #include <memory>
 #include <sstream>
@@ -23,10 +22,12 @@
 #include "rpc_bridge/client.h"
 #include "rpc_bridge/config.h"
 #include "service/health_monitor.h"
+#include "service/help.h"
 #include "service/local_llm_service.h"
 #include "service/logging.h"
 #include "service/metrics.h"
 #include "service/server_config.h"
+#include "service/server_options.h"
 #include "service/sidecar_locator.h"
 
 ABSL_FLAG(std::string, config, "",
@@ -86,6 +87,15 @@ ABSL_FLAG(bool, mcp_strict, false,
           "reached (default: report it in ListTools and go on without it).");
 ABSL_FLAG(bool, log_prompts, false,
           "Include prompt text in the request logs (off: only sizes).");
+// --- ops flags ---
+ABSL_FLAG(absl::Duration, max_connection_age, absl::ZeroDuration(),
+          "Close each client connection (GOAWAY, +-10% jitter) once it is this "
+          "old, so that long-lived clients resolve the name again and spread "
+          "their calls over replicas added since. 0: never.");
+ABSL_FLAG(absl::Duration, max_connection_age_grace, absl::ZeroDuration(),
+          "After --max_connection_age, how long calls in flight on the old "
+          "connection may still run before it is closed. 0: no limit (each "
+          "call is bounded by its deadline or --request_timeout).");
 
 namespace {
 
@@ -171,10 +181,19 @@ std::shared_ptr<grpc::ServerCredentials> Credentials(const svc::ServerConfig& c)
 }
 
 int Run(int argc, char** argv) {
+  svc::RouteGrpcLogsToJson();
   absl::StatusOr<svc::ServerConfig> configured = BuildConfig(argc, argv);
-  if (!configured.ok()) {
-    std::fprintf(stderr, "llmbridge: bad configuration: %s\n(see --help)\n",
-                 std::string(configured.status().message()).c_str());
+  // --- ops: read from flags until they are config file keys ---
+  const svc::ConnectionAge connection_age{
+      ToMillis(absl::GetFlag(FLAGS_max_connection_age)),
+      ToMillis(absl::GetFlag(FLAGS_max_connection_age_grace))};
+  absl::Status valid = configured.ok()
+                           ? svc::ValidateConnectionAge(connection_age)
+                           : configured.status();
+  if (!valid.ok()) {
+    svc::LogEvent("error", "bad_configuration",
+                  {{"message", std::string(valid.message())},
+                   {"help", "llmbridge --help lists every flag"}});
     return 2;
   }
   const svc::ServerConfig& config = *configured;
@@ -192,8 +211,8 @@ int Run(int argc, char** argv) {
   if (!config.metrics_listen.empty()) {
     absl::StatusOr<int> served = metrics.Serve(config.metrics_listen);
     if (!served.ok()) {
-      std::fprintf(stderr, "llmbridge: %s\n",
-                   std::string(served.status().message()).c_str());
+      svc::LogEvent("error", "bad_configuration",
+                    {{"message", std::string(served.status().message())}});
       return 2;
     }
     metrics_port = *served;
@@ -215,31 +234,30 @@ int Run(int argc, char** argv) {
   builder.RegisterService(&service);
   builder.SetMaxReceiveMessageSize(config.max_message_bytes);
   builder.SetMaxSendMessageSize(config.max_message_bytes);
+  svc::ApplyConnectionAge(connection_age, &builder);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
-    std::fprintf(stderr,
-                 "llmbridge: cannot listen on %s (address in use or invalid, "
-                 "or bad TLS files; choose another with --listen)\n",
-                 config.listen.c_str());
+    svc::LogEvent("error", "listen_failed",
+                  {{"listen", config.listen},
+                   {"message", "cannot listen on " + config.listen +
+                                   " (address in use or invalid, or bad TLS "
+                                   "files; choose another with --listen)"}});
     return 1;
   }
   svc::HealthMonitor health(&client, server->GetHealthCheckService(),
                             config.health_interval);
   health.Start();
-  std::fprintf(stderr,
-               "llmbridge: serving %s on %s (port %d%s), backend %s, model "
-               "'%s', sidecar %s\n",
-               svc::kServiceName, config.listen.c_str(), port,
-               config.tls_cert.empty() ? "" : ", TLS", config.client.backend.c_str(),
-               config.client.model.c_str(), config.client.sidecar_path.c_str());
   svc::LogEvent("info", "started",
-                {{"listen", config.listen},
+                {{"service", svc::kServiceName},
+                 {"listen", config.listen},
                  {"port", port},
                  {"backend", config.client.backend},
                  {"model", config.client.model},
                  {"tls", !config.tls_cert.empty()},
                  {"metrics_listen", config.metrics_listen},
-                 {"metrics_port", metrics_port}});
+                 {"metrics_port", metrics_port},
+                 {"sidecar", config.client.sidecar_path},
+                 {"max_connection_age_ms", connection_age.max_age.count()}});
 
   std::thread stopper([&] {
     int signo = 0;
@@ -262,7 +280,7 @@ int Run(int argc, char** argv) {
   stopper.join();
   // 3. The sidecar: shutdown request, then signals if it does not exit.
   client.Close();
-  std::fprintf(stderr, "llmbridge: stopped\n");
+  svc::LogEvent("info", "stopped");
   return 0;
 }
 
@@ -280,6 +298,7 @@ int main(int argc, char** argv) {
       "Health: grpc.health.v1 for \"\" and llmbridge.v1.LocalLLM (SERVING once "
       "the sidecar and backend are up). Exit codes: 0 after a clean shutdown, "
       "1 if the address cannot be served, 2 for a bad configuration.");
+  svc::ConfigureFlagHelp();
   absl::ParseCommandLine(argc, argv);
   return Run(argc, argv);
 }

@@ -8,6 +8,7 @@ when it is ready.
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import queue
 import re
@@ -79,6 +80,13 @@ class LineWatcher:
             if m := regex.search(line):
                 return m
 
+    def wait_closed(self, timeout: float = READY_TIMEOUT_S) -> list[str]:
+        """Waits for the end of the stream (the process closed it, e.g. by
+        exiting) and returns every line it carried."""
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), f"the stream stayed open for {timeout}s"
+        return self.lines
+
 
 @dataclass
 class Server:
@@ -121,8 +129,9 @@ def start_server() -> Iterator:
     def start(*flags: str) -> Server:
         argv = [str(SERVER_BINARY), "--listen=127.0.0.1:0",
                 f"--python={sys.executable}", f"--sidecar={SIDECAR}", *flags]
-        process, stderr, match = _start(argv, r"serving .* \(port (\d+)", "stderr")
-        server = Server(process, int(match.group(1)), stderr)
+        # Every line is a JSON object; "started" comes once it listens.
+        process, stderr, match = _start(argv, r'^\{.*"event":"started"', "stderr")
+        server = Server(process, int(json.loads(match.string)["port"]), stderr)
         servers.append(server)
         return server
 

@@ -55,6 +55,21 @@ RUN --mount=type=cache,target=/root/.cache/llmbridge \
  && find /out /opt/llmbridge/.venv -name __pycache__ -prune -exec rm -rf {} + \
  && bazel shutdown
 
+# llama-cpp-python's wheel also carries llama.cpp's CMake install tree
+# (site-packages/lib and include: headers, CMake files and a second set of
+# its libraries, which the package never loads: it loads llama_cpp/lib/),
+# and, as wheels cannot hold symlinks, three identical copies of each library
+# (libllama.so, .so.0, .so.0.5.0). Drop the tree; keep one copy, link the rest.
+RUN site=/opt/llmbridge/.venv/lib/python3.11/site-packages \
+ && rm -rf "$site/lib" "$site/include" \
+ && cd "$site/llama_cpp/lib" \
+ && for so in lib*.so; do \
+      real=$(ls -1 "$so".* | sort | tail -n 1); \
+      for alias in "$so" "$so".*; do \
+        [ "$alias" = "$real" ] || ! cmp -s "$alias" "$real" || ln -sf "$real" "$alias"; \
+      done; \
+    done
+
 FROM debian:${DEBIAN_RELEASE}-slim AS runtime
 # Only what the binary and the venv load: Debian 12's gRPC 1.51, protobuf
 # 3.21, Abseil and prometheus-cpp (the binary links them dynamically; check

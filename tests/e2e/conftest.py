@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,10 +68,13 @@ class LineWatcher:
         self._queue.put(None)
 
     def wait_for(self, pattern: str, timeout: float = READY_TIMEOUT_S) -> re.Match[str]:
+        """The first line from here on that matches; lines before it are
+        consumed (they stay in `lines`)."""
         regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
         while True:
             try:
-                line = self._queue.get(timeout=timeout)
+                line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 raise AssertionError(f"no line matching {pattern!r} within {timeout}s; "
                                      f"output so far:\n" + "\n".join(self.lines)) from None
@@ -91,9 +95,13 @@ class LineWatcher:
 @dataclass
 class Server:
     process: subprocess.Popen[str]
-    port: int
+    started: dict  # the server's "started" log event (port, metrics_port, ...)
     stderr: LineWatcher
     channel: grpc.Channel = field(init=False)
+
+    @property
+    def port(self) -> int:
+        return int(self.started["port"])
 
     def __post_init__(self) -> None:
         self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
@@ -131,7 +139,7 @@ def start_server() -> Iterator:
                 f"--python={sys.executable}", f"--sidecar={SIDECAR}", *flags]
         # Every line is a JSON object; "started" comes once it listens.
         process, stderr, match = _start(argv, r'^\{.*"event":"started"', "stderr")
-        server = Server(process, int(json.loads(match.string)["port"]), stderr)
+        server = Server(process, json.loads(match.string), stderr)
         servers.append(server)
         return server
 

@@ -4,7 +4,6 @@
 // JSON-RPC on stdio; see README.md.
 #include <signal.h>
 
-#include <cstdio>
 #include <fstream>
 #include <memory>
 #include <sstream>
@@ -24,12 +23,15 @@
 #include "rpc_bridge/config.h"
 #include "service/auth.h"
 #include "service/health_reporter.h"
+#include "service/help.h"
+#include "service/pool_events.h"
 #include "service/local_llm_service.h"
 #include "service/logging.h"
 #include "service/metrics.h"
 #include "service/pool_events.h"
 #include "service/request_decoding.h"
 #include "service/server_config.h"
+#include "service/server_options.h"
 #include "service/sidecar_locator.h"
 
 ABSL_FLAG(std::string, config, "",
@@ -123,6 +125,14 @@ ABSL_FLAG(std::string, auth_token_file, "",
 ABSL_FLAG(bool, auth_reflection, true,
           "With --auth_token_file: serve reflection without a token (false: "
           "reflection needs one too).");
+ABSL_FLAG(absl::Duration, max_connection_age, absl::ZeroDuration(),
+          "Close each client connection (GOAWAY, +-10% jitter) once it is this "
+          "old, so that long-lived clients resolve the name again and spread "
+          "their calls over replicas added since. 0: never.");
+ABSL_FLAG(absl::Duration, max_connection_age_grace, absl::ZeroDuration(),
+          "After --max_connection_age, how long calls in flight on the old "
+          "connection may still run before it is closed. 0: no limit (each "
+          "call is bounded by its deadline or --request_timeout).");
 
 namespace {
 
@@ -221,9 +231,17 @@ std::shared_ptr<grpc::ServerCredentials> Credentials(const svc::ServerConfig& c)
 int Run(int argc, char** argv) {
   svc::RouteLibraryLogs();
   absl::StatusOr<svc::ServerConfig> configured = BuildConfig(argc, argv);
-  if (!configured.ok()) {
-    std::fprintf(stderr, "llmbridge: bad configuration: %s\n(see --help)\n",
-                 std::string(configured.status().message()).c_str());
+  // --- ops: read from flags until they are config file keys ---
+  const svc::ConnectionAge connection_age{
+      ToMillis(absl::GetFlag(FLAGS_max_connection_age)),
+      ToMillis(absl::GetFlag(FLAGS_max_connection_age_grace))};
+  absl::Status valid = configured.ok()
+                           ? svc::ValidateConnectionAge(connection_age)
+                           : configured.status();
+  if (!valid.ok()) {
+    svc::LogEvent("error", "bad_configuration",
+                  {{"message", std::string(valid.message())},
+                   {"help", "llmbridge --help lists every flag"}});
     return 2;
   }
   const svc::ServerConfig& config = *configured;
@@ -237,7 +255,8 @@ int Run(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
   auto auth = svc::StartBearerAuth(config.auth_token_file, config.auth_reflection);
   if (!auth.ok()) {
-    std::fprintf(stderr, "llmbridge: %s\n", std::string(auth.status().message()).c_str());
+    svc::LogEvent("error", "bad_configuration",
+                  {{"message", std::string(auth.status().message())}});
     return 2;
   }
 
@@ -246,8 +265,8 @@ int Run(int argc, char** argv) {
   if (!config.metrics_listen.empty()) {
     absl::StatusOr<int> served = metrics.Serve(config.metrics_listen);
     if (!served.ok()) {
-      std::fprintf(stderr, "llmbridge: %s\n",
-                   std::string(served.status().message()).c_str());
+      svc::LogEvent("error", "bad_configuration",
+                    {{"message", std::string(served.status().message())}});
       return 2;
     }
     metrics_port = *served;
@@ -295,25 +314,22 @@ int Run(int argc, char** argv) {
   builder.RegisterService(&service);
   builder.SetMaxReceiveMessageSize(config.max_message_bytes);
   builder.SetMaxSendMessageSize(config.max_message_bytes);
+  svc::ApplyConnectionAge(connection_age, &builder);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
-    std::fprintf(stderr,
-                 "llmbridge: cannot listen on %s (address in use or invalid, "
-                 "or bad TLS files; choose another with --listen)\n",
-                 config.listen.c_str());
+    svc::LogEvent("error", "listen_failed",
+                  {{"listen", config.listen},
+                   {"message", "cannot listen on " + config.listen +
+                                   " (address in use or invalid, or bad TLS "
+                                   "files; choose another with --listen)"}});
     return 1;
   }
   svc::HealthReporter health(server->GetHealthCheckService(), &client);
   pool_events.set_health(&health);
   health.Start();
-  std::fprintf(stderr,
-               "llmbridge: serving %s on %s (port %d%s), backend %s, model "
-               "'%s', sidecar %s\n",
-               svc::kServiceName, config.listen.c_str(), port,
-               config.tls_cert.empty() ? "" : ", TLS", config.client.backend.c_str(),
-               config.client.model.c_str(), config.client.sidecar_path.c_str());
   svc::LogEvent("info", "started",
-                {{"listen", config.listen},
+                {{"service", svc::kServiceName},
+                 {"listen", config.listen},
                  {"port", port},
                  {"backend", config.client.backend},
                  {"model", config.client.model},
@@ -322,7 +338,9 @@ int Run(int argc, char** argv) {
                  {"max_queue", config.max_queue},
                  {"tls", !config.tls_cert.empty()},
                  {"metrics_listen", config.metrics_listen},
-                 {"metrics_port", metrics_port}});
+                 {"metrics_port", metrics_port},
+                 {"sidecar", config.client.sidecar_path},
+                 {"max_connection_age_ms", connection_age.max_age.count()}});
 
   std::thread stopper([&] {
     int signo = 0;
@@ -346,8 +364,8 @@ int Run(int argc, char** argv) {
   // 3. The sidecars: shutdown request, then signals if they do not exit.
   pool_events.set_health(nullptr);
   client.Shutdown();
+  svc::LogEvent("info", "stopped");
   svc::FlushLogs();
-  std::fprintf(stderr, "llmbridge: stopped\n");
   return 0;
 }
 
@@ -365,6 +383,7 @@ int main(int argc, char** argv) {
       "Health: grpc.health.v1 for \"\" and llmbridge.v1.LocalLLM (SERVING once "
       "the sidecar and backend are up). Exit codes: 0 after a clean shutdown, "
       "1 if the address cannot be served, 2 for a bad configuration.");
+  svc::ConfigureFlagHelp();
   absl::ParseCommandLine(argc, argv);
   return Run(argc, argv);
 }

@@ -20,6 +20,7 @@
 #include "llmbridge/v1/llmbridge.grpc.pb.h"
 #include "rpc_bridge/client.h"
 #include "service/metrics.h"
+#include "service/model_router.h"
 
 namespace llmbridge::service {
 
@@ -36,9 +37,9 @@ struct ServiceOptions {
 
 class LocalLLMService final : public llmbridge::v1::LocalLLM::CallbackService {
  public:
-  // `client` (and options.metrics) must outlive the service.
-  LocalLLMService(rpc::Client* client, ServiceOptions options)
-      : client_(client), options_(options) {}
+  // `router` (and options.metrics) must outlive the service.
+  LocalLLMService(const ModelRouter* router, ServiceOptions options)
+      : router_(router), options_(options) {}
 
   grpc::ServerWriteReactor<llmbridge::v1::CompleteResponse>* Complete(
       grpc::CallbackServerContext* context,
@@ -54,6 +55,11 @@ class LocalLLMService final : public llmbridge::v1::LocalLLM::CallbackService {
       const llmbridge::v1::ListToolsRequest* request,
       llmbridge::v1::ListToolsResponse* response) override;
 
+  grpc::ServerUnaryReactor* ListModels(
+      grpc::CallbackServerContext* context,
+      const llmbridge::v1::ListModelsRequest* request,
+      llmbridge::v1::ListModelsResponse* response) override;
+
   // Graceful shutdown, any thread. StopAccepting: from now on Complete calls
   // are refused (UNAVAILABLE, reason SHUTTING_DOWN). WaitIdle: returns once
   // the calls in flight have ended (true), or at `deadline` (false).
@@ -66,7 +72,7 @@ class LocalLLMService final : public llmbridge::v1::LocalLLM::CallbackService {
   bool draining();
 
  private:
-  rpc::Client* const client_;
+  const ModelRouter* const router_;
   const ServiceOptions options_;
   std::mutex drain_mu_;
   std::condition_variable drain_cv_;

@@ -24,7 +24,7 @@
 #include "service/auth.h"
 #include "service/health_reporter.h"
 #include "service/help.h"
-#include "service/pool_events.h"
+#include "service/model_router.h"
 #include "service/local_llm_service.h"
 #include "service/logging.h"
 #include "service/metrics.h"
@@ -125,6 +125,15 @@ ABSL_FLAG(std::string, auth_token_file, "",
 ABSL_FLAG(bool, auth_reflection, true,
           "With --auth_token_file: serve reflection without a token (false: "
           "reflection needs one too).");
+ABSL_FLAG(int, max_loaded_models, 0,
+          "In-process models (gguf, transformers) loaded at once; loading one "
+          "more unloads the least recently used idle one (never one with a "
+          "request in flight), or waits (up to --queue_timeout) while all are "
+          "busy. 0: no bound.");
+ABSL_FLAG(absl::Duration, keep_alive, absl::Minutes(5),
+          "In-process models other than the default one unload after this long "
+          "without requests, and load again on the next (Ollama's default). "
+          "A models entry's keep_alive overrides it.");
 ABSL_FLAG(absl::Duration, max_connection_age, absl::ZeroDuration(),
           "Close each client connection (GOAWAY, +-10% jitter) once it is this "
           "old, so that long-lived clients resolve the name again and spread "
@@ -204,8 +213,11 @@ absl::StatusOr<svc::ServerConfig> BuildConfig(int argc, char** argv) {
   }
   if (use("auth_token_file")) c.auth_token_file = absl::GetFlag(FLAGS_auth_token_file);
   if (use("auth_reflection")) c.auth_reflection = absl::GetFlag(FLAGS_auth_reflection);
+  if (use("max_loaded_models")) c.max_loaded_models = absl::GetFlag(FLAGS_max_loaded_models);
+  if (use("keep_alive")) c.keep_alive = ToMillis(absl::GetFlag(FLAGS_keep_alive));
   if (c.client.sidecar_path.empty()) c.client.sidecar_path = svc::ShippedSidecarPath();
   c.client = llmbridge::rpc::WithDefaults(c.client);
+  if (absl::Status resolved = svc::ResolveModels(c); !resolved.ok()) return resolved;
   if (absl::Status valid = svc::ValidateServerConfig(c); !valid.ok()) return valid;
   return c;
 }
@@ -271,36 +283,14 @@ int Run(int argc, char** argv) {
     }
     metrics_port = *served;
   }
-  const std::string model_label =
-      config.client.model.empty() ? config.client.backend : config.client.model;
-  svc::PoolEvents pool_events(model_label, &metrics);
-  llmbridge::rpc::ClientOptions client_options;
-  llmbridge::rpc::PoolOptions& pool = client_options.pool;
-  pool.sidecars = config.sidecars;
-  pool.max_concurrent = config.max_concurrent > 0
-                            ? config.max_concurrent
-                            : svc::DefaultMaxConcurrent(config.client.backend);
-  pool.max_queue = config.max_queue;
-  pool.queue_timeout = config.queue_timeout;
-  pool.health_interval = config.health_interval;
-  pool.health_timeout = config.health_timeout;
-  // The server loads the model at boot, so that readiness turns SERVING
-  // exactly when requests can be served.
-  pool.preload = true;
-  // Remote clients must not see the sidecar's stderr (paths, pids): it is
-  // in the server's log, under the sidecar's pid.
-  pool.sidecar.stderr_in_errors = false;
-  pool.observer = &pool_events;
-  if (config.client.backend == llmbridge::rpc::kBackendGguf) {
-    pool.sidecar.init_options["n_threads"] = svc::GgufThreadsPerSidecar(config.sidecars);
-  }
-  llmbridge::rpc::Client client(config.client, client_options);
+  // Each served model: its own supervised sidecars, admission and health.
+  svc::ModelRouter router(config, &metrics);
   svc::ServiceOptions service_options;
   service_options.max_request_bytes = config.max_request_bytes;
   service_options.log_prompts = config.log_prompts;
   service_options.max_unsent_bytes = config.max_unsent_bytes;
   service_options.metrics = &metrics;
-  svc::LocalLLMService service(&client, service_options);
+  svc::LocalLLMService service(&router, service_options);
   svc::AnswerUndecodableRequests(&service);
 
   grpc::EnableDefaultHealthCheckService(true);
@@ -324,18 +314,34 @@ int Run(int argc, char** argv) {
                                    "files; choose another with --listen)"}});
     return 1;
   }
-  svc::HealthReporter health(server->GetHealthCheckService(), &client);
-  pool_events.set_health(&health);
+  svc::HealthReporter health(server->GetHealthCheckService(), &router);
+  router.set_health(&health);
   health.Start();
+  nlohmann::json models_started = nlohmann::json::array();
+  for (const auto& m : router.models()) {
+    const svc::ModelEntry& e = m->entry;
+    models_started.push_back({{"name", e.name},
+                              {"backend", e.client.backend},
+                              {"model", e.client.model},
+                              {"sidecars", e.sidecars},
+                              {"max_concurrent",
+                               e.max_concurrent > 0
+                                   ? e.max_concurrent
+                                   : svc::DefaultMaxConcurrent(e.client.backend)},
+                              {"max_queue", e.max_queue},
+                              {"preload", e.preload},
+                              {"keep_alive_ms", e.keep_alive.count()},
+                              {"pass_through", e.pass_through}});
+  }
   svc::LogEvent("info", "started",
                 {{"service", svc::kServiceName},
                  {"listen", config.listen},
                  {"port", port},
-                 {"backend", config.client.backend},
-                 {"model", config.client.model},
-                 {"sidecars", config.sidecars},
-                 {"max_concurrent", pool.max_concurrent},
-                 {"max_queue", config.max_queue},
+                 {"backend", router.default_model().entry.client.backend},
+                 {"model", router.default_model().entry.client.model},
+                 {"default_model", config.default_model},
+                 {"models", models_started},
+                 {"max_loaded_models", config.max_loaded_models},
                  {"tls", !config.tls_cert.empty()},
                  {"metrics_listen", config.metrics_listen},
                  {"metrics_port", metrics_port},
@@ -362,10 +368,9 @@ int Run(int argc, char** argv) {
   server->Wait();
   stopper.join();
   // 3. The sidecars: shutdown request, then signals if they do not exit.
-  pool_events.set_health(nullptr);
-  client.Shutdown();
+  router.set_health(nullptr);
+  router.Shutdown();
   svc::LogEvent("info", "stopped");
-  svc::FlushLogs();
   return 0;
 }
 
@@ -380,10 +385,15 @@ int main(int argc, char** argv) {
       "Call it with: grpcurl -plaintext -d "
       "'{\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}]}' "
       "127.0.0.1:50051 llmbridge.v1.LocalLLM/Complete\n"
-      "Health: grpc.health.v1 for \"\" and llmbridge.v1.LocalLLM (SERVING once "
-      "the sidecar and backend are up). Exit codes: 0 after a clean shutdown, "
+      "Health: grpc.health.v1 for \"\" (liveness), llmbridge.v1.LocalLLM "
+      "(readiness of the default model) and llmbridge.v1.LocalLLM/<model> "
+      "for each served model. Exit codes: 0 after a clean shutdown, "
       "1 if the address cannot be served, 2 for a bad configuration.");
   svc::ConfigureFlagHelp();
   absl::ParseCommandLine(argc, argv);
-  return Run(argc, argv);
+  const int code = Run(argc, argv);
+  // Log lines are written by a thread: let them out before exiting (an
+  // early exit's bad_configuration line is the one that matters most).
+  svc::FlushLogs();
+  return code;
 }

@@ -81,7 +81,7 @@ def grpcurl(*args: str) -> subprocess.CompletedProcess[str]:
 def test_grpcurl_checks_health_through_reflection(examples_ready, start_server):  # noqa: F811
     server = start_server("--backend=echo")
     address = f"127.0.0.1:{server.port}"
-    wait_serving(server, "")
+    wait_serving(server)  # readiness: the sidecar is up
 
     check = grpcurl("-plaintext", address, "grpc.health.v1.Health/Check")
     assert check.returncode == 0, check.stderr

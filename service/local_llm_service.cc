@@ -296,8 +296,7 @@ class CompleteReactor : public grpc::ServerWriteReactor<CompleteResponse> {
       // Finish does not wait for a client that may not be reading.
       queue_.clear();
       unsent_bytes_ = 0;
-      finished_ = true;
-      Finish(*end_);
+      FinishLocked();
       return;
     }
     StartNextLocked();
@@ -316,10 +315,15 @@ class CompleteReactor : public grpc::ServerWriteReactor<CompleteResponse> {
       StartWrite(&current_);
       return;
     }
-    if (end_.has_value()) {
-      finished_ = true;
-      Finish(*end_);
-    }
+    if (end_.has_value()) FinishLocked();
+  }
+
+  // Counted before the client can see the status, so that a scrape right
+  // after a call ended includes it.
+  void FinishLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    finished_ = true;
+    observer_.Finish(final_status_.code());
+    Finish(*end_);
   }
 
   LocalLLMService* const service_;

@@ -54,6 +54,16 @@ class LocalLLMService final : public llmbridge::v1::LocalLLM::CallbackService {
       const llmbridge::v1::ListToolsRequest* request,
       llmbridge::v1::ListToolsResponse* response) override;
 
+  // Embed and CountTokens (service/api_calls.cc): one sidecar call each.
+  grpc::ServerUnaryReactor* Embed(grpc::CallbackServerContext* context,
+                                  const llmbridge::v1::EmbedRequest* request,
+                                  llmbridge::v1::EmbedResponse* response) override;
+
+  grpc::ServerUnaryReactor* CountTokens(
+      grpc::CallbackServerContext* context,
+      const llmbridge::v1::CountTokensRequest* request,
+      llmbridge::v1::CountTokensResponse* response) override;
+
   // Graceful shutdown, any thread. StopAccepting: from now on Complete calls
   // are refused (UNAVAILABLE, reason SHUTTING_DOWN). WaitIdle: returns once
   // the calls in flight have ended (true), or at `deadline` (false).
@@ -66,6 +76,9 @@ class LocalLLMService final : public llmbridge::v1::LocalLLM::CallbackService {
   bool draining();
 
  private:
+  // The client that serves `model` (empty: the server's default model).
+  absl::StatusOr<rpc::Client*> ClientFor(const std::string& model);
+
   rpc::Client* const client_;
   const ServiceOptions options_;
   std::mutex drain_mu_;

@@ -216,6 +216,42 @@ class Backend(ABC):
             )
 
 
+class StopFilter:
+    """Streamed text cut before the first stop string, for engines that stop
+    only after one (transformers' ``stop_strings``) or not at all (echo).
+
+    ``feed`` returns what may go out now: a tail that could be the start of
+    a stop string is held back until the next piece tells. Once a stop
+    string appeared, ``stopped`` is set and nothing more goes out.
+    """
+
+    def __init__(self, stops: tuple[str, ...]) -> None:
+        self._stops = stops
+        self._held = ""
+        self.stopped = False
+
+    def feed(self, text: str) -> str:
+        if self.stopped:
+            return ""
+        held = self._held + text
+        cut = min((i for i in (held.find(s) for s in self._stops) if i >= 0), default=-1)
+        if cut >= 0:
+            self.stopped = True
+            self._held = ""
+            return held[:cut]
+        keep = max(
+            (n for s in self._stops for n in range(1, len(s)) if held.endswith(s[:n])),
+            default=0,
+        )
+        self._held = held[len(held) - keep :]
+        return held[: len(held) - keep]
+
+    def flush(self) -> str:
+        """The held-back tail, at the end of the stream (no stop string came)."""
+        tail, self._held = self._held, ""
+        return tail
+
+
 def is_vector(value: Any) -> bool:
     """A list of numbers (an embedding, as a backend sent it)."""
     return isinstance(value, list) and all(

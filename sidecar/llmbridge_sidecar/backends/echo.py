@@ -37,7 +37,16 @@ from typing import Any
 
 from .. import protocol
 from ..protocol import InitParams, Usage
-from .base import Backend, ChatDone, ChatEvent, ChatRequest, EmbedRequest, EmbedResult, TextDelta
+from .base import (
+    Backend,
+    ChatDone,
+    ChatEvent,
+    ChatRequest,
+    EmbedRequest,
+    EmbedResult,
+    StopFilter,
+    TextDelta,
+)
 
 DEFAULT_MODEL = "echo"
 # What each chunk says with {"chunks": N}: short, like one token of a model.
@@ -94,17 +103,26 @@ class EchoBackend(Backend):
             texts = [CHUNK_TEXT] * count
         if request.response_format is not None:
             raise self.unsupported("response_format", "an echo is not JSON")
-        texts = _before_stop(texts, request.sampling.stop)
         finish_reason = "stop"
         if 0 < request.max_tokens < len(texts):
             texts = texts[: request.max_tokens]
             finish_reason = "length"
+        stops = StopFilter(request.sampling.stop)
+        sent = 0
         for text in texts:
             # Always a suspension point: streams interleave, cancels land here.
             await asyncio.sleep(delay)
-            yield TextDelta(text)
+            sent += 1
+            piece = stops.feed(text)
+            if piece:
+                yield TextDelta(piece)
+            if stops.stopped:
+                finish_reason = "stop"
+                break
+        if tail := stops.flush():
+            yield TextDelta(tail)
         yield ChatDone(
-            usage=Usage(input_tokens=input_tokens, output_tokens=len(texts)),
+            usage=Usage(input_tokens=input_tokens, output_tokens=sent),
             finish_reason=finish_reason,
             model=request.model,
         )
@@ -119,24 +137,6 @@ class EchoBackend(Backend):
             model=request.model,
             input_tokens=sum(len(text.split()) for text in request.inputs),
         )
-
-
-def _before_stop(texts: list[str], stops: tuple[str, ...]) -> list[str]:
-    """The chunks up to the first stop string (which is left out)."""
-    whole = "".join(texts)
-    cut = min((i for i in (whole.find(s) for s in stops) if i >= 0), default=-1)
-    if cut < 0:
-        return texts
-    kept: list[str] = []
-    length = 0
-    for text in texts:
-        if length + len(text) > cut:
-            if cut > length:
-                kept.append(text[: cut - length])
-            break
-        kept.append(text)
-        length += len(text)
-    return kept
 
 
 def _word_vector(text: str) -> list[float]:

@@ -307,6 +307,14 @@ class GgufBackend(Backend):
         if grammar is not None:
             kwargs["grammar"] = grammar
         gen = _Generation()
+        llm = self._llm
+        if llm is None:
+            return  # closed while this request waited: its consumer is gone
+        if "seed" in kwargs:
+            # A seeded sample repeats only from the same evaluation: a prompt
+            # found in llama.cpp's cache is evaluated differently (its last
+            # token alone), which moves the logits enough to change samples.
+            llm.reset()
 
         def count_tokens(input_ids: Any, scores: Any) -> Any:
             # A logits processor sees the context once per sampled token: the
@@ -320,9 +328,6 @@ class GgufBackend(Backend):
                     scores[token] += value
             return scores
 
-        llm = self._llm
-        if llm is None:
-            return  # closed while this request waited: its consumer is gone
         from llama_cpp import LogitsProcessorList
 
         stream = llm.create_chat_completion(

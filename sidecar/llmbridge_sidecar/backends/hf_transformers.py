@@ -42,6 +42,7 @@ from .base import (
     ChatRequest,
     EmbedRequest,
     EmbedResult,
+    StopFilter,
     TextDelta,
 )
 from .worker import ModelWorker
@@ -259,12 +260,18 @@ class TransformersBackend(Backend):
             def __call__(self, input_ids: Any, scores: Any, **kw: Any) -> Any:
                 return cancelled.is_set()
 
+        # generate() stops after a stop string; the answer ends before it.
+        stops = StopFilter(tuple(kwargs.get("stop_strings") or ()))
+
         class EmitText(transformers.TextStreamer):
             """Decodes tokens as generate() makes them; hands out each finished piece."""
 
             def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
-                if text:
-                    emit(TextDelta(text))
+                piece = stops.feed(text)
+                if stream_end:
+                    piece += stops.flush()
+                if piece:
+                    emit(TextDelta(piece))
 
         streamer: Any = EmitText(tokenizer, skip_prompt=True, skip_special_tokens=True)
         if seed is not None:
@@ -280,7 +287,9 @@ class TransformersBackend(Backend):
         if cancelled.is_set():
             return
         output = int(output_ids.shape[-1]) - prompt_tokens
-        finish_reason = "length" if output >= kwargs["max_new_tokens"] else "stop"
+        finish_reason = (
+            "length" if output >= kwargs["max_new_tokens"] and not stops.stopped else "stop"
+        )
         if finish_reason == "stop" and output > 0:
             eos = model.generation_config.eos_token_id
             eos_ids = set(eos) if isinstance(eos, list) else {eos}

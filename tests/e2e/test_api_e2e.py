@@ -258,3 +258,22 @@ def test_smollm2_embeddings_and_token_counts(pb, start_server, smollm2_path):
                                            timeout=TIMEOUT_S)
     last = complete(pb, server, max_tokens=4, temperature=0, **conversation)[-1]
     assert counted.input_tokens == last.usage.input_tokens > 10
+
+
+def test_real_llama_cpp_server_constrains_to_the_schema(pb, start_server, llama_cpp_server):
+    """llama-cpp-python's server (the real OpenAI-compatible engine that runs
+    here) takes the {"type": "json_object", "schema": ...} form the llama.cpp
+    backend sends; it has no /apply-template, so CountTokens is UNIMPLEMENTED."""
+    server = start_server("--backend=llama.cpp", f"--host={llama_cpp_server}",
+                          "--model=smollm2")
+    responses = complete(pb, server, messages=user(pb, "Invent a person: name and age."),
+                         temperature=0, max_tokens=96, seed=5,
+                         response_format=schema_format(pb))
+    text = "".join(r.content for r in responses)
+    assert responses[-1].finish_reason == "stop", text
+    jsonschema.validate(json.loads(text), SCHEMA)
+    with pytest.raises(grpc.RpcError) as err:
+        stub(pb, server).CountTokens(pb[0].CountTokensRequest(messages=user(pb, "Hi")),
+                                     timeout=TIMEOUT_S)
+    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert "/apply-template" in err.value.details()

@@ -4,12 +4,18 @@
 # virtual environment (llama-cpp-python + the bundled SmolLM2 model).
 #
 #   docker build -t llmbridge:dev .
-#   docker run --rm -p 50051:50051 llmbridge:dev        # embedded gguf backend
+#   docker run --rm --stop-timeout=40 -p 50051:50051 llmbridge:dev   # embedded gguf backend
+#
+# --stop-timeout: on `docker stop` the server gets --shutdown_grace (30 s) for
+# streams in flight plus up to 5 s to stop its sidecar; Docker's default of
+# 10 s would SIGKILL it mid-drain. (`docker stop -t 40` does the same.)
 #
 # Two stages:
 #   build    Debian 12 with the toolchain; scripts/setup (the README's install
 #            script) installs the Debian packages, compiles llama-cpp-python,
-#            creates .venv and builds //... with Bazel, exactly as on a laptop.
+#            creates .venv with the runtime extras only, and builds the
+#            optimised server (bazel build --config=release), as scripts/run
+#            does on a laptop.
 #   runtime  Debian 12 slim with only the shared libraries the binary links,
 #            Python 3.11 for the venv, and a non-root user (uid/gid 10001,
 #            the runAsUser of k8s/).
@@ -31,20 +37,38 @@ WORKDIR /opt/llmbridge
 ARG LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF"
 ENV SKBUILD_CMAKE_ARGS=${LLAMA_CMAKE_ARGS} \
     LLMBRIDGE_PY_EXTRAS=gguf \
+    LLMBRIDGE_BUILD=release \
     DEBIAN_FRONTEND=noninteractive
 COPY . .
 # The llama-cpp-python wheel (15-25 minutes to compile) stays in a BuildKit
 # cache mount, so rebuilding the image after a code change reuses it; one
 # cache folder per LLAMA_CMAKE_ARGS, so a wheel built with other flags is
-# never picked up.
+# never picked up. pip and setuptools leave the venv afterwards: nothing
+# installs at run time.
 RUN --mount=type=cache,target=/root/.cache/llmbridge \
     LLMBRIDGE_CACHE_DIR=/root/.cache/llmbridge/$(echo "$SKBUILD_CMAKE_ARGS" | sha256sum | cut -c1-12) \
     scripts/setup \
- && install -D -m 0755 bazel-bin/service/llmbridge /out/bin/llmbridge \
+ && install -D -m 0755 bazel-release-bin/service/llmbridge /out/bin/llmbridge \
  && mkdir -p /out/sidecar \
  && cp -r sidecar/sidecar.py sidecar/llmbridge_sidecar /out/sidecar/ \
+ && .venv/bin/python -m pip uninstall -q -y pip setuptools \
  && find /out /opt/llmbridge/.venv -name __pycache__ -prune -exec rm -rf {} + \
  && bazel shutdown
+
+# llama-cpp-python's wheel also carries llama.cpp's CMake install tree
+# (site-packages/lib and include: headers, CMake files and a second set of
+# its libraries, which the package never loads: it loads llama_cpp/lib/),
+# and, as wheels cannot hold symlinks, three identical copies of each library
+# (libllama.so, .so.0, .so.0.5.0). Drop the tree; keep one copy, link the rest.
+RUN site=/opt/llmbridge/.venv/lib/python3.11/site-packages \
+ && rm -rf "$site/lib" "$site/include" \
+ && cd "$site/llama_cpp/lib" \
+ && for so in lib*.so; do \
+      real=$(ls -1 "$so".* | sort | tail -n 1); \
+      for alias in "$so" "$so".*; do \
+        [ "$alias" = "$real" ] || ! cmp -s "$alias" "$real" || ln -sf "$real" "$alias"; \
+      done; \
+    done
 
 FROM debian:${DEBIAN_RELEASE}-slim AS runtime
 # Only what the binary and the venv load: Debian 12's gRPC 1.51, protobuf
@@ -74,6 +98,9 @@ WORKDIR /tmp
 # 50051: gRPC (llmbridge.v1.LocalLLM, grpc.health.v1, reflection).
 # 9090: Prometheus metrics (--metrics_listen).
 EXPOSE 50051 9090
+# The server drains on SIGTERM (Docker's default stop signal, stated here so
+# it is not changed by accident); see --stop-timeout above.
+STOPSIGNAL SIGTERM
 ENTRYPOINT ["/opt/llmbridge/bin/llmbridge"]
 # Defaults for `docker run`; k8s/ replaces them with its own args.
 CMD ["--listen=0.0.0.0:50051", \

@@ -364,7 +364,7 @@ def start_llmbridge(
         *extra,
     ]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    match = wait_line(proc, proc.stderr, r"serving .* \(port (\d+)", 60, sink=log_path)
+    match = wait_line(proc, proc.stderr, r'"event":"started".*"port":(\d+)', 60, sink=log_path)
     return proc, int(match.group(1))
 
 

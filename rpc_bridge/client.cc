@@ -244,7 +244,8 @@ StreamHandle Client::Stream(CompleteParams params, StreamHandlers handlers,
 
 void Client::CallAsync(const std::string& method, Json params,
                        std::chrono::milliseconds timeout,
-                       std::function<void(absl::StatusOr<Json>)> on_reply) {
+                       std::function<void(absl::StatusOr<Json>)> on_reply,
+                       bool only_if_ready) {
   if (!config_status_.ok()) {
     on_reply(config_status_);
     return;
@@ -253,6 +254,7 @@ void Client::CallAsync(const std::string& method, Json params,
   request.method = method;
   request.params = std::move(params);
   request.admission = false;
+  request.only_if_ready = only_if_ready;
   request.deadline = Clock::now() + timeout;
   request.handlers.on_reply = std::move(on_reply);
   pool_->Submit(std::move(request));

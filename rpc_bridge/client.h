@@ -149,9 +149,12 @@ class Client {
                             std::chrono::milliseconds timeout);
 
   // The same without blocking: `on_reply` runs once, on a bridge thread.
+  // With only_if_ready, an idle or starting pool is not started (or waited
+  // for): the call fails at once with FAILED_PRECONDITION.
   void CallAsync(const std::string& method, Json params,
                  std::chrono::milliseconds timeout,
-                 std::function<void(absl::StatusOr<Json>)> on_reply);
+                 std::function<void(absl::StatusOr<Json>)> on_reply,
+                 bool only_if_ready = false);
 
   // A unary call that costs the backend real work ("embed"): admitted like
   // a completion (it counts towards max_concurrent and max_queue and may be

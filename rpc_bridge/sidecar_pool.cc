@@ -63,6 +63,27 @@ bool PoolStatus::Serving() const {
          });
 }
 
+bool PoolStatus::Servable() const {
+  if (Serving()) return true;
+  if (shutting_down || demanded || waiting_for_load) return false;
+  return std::all_of(slots.begin(), slots.end(), [](const SlotStatus& s) {
+    return s.state == SlotState::kIdle;
+  });
+}
+
+const char* PoolStatus::LoadState() const {
+  if (AnyReady()) return "loaded";
+  const bool failed = std::any_of(slots.begin(), slots.end(), [](const SlotStatus& s) {
+    return s.state == SlotState::kFailed;
+  });
+  if (failed) return "failed";
+  const bool starting = std::any_of(slots.begin(), slots.end(), [](const SlotStatus& s) {
+    return s.state == SlotState::kStarting;
+  });
+  if (starting || waiting_for_load || demanded) return "loading";
+  return "idle";
+}
+
 absl::Status PoolStatus::Problem() const {
   if (Serving()) return absl::OkStatus();
   for (const SlotStatus& s : slots) {
@@ -105,6 +126,17 @@ class PoolCore : public std::enable_shared_from_this<PoolCore> {
   }
 
   void StartKeepers() {
+    if (options_.load_gate != nullptr) {
+      std::weak_ptr<PoolCore> weak = weak_from_this();
+      gate_id_ = options_.load_gate->Join(
+          {[weak] {
+             auto core = weak.lock();
+             return core != nullptr && core->UnloadIfIdle();
+           },
+           [weak] {
+             if (auto core = weak.lock()) core->WakeForGate();
+           }});
+    }
     for (size_t i = 0; i < slots_.size(); ++i) {
       keepers_.emplace_back([this, i] { Keep(static_cast<int>(i)); });
     }
@@ -118,6 +150,9 @@ class PoolCore : public std::enable_shared_from_this<PoolCore> {
   absl::Status WaitReady(std::chrono::milliseconds timeout);
   void Unload();
   void Shutdown();
+  // LoadGate callbacks: never block.
+  bool UnloadIfIdle();
+  void WakeForGate();
 
  private:
   // What Status() publishes of a slot (state, pid, in_flight, failure,
@@ -163,6 +198,11 @@ class PoolCore : public std::enable_shared_from_this<PoolCore> {
   std::vector<std::shared_ptr<PoolCall>> TakeQueue()
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ReportLoad() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Whether the pool must give its LoadGate place back now: it holds one
+  // and no sidecar of it is running or starting.
+  // The gate id to Release (outside the lock) when the pool holds a place
+  // and no sidecar of it is running or starting any more.
+  std::optional<int> ReleaseGateIfDone() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   void Send(std::vector<Dispatch> dispatches) ABSL_LOCKS_EXCLUDED(mu_);
   void OnReplied(const std::shared_ptr<PoolCall>& call,
@@ -188,6 +228,10 @@ class PoolCore : public std::enable_shared_from_this<PoolCore> {
   Clock::time_point last_activity_ ABSL_GUARDED_BY(mu_);
   int starts_ ABSL_GUARDED_BY(mu_) = 0;
   std::optional<InitResult> init_ ABSL_GUARDED_BY(mu_);
+  int gate_id_ = -1;  // set before the keepers start
+  bool gate_held_ ABSL_GUARDED_BY(mu_) = false;
+  bool gate_wake_ ABSL_GUARDED_BY(mu_) = false;
+  bool waiting_for_gate_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<std::thread> keepers_;
 };
 
@@ -209,6 +253,8 @@ int PoolCore::PickSlot(bool admission) const {
     if (s.state != SlotState::kReady || s.sidecar == nullptr) continue;
     // A dying sidecar takes no new calls: they wait for its replacement.
     if (s.closed || s.stalled) continue;
+    // Nor one being unloaded: a call must never start on it.
+    if (s.unload_seen != unload_generation_) continue;
     if (admission && s.in_flight >= Capacity(s)) continue;
     if (best < 0 || s.in_flight < slots_[static_cast<size_t>(best)].in_flight) {
       best = static_cast<int>(i);
@@ -331,16 +377,23 @@ PoolCallHandle PoolCore::Submit(PoolCallRequest request) {
               "the server is shutting down; retry on another instance"),
           reason::kShuttingDown);
     } else {
-      last_activity_ = Clock::now();
-      if (!demand_) {
-        demand_ = true;  // on-demand pools start now
-        cv_.notify_all();
+      if (!call->request.only_if_ready) {
+        last_activity_ = Clock::now();
+        if (!demand_) {
+          demand_ = true;  // on-demand pools start now
+          cv_.notify_all();
+        }
       }
       const bool admission = call->request.admission;
+      if (call->request.only_if_ready && PickSlot(admission) < 0) {
+        refused = absl::FailedPreconditionError("no sidecar is ready");
+      }
       const bool queue_ahead =
           admission ? QueuedAdmitted() > 0 : false;
       const int slot = queue_ahead ? -1 : PickSlot(admission);
-      if (slot >= 0) {
+      if (!refused.ok()) {
+        // only_if_ready and nothing ready.
+      } else if (slot >= 0) {
         Assign(call, slot, now);
         ReportLoad();
       } else if (!Hopeful()) {
@@ -390,6 +443,9 @@ PoolCallHandle PoolCore::Submit(PoolCallRequest request) {
     Finish(call, refused);
     return handle;
   }
+  if (options_.load_gate != nullptr && call->request.admission) {
+    options_.load_gate->Touch(gate_id_);
+  }
   Send(std::move(now));
   return handle;
 }
@@ -433,6 +489,7 @@ void PoolCore::Send(std::vector<Dispatch> dispatches) {
 void PoolCore::OnReplied(const std::shared_ptr<PoolCall>& call,
                          absl::StatusOr<Json> reply) {
   std::vector<Dispatch> next;
+  bool idle = false;
   {
     std::lock_guard<std::mutex> lock(mu_);
     call->phase = PoolCall::Phase::kDone;
@@ -445,7 +502,9 @@ void PoolCore::OnReplied(const std::shared_ptr<PoolCall>& call,
     next = Plan();
     ReportLoad();
     if (InFlight() == 0 && options_.keep_alive.count() > 0) cv_.notify_all();
+    idle = InFlight() == 0 && queue_.empty();
   }
+  if (idle && options_.load_gate != nullptr) options_.load_gate->Idle(gate_id_);
   Send(std::move(next));
   Finish(call, std::move(reply));
 }
@@ -503,7 +562,17 @@ void PoolCore::OnQueueTimeout(const std::shared_ptr<PoolCall>& call) {
     bool any_ready = std::any_of(slots_.begin(), slots_.end(), [](const Slot& s) {
       return s.state == SlotState::kReady;
     });
-    if (!any_ready) {
+    if (!any_ready && waiting_for_gate_) {
+      why = WithReason(
+          absl::ResourceExhaustedError(absl::StrCat(
+              "the model waited ", waited,
+              " ms (--queue_timeout) for a place to load: ",
+              options_.load_gate->max_loaded(),
+              " models are loaded (--max_loaded_models) and all of them are "
+              "busy; retry later, or raise --max_loaded_models")),
+          reason::kOverloaded);
+      if (options_.observer != nullptr) options_.observer->OnRejected();
+    } else if (!any_ready) {
       why = WithReason(absl::UnavailableError(absl::StrCat(
                            "the sidecar was still starting (loading the model) "
                            "after this request waited ", waited,
@@ -717,6 +786,7 @@ void PoolCore::Keep(int index) {
       cv_.notify_all();  // Unload waits for every keeper to come by here
     }
     if (!Wanted()) {
+      waiting_for_gate_ = false;
       if (slot.state != SlotState::kIdle) {
         slot.state = SlotState::kIdle;
         slot.failure = absl::OkStatus();
@@ -724,10 +794,36 @@ void PoolCore::Keep(int index) {
         StateChanged();
         lock.lock();
       }
+      std::optional<int> release = ReleaseGateIfDone();
+      if (release.has_value()) {
+        lock.unlock();
+        options_.load_gate->Release(*release);
+        lock.lock();
+      }
       cv_.wait(lock, [&] {
         return shutting_down_ || Wanted() || slot.unload_seen != unload_generation_;
       });
       continue;
+    }
+
+    // A place to load, when models share a bound (--max_loaded_models).
+    if (options_.load_gate != nullptr && !gate_held_) {
+      lock.unlock();
+      const bool got = options_.load_gate->TryAcquire(gate_id_);
+      lock.lock();
+      if (!got) {
+        if (!waiting_for_gate_) {
+          waiting_for_gate_ = true;
+          lock.unlock();
+          StateChanged();
+          lock.lock();
+        }
+        cv_.wait(lock, [&] { return gate_wake_ || Interrupted(slot) || !Wanted(); });
+        gate_wake_ = false;
+        continue;
+      }
+      gate_held_ = true;
+      waiting_for_gate_ = false;
     }
 
     // Start.
@@ -750,7 +846,9 @@ void PoolCore::Keep(int index) {
       const auto retry_at = Clock::now() + std::max<Clock::duration>(
                                                Backoff(policy, slot.failures),
                                                policy.initial_backoff);
+      std::optional<int> release = ReleaseGateIfDone();
       lock.unlock();
+      if (release.has_value()) options_.load_gate->Release(*release);
       StateChanged();
       FailAll(std::move(hopeless), failure);
       lock.lock();
@@ -816,7 +914,9 @@ void PoolCore::Keep(int index) {
     sidecar.reset();
     lock.lock();
     slot.pid = -1;
+    std::optional<int> release = ReleaseGateIfDone();
     lock.unlock();
+    if (release.has_value()) options_.load_gate->Release(*release);
     StateChanged();
     lock.lock();
     if (crashed && slot.failures >= policy.max_quick_failures) {
@@ -844,6 +944,37 @@ void PoolCore::Keep(int index) {
   slot.state = SlotState::kIdle;
 }
 
+// --- Load gate ---------------------------------------------------------------
+
+std::optional<int> PoolCore::ReleaseGateIfDone() {
+  if (!gate_held_) return std::nullopt;
+  for (const Slot& s : slots_) {
+    if (s.state == SlotState::kReady || s.state == SlotState::kStarting ||
+        s.pid > 0) {
+      return std::nullopt;
+    }
+  }
+  gate_held_ = false;
+  return gate_id_;
+}
+
+bool PoolCore::UnloadIfIdle() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (shutting_down_ || InFlight() > 0 || !queue_.empty() || !gate_held_) {
+    return false;
+  }
+  ++unload_generation_;
+  demand_ = false;
+  cv_.notify_all();
+  return true;
+}
+
+void PoolCore::WakeForGate() {
+  std::lock_guard<std::mutex> lock(mu_);
+  gate_wake_ = true;
+  cv_.notify_all();
+}
+
 // --- Status and control ------------------------------------------------------
 
 PoolStatus PoolCore::Status() const {
@@ -855,6 +986,8 @@ PoolStatus PoolCore::Status() const {
   status.starts = starts_;
   status.shutting_down = shutting_down_;
   status.init = init_;
+  status.waiting_for_load = waiting_for_gate_;
+  status.demanded = Wanted();
   return status;
 }
 
@@ -921,6 +1054,9 @@ void PoolCore::Shutdown() {
     if (keeper.joinable()) keeper.join();
   }
   keepers_.clear();
+  if (options_.load_gate != nullptr && gate_id_ >= 0) {
+    options_.load_gate->Leave(std::exchange(gate_id_, -1));
+  }
 }
 
 // --- Public wrappers ---------------------------------------------------------

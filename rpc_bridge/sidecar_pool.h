@@ -39,6 +39,7 @@
 #include "absl/status/status.h"
 #include "rpc_bridge/config.h"
 #include "rpc_bridge/dispatcher.h"
+#include "rpc_bridge/load_gate.h"
 #include "rpc_bridge/protocol.h"
 #include "rpc_bridge/sidecar.h"
 
@@ -83,12 +84,22 @@ struct PoolStatus {
   int queued = 0;
   int starts = 0;  // sidecar processes started so far
   bool shutting_down = false;
+  // Waiting for a place to load (PoolOptions::load_gate is full).
+  bool waiting_for_load = false;
+  // Sidecars are wanted (preload, or calls came): idle slots are about to
+  // start, not unloaded.
+  bool demanded = false;
   // The init result of a sidecar that became ready (the latest one).
   std::optional<InitResult> init;
   // Whether a call could be served now: a ready sidecar whose backend
   // answered its last probe.
   bool Serving() const;
   bool AnyReady() const;
+  // Serving, or unloaded on purpose and able to load on the next call (no
+  // failure, not shutting down): what readiness means for an on-demand model.
+  bool Servable() const;
+  // "loaded", "loading", "idle" or "failed".
+  const char* LoadState() const;
   // The most relevant failure when nothing is ready, else OK.
   absl::Status Problem() const;
 };
@@ -140,6 +151,10 @@ struct PoolOptions {
   std::chrono::milliseconds keep_alive{0};
   RestartPolicy restart;
   PoolObserver* observer = nullptr;  // optional, must outlive the pool
+  // Shared by pools that may not all be loaded at once: the pool holds a
+  // place while any of its sidecars runs, and unloads when the gate asks
+  // (only with nothing in flight or queued). Optional, must outlive it.
+  LoadGate* load_gate = nullptr;
 };
 
 struct PoolCallRequest {
@@ -149,6 +164,10 @@ struct PoolCallRequest {
   // max_queue and may be refused. Others (tools, models) only wait for a
   // ready sidecar.
   bool admission = true;
+  // Only if a sidecar is ready now: otherwise the call fails at once with
+  // FAILED_PRECONDITION and an idle pool is not started (ListModels must
+  // not load a model to describe it).
+  bool only_if_ready = false;
   // The call ends with DEADLINE_EXCEEDED then (and the sidecar is told to
   // stop). Unset: no deadline.
   std::optional<std::chrono::steady_clock::time_point> deadline;

@@ -20,6 +20,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -33,9 +34,12 @@ struct SubprocessOptions {
   std::map<std::string, std::string> extra_env;  // added to our environment
   std::string work_dir;                          // empty: inherit
   // Each line the child writes to stderr is copied to our stderr with this
-  // prefix (logs of the sidecar belong in the server's log).
+  // prefix (logs of the sidecar belong in the server's log)...
   std::string stderr_prefix = "[sidecar] ";
-  // When set, each stderr line goes here instead (on the stderr thread).
+  // ...unless this is set: then each line (without its '\n') goes here
+  // instead, e.g. to be logged as JSON. It runs on the stderr pump thread,
+  // one line at a time, with no lock of ours held; the child blocks once its
+  // stderr pipe is full, so it should not block for long.
   std::function<void(std::string_view line)> on_stderr_line;
   size_t stderr_tail_lines = 20;
 };

@@ -21,6 +21,7 @@
 #include "service/grpc_status.h"
 #include "service/local_llm_service.h"
 #include "service/logging.h"
+#include "service/model_router.h"
 #include "service/unary_conversion.h"
 
 namespace llmbridge::service {
@@ -49,11 +50,15 @@ class SidecarCallReactor : public grpc::ServerUnaryReactor {
     context->AddInitialMetadata(kRequestIdHeader, request_id_);
   }
 
-  // Sends `params` to `sidecar_method` of `client`, or ends the call with
-  // the first error among them. Call once, right after construction.
-  void Start(absl::StatusOr<rpc::Client*> client, const std::string& model,
+  // Sends `params` to `sidecar_method` of the sidecars that serve `model`
+  // (the request's), or ends the call with the first error among them.
+  // Call once, right after construction.
+  void Start(const ModelRouter& router, const std::string& model,
              const char* sidecar_method, absl::StatusOr<rpc::Json> params,
              Admission admission, FillResponse fill) {
+    // Written before the call is sent: the bridge thread that reads it in
+    // End is started by that send.
+    error_context_ = {"", model, request_id_};
     if (!service_->CallStarted()) {
       End(rpc::WithReason(absl::UnavailableError(
                               "the server is shutting down; retry on another instance"),
@@ -61,17 +66,24 @@ class SidecarCallReactor : public grpc::ServerUnaryReactor {
       return;
     }
     counted_ = true;
-    if (!client.ok()) {
-      End(client.status());
-      return;
-    }
-    const rpc::Config& config = (*client)->config();
-    // Written before the call is sent: the bridge thread that reads it in
-    // End is started by that send.
-    error_context_ = {config.backend, model.empty() ? config.model : model, request_id_};
     if (!params.ok()) {
       End(params.status());
       return;
+    }
+    absl::StatusOr<ModelRouter::Route> route = router.Resolve(model);
+    if (!route.ok()) {
+      End(route.status());
+      return;
+    }
+    rpc::Client* client = route->model->client.get();
+    const rpc::Config& config = client->config();
+    error_context_ = {config.backend, model.empty() ? route->model->entry.name : model,
+                      request_id_};
+    // The sidecar is asked for the backend's name of the model (none: its own).
+    if (route->backend_model.empty()) {
+      params->erase("model");
+    } else {
+      (*params)["model"] = route->backend_model;
     }
     auto on_reply = [this, fill = std::move(fill)](absl::StatusOr<rpc::Json> reply) {
       absl::Status status = reply.status();
@@ -85,14 +97,14 @@ class SidecarCallReactor : public grpc::ServerUnaryReactor {
                                            config.request_timeout);
       const auto timeout = std::chrono::duration_cast<std::chrono::milliseconds>(
           limit - std::chrono::steady_clock::now());
-      (*client)->CallAsync(sidecar_method, *std::move(params),
+      client->CallAsync(sidecar_method, *std::move(params),
                            std::max(timeout, std::chrono::milliseconds(1)),
                            std::move(on_reply));
       return;
     }
     rpc::CallOptions call;
     call.deadline = deadline;
-    rpc::StreamHandle handle = (*client)->CallAdmitted(
+    rpc::StreamHandle handle = client->CallAdmitted(
         sidecar_method, *std::move(params), std::move(on_reply), call);
     bool cancel_now;
     {
@@ -176,7 +188,7 @@ grpc::ServerUnaryReactor* LocalLLMService::Embed(
     llmbridge::v1::EmbedResponse* response) {
   auto* reactor = new SidecarCallReactor(this, context, options_.metrics, "Embed");
   const int inputs = request->inputs_size();
-  reactor->Start(ClientFor(request->model()), request->model(), rpc::kMethodEmbed,
+  reactor->Start(*router_, request->model(), rpc::kMethodEmbed,
                  ToEmbedParams(*request, LimitsOf(options_)), Admission::kAdmitted,
                  [response, inputs](const rpc::Json& result) {
                    absl::StatusOr<llmbridge::v1::EmbedResponse> converted =
@@ -193,9 +205,8 @@ grpc::ServerUnaryReactor* LocalLLMService::CountTokens(
     const llmbridge::v1::CountTokensRequest* request,
     llmbridge::v1::CountTokensResponse* response) {
   auto* reactor = new SidecarCallReactor(this, context, options_.metrics, "CountTokens");
-  reactor->Start(ClientFor(request->model()), request->model(),
-                 rpc::kMethodCountTokens, ToCountTokensParams(*request, LimitsOf(options_)),
-                 Admission::kWaitForReady, [response](const rpc::Json& result) {
+  reactor->Start(*router_, request->model(), rpc::kMethodCountTokens,
+                 ToCountTokensParams(*request, LimitsOf(options_)), Admission::kWaitForReady, [response](const rpc::Json& result) {
                    absl::StatusOr<llmbridge::v1::CountTokensResponse> converted =
                        ToCountTokensResponse(result);
                    if (!converted.ok()) return converted.status();

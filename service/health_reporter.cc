@@ -5,14 +5,20 @@
 namespace llmbridge::service {
 
 HealthReporter::HealthReporter(grpc::HealthCheckServiceInterface* health,
-                               rpc::Client* client)
-    : health_(health), client_(client) {
+                               const ModelRouter* router)
+    : health_(health), router_(router) {
   // Nothing is served before Start.
   std::lock_guard<std::mutex> lock(mu_);
-  health_->SetServingStatus("", false);
-  health_->SetServingStatus(kServiceName, false);
-  published_[""] = false;
-  published_[kServiceName] = false;
+  std::vector<std::string> services = {"", kServiceName};
+  for (const auto& m : router_->models()) services.push_back(ServiceFor(m->entry.name));
+  for (const std::string& service : services) {
+    health_->SetServingStatus(service, false);
+    published_[service] = false;
+  }
+}
+
+std::string HealthReporter::ServiceFor(const std::string& model) {
+  return std::string(kServiceName) + "/" + model;
 }
 
 void HealthReporter::Start() {
@@ -31,10 +37,15 @@ void HealthReporter::Refresh() {
   // last one to publish is never older than the last change.
   std::lock_guard<std::mutex> lock(mu_);
   if (!started_ || shut_down_) return;
-  rpc::PoolStatus status = client_->Status();
-  const bool serving = status.Serving();
-  SetLocked(kServiceName, serving,
-            serving ? "ready" : std::string(status.Problem().message()));
+  for (const auto& m : router_->models()) {
+    rpc::PoolStatus status = m->client->Status();
+    const bool serving = status.Servable();
+    const std::string why =
+        serving ? (status.AnyReady() ? "ready" : "unloaded; loads on the next request")
+                : std::string(status.Problem().message());
+    SetLocked(ServiceFor(m->entry.name), serving, why);
+    if (m.get() == &router_->default_model()) SetLocked(kServiceName, serving, why);
+  }
 }
 
 void HealthReporter::Shutdown() {
@@ -42,6 +53,9 @@ void HealthReporter::Shutdown() {
   shut_down_ = true;
   // Readiness first, so that probes and load balancers stop sending calls.
   SetLocked(kServiceName, false, "shutting down");
+  for (const auto& m : router_->models()) {
+    SetLocked(ServiceFor(m->entry.name), false, "shutting down");
+  }
   SetLocked("", false, "shutting down");
 }
 

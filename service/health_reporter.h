@@ -6,7 +6,10 @@
 //                          cannot fix.
 //   llmbridge.v1.LocalLLM  readiness: a request for the default model could
 //                          be served now (a ready sidecar whose backend
-//                          answered its last health probe).
+//                          answered its last health probe), or the model is
+//                          unloaded on purpose and loads on the next call.
+//   llmbridge.v1.LocalLLM/<model>
+//                          the same for each served model.
 // The sidecar pools probe their sidecars; this class only publishes what
 // they report. Probes never run here, so a health Check is always answered
 // at once.
@@ -24,7 +27,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "grpcpp/health_check_service_interface.h"
-#include "rpc_bridge/client.h"
+#include "service/model_router.h"
 
 namespace llmbridge::service {
 
@@ -32,10 +35,15 @@ inline constexpr char kServiceName[] = "llmbridge.v1.LocalLLM";
 
 class HealthReporter {
  public:
-  // Readiness follows `client` (not owned; must outlive Shutdown).
-  HealthReporter(grpc::HealthCheckServiceInterface* health, rpc::Client* client);
+  // Readiness follows the router's pools (not owned; must outlive
+  // Shutdown).
+  HealthReporter(grpc::HealthCheckServiceInterface* health,
+                 const ModelRouter* router);
 
-  // Liveness SERVING; readiness as the client's pool says.
+  // The health service name of one model.
+  static std::string ServiceFor(const std::string& model);
+
+  // Liveness SERVING; readiness as the pools say.
   void Start();
   // Reads the pool's state again and publishes changes (pools call this
   // through their observer whenever their state changes).
@@ -48,7 +56,7 @@ class HealthReporter {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   grpc::HealthCheckServiceInterface* const health_;
-  rpc::Client* const client_;
+  const ModelRouter* const router_;
   std::mutex mu_;
   bool started_ ABSL_GUARDED_BY(mu_) = false;
   bool shut_down_ ABSL_GUARDED_BY(mu_) = false;

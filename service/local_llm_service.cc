@@ -20,6 +20,20 @@ namespace {
 
 using llmbridge::v1::CompleteResponse;
 
+// The served model a unary call names; when none serves it, the call is
+// finished here (NOT_FOUND listing the served ones) and nullopt returned.
+std::optional<ModelRouter::Route> RouteOrFinish(const ModelRouter& router,
+                                                grpc::CallbackServerContext& context,
+                                                const std::string& model,
+                                                Metrics::Call& observer,
+                                                grpc::ServerUnaryReactor* reactor) {
+  absl::StatusOr<ModelRouter::Route> route = router.Resolve(model);
+  if (route.ok()) return *std::move(route);
+  observer.Finish(route.status().code());
+  reactor->Finish(ToGrpcStatus(route.status(), {"", model, RequestIdOf(context)}));
+  return std::nullopt;
+}
+
 bool IsPlainText(const CompleteResponse& r) {
   return !r.done() && !r.has_tool_call() && !r.has_tool_result();
 }
@@ -44,7 +58,7 @@ std::string CauseOf(const absl::Status& status, const std::string& reason) {
 // callback can touch the reactor after OnDone deletes it.
 class CompleteReactor : public grpc::ServerWriteReactor<CompleteResponse> {
  public:
-  CompleteReactor(LocalLLMService* service, rpc::Client* client,
+  CompleteReactor(LocalLLMService* service, const ModelRouter* router,
                   const ServiceOptions& options,
                   grpc::CallbackServerContext* context,
                   const llmbridge::v1::CompleteRequest& request)
@@ -53,9 +67,11 @@ class CompleteReactor : public grpc::ServerWriteReactor<CompleteResponse> {
         max_unsent_bytes_(options.max_unsent_bytes),
         observer_(options.metrics, "Complete"),
         request_id_(RequestIdOf(*context)),
-        error_context_{client->config().backend,
-                       request.model().empty() ? client->config().model
-                                               : request.model(),
+        route_(router->Resolve(request.model())),
+        error_context_{route_.ok() ? route_->model->entry.client.backend : "",
+                       request.model().empty() && route_.ok()
+                           ? route_->model->entry.name
+                           : request.model(),
                        request_id_},
         start_(std::chrono::steady_clock::now()) {
     context->AddInitialMetadata(kRequestIdHeader, request_id_);
@@ -87,6 +103,12 @@ class CompleteReactor : public grpc::ServerWriteReactor<CompleteResponse> {
       End(params.status());
       return;
     }
+    if (!route_.ok()) {
+      End(route_.status());
+      return;
+    }
+    params->model = route_->backend_model;
+    rpc::Client* client = route_->model->client.get();
     rpc::StreamHandlers handlers;
     handlers.collect_content = false;
     handlers.on_chunk = [this](std::string& delta) { OnDelta(delta); };
@@ -269,6 +291,7 @@ class CompleteReactor : public grpc::ServerWriteReactor<CompleteResponse> {
   bool counted_ = false;  // counted in the service's in-flight calls
   Metrics::Call observer_;
   const std::string request_id_;
+  const absl::StatusOr<ModelRouter::Route> route_;
   const ErrorContext error_context_;
   const std::chrono::steady_clock::time_point start_;
   int output_tokens_ = 0;  // written on the reader thread before End
@@ -292,25 +315,29 @@ class CompleteReactor : public grpc::ServerWriteReactor<CompleteResponse> {
 grpc::ServerWriteReactor<CompleteResponse>* LocalLLMService::Complete(
     grpc::CallbackServerContext* context,
     const llmbridge::v1::CompleteRequest* request) {
-  return new CompleteReactor(this, client_, options_, context, *request);
+  return new CompleteReactor(this, router_, options_, context, *request);
 }
 
 grpc::ServerUnaryReactor* LocalLLMService::ListTools(
     grpc::CallbackServerContext* context,
-    const llmbridge::v1::ListToolsRequest* /*request*/,
+    const llmbridge::v1::ListToolsRequest* request,
     llmbridge::v1::ListToolsResponse* response) {
   auto observer = std::make_shared<Metrics::Call>(options_.metrics, "ListTools");
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  std::optional<ModelRouter::Route> route =
+      RouteOrFinish(*router_, *context, request->model(), *observer, reactor);
+  if (!route.has_value()) return reactor;
+  rpc::Client* client = route->model->client.get();
   auto deadline = SteadyDeadline(*context);
   auto timeout = std::chrono::milliseconds(30000);
   if (deadline.has_value()) {
     timeout = std::chrono::duration_cast<std::chrono::milliseconds>(
         *deadline - std::chrono::steady_clock::now());
   }
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  ErrorContext error_context{client_->config().backend, client_->config().model,
+  ErrorContext error_context{client->config().backend, route->model->entry.name,
                              RequestIdOf(*context)};
   // Answered from a bridge thread when the sidecar replies; never waits here.
-  client_->CallAsync(
+  client->CallAsync(
       rpc::kMethodTools, rpc::Json::object(),
       std::max(timeout, std::chrono::milliseconds(1)),
       [reactor, response, observer, error_context](absl::StatusOr<rpc::Json> tools) {
@@ -325,11 +352,6 @@ grpc::ServerUnaryReactor* LocalLLMService::ListTools(
         reactor->Finish(ToGrpcStatus(status, error_context));
       });
   return reactor;
-}
-
-absl::StatusOr<rpc::Client*> LocalLLMService::ClientFor(
-    const std::string& /*model*/) {
-  return client_;
 }
 
 bool LocalLLMService::CallStarted() {
@@ -361,13 +383,19 @@ bool LocalLLMService::WaitIdle(std::chrono::steady_clock::time_point deadline) {
 
 grpc::ServerUnaryReactor* LocalLLMService::GetCapabilities(
     grpc::CallbackServerContext* context,
-    const llmbridge::v1::GetCapabilitiesRequest* /*request*/,
+    const llmbridge::v1::GetCapabilitiesRequest* request,
     llmbridge::v1::Capabilities* response) {
   auto observer =
       std::make_shared<Metrics::Call>(options_.metrics, "GetCapabilities");
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  rpc::Client* client = client_;
-  auto answer = [client, reactor, response, observer] {
+  std::optional<ModelRouter::Route> route =
+      RouteOrFinish(*router_, *context, request->model(), *observer, reactor);
+  if (!route.has_value()) return reactor;
+  rpc::Client* client = route->model->client.get();
+  // A pass-through name is the model asked about; else the entry's own.
+  const std::string model =
+      !route->backend_model.empty() ? route->backend_model : client->config().model;
+  auto answer = [client, reactor, response, observer, model] {
     rpc::Capabilities caps = client->GetCapabilities();
     response->set_streaming(caps.streaming);
     response->set_tools(caps.tools);
@@ -376,24 +404,27 @@ grpc::ServerUnaryReactor* LocalLLMService::GetCapabilities(
     response->set_images(caps.images);
     for (const std::string& t : caps.native_tools) response->add_native_tools(t);
     response->set_backend(client->config().backend);
-    response->set_model(client->config().model);
+    response->set_model(model);
     observer->Finish(absl::StatusCode::kOk);
     reactor->Finish(grpc::Status::OK);
   };
-  if (client_->Status().init.has_value()) {
-    answer();  // published by a sidecar that started: nothing to wait for
+  const rpc::PoolStatus status = client->Status();
+  if (status.init.has_value() || (!status.demanded && !route->model->entry.preload)) {
+    // Published by a sidecar that started, or a model that is not loaded
+    // (asking must not load it: the seed's capabilities then).
+    answer();
     return reactor;
   }
   // No sidecar has started yet: answer once one has (or its start failed),
   // from a bridge thread. A health call is the cheapest thing that waits
   // for a ready sidecar in the pool's queue.
   auto deadline = SteadyDeadline(*context);
-  auto timeout = client_->config().startup_timeout;
+  auto timeout = client->config().startup_timeout;
   if (deadline.has_value()) {
     timeout = std::min(timeout, std::chrono::duration_cast<std::chrono::milliseconds>(
                                     *deadline - std::chrono::steady_clock::now()));
   }
-  client_->CallAsync(rpc::kMethodHealth, rpc::Json::object(),
+  client->CallAsync(rpc::kMethodHealth, rpc::Json::object(),
                      std::max(timeout, std::chrono::milliseconds(1)),
                      [answer](absl::StatusOr<rpc::Json>) { answer(); });
   return reactor;

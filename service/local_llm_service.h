@@ -20,6 +20,7 @@
 #include "llmbridge/v1/llmbridge.grpc.pb.h"
 #include "rpc_bridge/client.h"
 #include "service/metrics.h"
+#include "service/model_router.h"
 
 namespace llmbridge::service {
 
@@ -36,9 +37,9 @@ struct ServiceOptions {
 
 class LocalLLMService final : public llmbridge::v1::LocalLLM::CallbackService {
  public:
-  // `client` (and options.metrics) must outlive the service.
-  LocalLLMService(rpc::Client* client, ServiceOptions options)
-      : client_(client), options_(options) {}
+  // `router` (and options.metrics) must outlive the service.
+  LocalLLMService(const ModelRouter* router, ServiceOptions options)
+      : router_(router), options_(options) {}
 
   grpc::ServerWriteReactor<llmbridge::v1::CompleteResponse>* Complete(
       grpc::CallbackServerContext* context,
@@ -64,6 +65,11 @@ class LocalLLMService final : public llmbridge::v1::LocalLLM::CallbackService {
       const llmbridge::v1::CountTokensRequest* request,
       llmbridge::v1::CountTokensResponse* response) override;
 
+  grpc::ServerUnaryReactor* ListModels(
+      grpc::CallbackServerContext* context,
+      const llmbridge::v1::ListModelsRequest* request,
+      llmbridge::v1::ListModelsResponse* response) override;
+
   // Graceful shutdown, any thread. StopAccepting: from now on Complete calls
   // are refused (UNAVAILABLE, reason SHUTTING_DOWN). WaitIdle: returns once
   // the calls in flight have ended (true), or at `deadline` (false).
@@ -76,10 +82,7 @@ class LocalLLMService final : public llmbridge::v1::LocalLLM::CallbackService {
   bool draining();
 
  private:
-  // The client that serves `model` (empty: the server's default model).
-  absl::StatusOr<rpc::Client*> ClientFor(const std::string& model);
-
-  rpc::Client* const client_;
+  const ModelRouter* const router_;
   const ServiceOptions options_;
   std::mutex drain_mu_;
   std::condition_variable drain_cv_;

@@ -18,8 +18,9 @@ void GrpcLog(gpr_log_func_args* args) {
                       : args->severity == GPR_LOG_SEVERITY_INFO ? "info"
                                                                 : "debug";
   LogEvent(level, "grpc",
-           {{"message", args->message},
-            {"at", absl::StrFormat("%s:%d", args->file, args->line)}});
+           {{"message", args->message != nullptr ? args->message : ""},
+            {"at", absl::StrFormat("%s:%d", args->file != nullptr ? args->file : "",
+                                   args->line)}});
 }
 
 void ProtobufLog(google::protobuf::LogLevel severity, const char* file,
@@ -33,18 +34,57 @@ void ProtobufLog(google::protobuf::LogLevel severity, const char* file,
            {{"message", message}, {"at", absl::StrFormat("%s:%d", file, line)}});
 }
 
+// Python's logging level names, as the sidecar's format writes them after
+// "sidecar[PID] ", mapped to ours.
+std::string SidecarLevel(std::string_view line) {
+  size_t at = line.find("sidecar[");
+  if (at == std::string_view::npos) return "info";
+  line.remove_prefix(at);
+  at = line.find("] ");
+  if (at == std::string_view::npos) return "info";
+  line.remove_prefix(at + 2);
+  struct Level {
+    std::string_view python;
+    const char* ours;
+  };
+  for (const Level& level : {Level{"DEBUG ", "debug"}, Level{"INFO ", "info"},
+                             Level{"WARNING ", "warn"}, Level{"ERROR ", "error"},
+                             Level{"CRITICAL ", "error"}}) {
+    if (line.substr(0, level.python.size()) == level.python) return level.ours;
+  }
+  return "info";
+}
+
 }  // namespace
 
-void LogEvent(const std::string& level, const std::string& event,
-              nlohmann::json fields) {
+std::string FormatLogLine(const std::string& level, const std::string& event,
+                          nlohmann::json fields, absl::Time now) {
   nlohmann::json line = {
-      {"ts", absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", absl::Now(),
-                              absl::UTCTimeZone())},
+      {"ts", absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", now, absl::UTCTimeZone())},
       {"level", level},
       {"event", event}};
   for (auto& [k, v] : fields.items()) line[k] = std::move(v);
-  rpc::StderrWriter().Write(line.dump(-1, ' ', false,
-                                      nlohmann::json::error_handler_t::replace));
+  return line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+}
+
+void LogEvent(const std::string& level, const std::string& event,
+              nlohmann::json fields) {
+  std::string line = FormatLogLine(level, event, std::move(fields), absl::Now());
+  line.pop_back();  // the writer adds the '\n'
+  rpc::StderrWriter().Write(std::move(line));
+}
+
+std::string FormatSidecarLogLine(int pid, std::string_view line, absl::Time now,
+                                 nlohmann::json fields) {
+  fields["pid"] = pid;
+  fields["line"] = std::string(line);
+  return FormatLogLine(SidecarLevel(line), "sidecar_log", std::move(fields), now);
+}
+
+void LogSidecarLine(int pid, std::string_view line, nlohmann::json fields) {
+  std::string text = FormatSidecarLogLine(pid, line, absl::Now(), std::move(fields));
+  text.pop_back();
+  rpc::StderrWriter().Write(std::move(text));
 }
 
 void RouteLibraryLogs() {

@@ -4,7 +4,6 @@
 // JSON-RPC on stdio; see README.md.
 #include <signal.h>
 
-#include <cstdio>
 #include <fstream>
 #include <memory>
 #include <sstream>
@@ -24,12 +23,15 @@
 #include "rpc_bridge/config.h"
 #include "service/auth.h"
 #include "service/health_reporter.h"
+#include "service/help.h"
+#include "service/model_router.h"
 #include "service/local_llm_service.h"
 #include "service/logging.h"
 #include "service/metrics.h"
 #include "service/pool_events.h"
 #include "service/request_decoding.h"
 #include "service/server_config.h"
+#include "service/server_options.h"
 #include "service/sidecar_locator.h"
 
 ABSL_FLAG(std::string, config, "",
@@ -123,6 +125,23 @@ ABSL_FLAG(std::string, auth_token_file, "",
 ABSL_FLAG(bool, auth_reflection, true,
           "With --auth_token_file: serve reflection without a token (false: "
           "reflection needs one too).");
+ABSL_FLAG(int, max_loaded_models, 0,
+          "In-process models (gguf, transformers) loaded at once; loading one "
+          "more unloads the least recently used idle one (never one with a "
+          "request in flight), or waits (up to --queue_timeout) while all are "
+          "busy. 0: no bound.");
+ABSL_FLAG(absl::Duration, keep_alive, absl::Minutes(5),
+          "In-process models other than the default one unload after this long "
+          "without requests, and load again on the next (Ollama's default). "
+          "A models entry's keep_alive overrides it.");
+ABSL_FLAG(absl::Duration, max_connection_age, absl::ZeroDuration(),
+          "Close each client connection (GOAWAY, +-10% jitter) once it is this "
+          "old, so that long-lived clients resolve the name again and spread "
+          "their calls over replicas added since. 0: never.");
+ABSL_FLAG(absl::Duration, max_connection_age_grace, absl::ZeroDuration(),
+          "After --max_connection_age, how long calls in flight on the old "
+          "connection may still run before it is closed. 0: no limit (each "
+          "call is bounded by its deadline or --request_timeout).");
 
 namespace {
 
@@ -194,8 +213,11 @@ absl::StatusOr<svc::ServerConfig> BuildConfig(int argc, char** argv) {
   }
   if (use("auth_token_file")) c.auth_token_file = absl::GetFlag(FLAGS_auth_token_file);
   if (use("auth_reflection")) c.auth_reflection = absl::GetFlag(FLAGS_auth_reflection);
+  if (use("max_loaded_models")) c.max_loaded_models = absl::GetFlag(FLAGS_max_loaded_models);
+  if (use("keep_alive")) c.keep_alive = ToMillis(absl::GetFlag(FLAGS_keep_alive));
   if (c.client.sidecar_path.empty()) c.client.sidecar_path = svc::ShippedSidecarPath();
   c.client = llmbridge::rpc::WithDefaults(c.client);
+  if (absl::Status resolved = svc::ResolveModels(c); !resolved.ok()) return resolved;
   if (absl::Status valid = svc::ValidateServerConfig(c); !valid.ok()) return valid;
   return c;
 }
@@ -221,9 +243,17 @@ std::shared_ptr<grpc::ServerCredentials> Credentials(const svc::ServerConfig& c)
 int Run(int argc, char** argv) {
   svc::RouteLibraryLogs();
   absl::StatusOr<svc::ServerConfig> configured = BuildConfig(argc, argv);
-  if (!configured.ok()) {
-    std::fprintf(stderr, "llmbridge: bad configuration: %s\n(see --help)\n",
-                 std::string(configured.status().message()).c_str());
+  // --- ops: read from flags until they are config file keys ---
+  const svc::ConnectionAge connection_age{
+      ToMillis(absl::GetFlag(FLAGS_max_connection_age)),
+      ToMillis(absl::GetFlag(FLAGS_max_connection_age_grace))};
+  absl::Status valid = configured.ok()
+                           ? svc::ValidateConnectionAge(connection_age)
+                           : configured.status();
+  if (!valid.ok()) {
+    svc::LogEvent("error", "bad_configuration",
+                  {{"message", std::string(valid.message())},
+                   {"help", "llmbridge --help lists every flag"}});
     return 2;
   }
   const svc::ServerConfig& config = *configured;
@@ -237,7 +267,8 @@ int Run(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
   auto auth = svc::StartBearerAuth(config.auth_token_file, config.auth_reflection);
   if (!auth.ok()) {
-    std::fprintf(stderr, "llmbridge: %s\n", std::string(auth.status().message()).c_str());
+    svc::LogEvent("error", "bad_configuration",
+                  {{"message", std::string(auth.status().message())}});
     return 2;
   }
 
@@ -246,42 +277,20 @@ int Run(int argc, char** argv) {
   if (!config.metrics_listen.empty()) {
     absl::StatusOr<int> served = metrics.Serve(config.metrics_listen);
     if (!served.ok()) {
-      std::fprintf(stderr, "llmbridge: %s\n",
-                   std::string(served.status().message()).c_str());
+      svc::LogEvent("error", "bad_configuration",
+                    {{"message", std::string(served.status().message())}});
       return 2;
     }
     metrics_port = *served;
   }
-  const std::string model_label =
-      config.client.model.empty() ? config.client.backend : config.client.model;
-  svc::PoolEvents pool_events(model_label, &metrics);
-  llmbridge::rpc::ClientOptions client_options;
-  llmbridge::rpc::PoolOptions& pool = client_options.pool;
-  pool.sidecars = config.sidecars;
-  pool.max_concurrent = config.max_concurrent > 0
-                            ? config.max_concurrent
-                            : svc::DefaultMaxConcurrent(config.client.backend);
-  pool.max_queue = config.max_queue;
-  pool.queue_timeout = config.queue_timeout;
-  pool.health_interval = config.health_interval;
-  pool.health_timeout = config.health_timeout;
-  // The server loads the model at boot, so that readiness turns SERVING
-  // exactly when requests can be served.
-  pool.preload = true;
-  // Remote clients must not see the sidecar's stderr (paths, pids): it is
-  // in the server's log, under the sidecar's pid.
-  pool.sidecar.stderr_in_errors = false;
-  pool.observer = &pool_events;
-  if (config.client.backend == llmbridge::rpc::kBackendGguf) {
-    pool.sidecar.init_options["n_threads"] = svc::GgufThreadsPerSidecar(config.sidecars);
-  }
-  llmbridge::rpc::Client client(config.client, client_options);
+  // Each served model: its own supervised sidecars, admission and health.
+  svc::ModelRouter router(config, &metrics);
   svc::ServiceOptions service_options;
   service_options.max_request_bytes = config.max_request_bytes;
   service_options.log_prompts = config.log_prompts;
   service_options.max_unsent_bytes = config.max_unsent_bytes;
   service_options.metrics = &metrics;
-  svc::LocalLLMService service(&client, service_options);
+  svc::LocalLLMService service(&router, service_options);
   svc::AnswerUndecodableRequests(&service);
 
   grpc::EnableDefaultHealthCheckService(true);
@@ -295,34 +304,49 @@ int Run(int argc, char** argv) {
   builder.RegisterService(&service);
   builder.SetMaxReceiveMessageSize(config.max_message_bytes);
   builder.SetMaxSendMessageSize(config.max_message_bytes);
+  svc::ApplyConnectionAge(connection_age, &builder);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
-    std::fprintf(stderr,
-                 "llmbridge: cannot listen on %s (address in use or invalid, "
-                 "or bad TLS files; choose another with --listen)\n",
-                 config.listen.c_str());
+    svc::LogEvent("error", "listen_failed",
+                  {{"listen", config.listen},
+                   {"message", "cannot listen on " + config.listen +
+                                   " (address in use or invalid, or bad TLS "
+                                   "files; choose another with --listen)"}});
     return 1;
   }
-  svc::HealthReporter health(server->GetHealthCheckService(), &client);
-  pool_events.set_health(&health);
+  svc::HealthReporter health(server->GetHealthCheckService(), &router);
+  router.set_health(&health);
   health.Start();
-  std::fprintf(stderr,
-               "llmbridge: serving %s on %s (port %d%s), backend %s, model "
-               "'%s', sidecar %s\n",
-               svc::kServiceName, config.listen.c_str(), port,
-               config.tls_cert.empty() ? "" : ", TLS", config.client.backend.c_str(),
-               config.client.model.c_str(), config.client.sidecar_path.c_str());
+  nlohmann::json models_started = nlohmann::json::array();
+  for (const auto& m : router.models()) {
+    const svc::ModelEntry& e = m->entry;
+    models_started.push_back({{"name", e.name},
+                              {"backend", e.client.backend},
+                              {"model", e.client.model},
+                              {"sidecars", e.sidecars},
+                              {"max_concurrent",
+                               e.max_concurrent > 0
+                                   ? e.max_concurrent
+                                   : svc::DefaultMaxConcurrent(e.client.backend)},
+                              {"max_queue", e.max_queue},
+                              {"preload", e.preload},
+                              {"keep_alive_ms", e.keep_alive.count()},
+                              {"pass_through", e.pass_through}});
+  }
   svc::LogEvent("info", "started",
-                {{"listen", config.listen},
+                {{"service", svc::kServiceName},
+                 {"listen", config.listen},
                  {"port", port},
-                 {"backend", config.client.backend},
-                 {"model", config.client.model},
-                 {"sidecars", config.sidecars},
-                 {"max_concurrent", pool.max_concurrent},
-                 {"max_queue", config.max_queue},
+                 {"backend", router.default_model().entry.client.backend},
+                 {"model", router.default_model().entry.client.model},
+                 {"default_model", config.default_model},
+                 {"models", models_started},
+                 {"max_loaded_models", config.max_loaded_models},
                  {"tls", !config.tls_cert.empty()},
                  {"metrics_listen", config.metrics_listen},
-                 {"metrics_port", metrics_port}});
+                 {"metrics_port", metrics_port},
+                 {"sidecar", config.client.sidecar_path},
+                 {"max_connection_age_ms", connection_age.max_age.count()}});
 
   std::thread stopper([&] {
     int signo = 0;
@@ -344,10 +368,9 @@ int Run(int argc, char** argv) {
   server->Wait();
   stopper.join();
   // 3. The sidecars: shutdown request, then signals if they do not exit.
-  pool_events.set_health(nullptr);
-  client.Shutdown();
-  svc::FlushLogs();
-  std::fprintf(stderr, "llmbridge: stopped\n");
+  router.set_health(nullptr);
+  router.Shutdown();
+  svc::LogEvent("info", "stopped");
   return 0;
 }
 
@@ -362,9 +385,15 @@ int main(int argc, char** argv) {
       "Call it with: grpcurl -plaintext -d "
       "'{\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}]}' "
       "127.0.0.1:50051 llmbridge.v1.LocalLLM/Complete\n"
-      "Health: grpc.health.v1 for \"\" and llmbridge.v1.LocalLLM (SERVING once "
-      "the sidecar and backend are up). Exit codes: 0 after a clean shutdown, "
+      "Health: grpc.health.v1 for \"\" (liveness), llmbridge.v1.LocalLLM "
+      "(readiness of the default model) and llmbridge.v1.LocalLLM/<model> "
+      "for each served model. Exit codes: 0 after a clean shutdown, "
       "1 if the address cannot be served, 2 for a bad configuration.");
+  svc::ConfigureFlagHelp();
   absl::ParseCommandLine(argc, argv);
-  return Run(argc, argv);
+  const int code = Run(argc, argv);
+  // Log lines are written by a thread: let them out before exiting (an
+  // early exit's bad_configuration line is the one that matters most).
+  svc::FlushLogs();
+  return code;
 }

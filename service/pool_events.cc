@@ -33,11 +33,7 @@ void PoolEvents::OnSidecarEvent(std::string_view event, const rpc::Json& fields)
 void PoolEvents::OnSidecarStderr(int slot, pid_t pid, std::string_view line) {
   // The sidecar's own log lines, wrapped so that every line the server
   // writes is one JSON object.
-  LogEvent("info", "sidecar_log",
-           {{"model", model_},
-            {"slot", slot},
-            {"pid", pid},
-            {"line", std::string(line)}});
+  LogSidecarLine(pid, line, {{"model", model_}, {"slot", slot}});
 }
 
 void PoolEvents::OnProtocolError(int slot, const absl::Status& why,

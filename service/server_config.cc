@@ -8,6 +8,7 @@
 #include <tuple>
 #include <sstream>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "rpc_bridge/config_json.h"
@@ -46,6 +47,87 @@ bool Readable(const std::string& path) {
   return ::access(path.c_str(), R_OK) == 0;
 }
 
+absl::Status ReadBool(const rpc::Json& j, const char* key, bool& out) {
+  auto it = j.find(key);
+  if (it == j.end() || it->is_null()) return absl::OkStatus();
+  if (!it->is_boolean()) return Bad(key, "must be true or false");
+  out = it->get<bool>();
+  return absl::OkStatus();
+}
+
+// Model names become metric labels and health service names: keep them
+// to what both take without escaping.
+bool ValidModelName(const std::string& name) {
+  if (name.empty() || name.size() > 128) return false;
+  return std::all_of(name.begin(), name.end(), [](char ch) {
+    return absl::ascii_isalnum(static_cast<unsigned char>(ch)) || ch == '.' ||
+           ch == '_' || ch == '-' || ch == ':' || ch == '/';
+  });
+}
+
+absl::StatusOr<ModelEntry> ModelEntryFromJson(const std::string& name,
+                                              const rpc::Json& j) {
+  const std::string where = absl::StrCat("models.", name);
+  if (!ValidModelName(name)) {
+    return Bad(where, "a model name is 1-128 letters, digits and . _ - : /");
+  }
+  if (!j.is_object()) {
+    return Bad(where, "must be an object such as {\"backend\": \"gguf\"}");
+  }
+  ModelEntry e;
+  e.name = name;
+  for (const auto& [key, value] : j.items()) {
+    if (ModelEntryKeys().count(key) == 0) {
+      return Bad(absl::StrCat(where, ".", key),
+                 absl::StrCat("unknown key; known keys: ",
+                              absl::StrJoin(ModelEntryKeys(), ", ")));
+    }
+    if (!value.is_null()) e.given.insert(key);
+  }
+  auto prefixed = [&](const absl::Status& s) {
+    return absl::InvalidArgumentError(absl::StrCat(where, ".", s.message()));
+  };
+  absl::StatusOr<rpc::Config> client = rpc::ConfigFromJson(j);
+  if (!client.ok()) return prefixed(client.status());
+  e.client = *std::move(client);
+  if (e.given.count("backend") == 0) {
+    return Bad(absl::StrCat(where, ".backend"),
+               "required: gguf, transformers, ollama, llama.cpp, vllm or echo");
+  }
+  if (auto it = j.find("options"); it != j.end() && !it->is_null()) {
+    if (!it->is_object()) return Bad(absl::StrCat(where, ".options"), "must be an object");
+    e.options = *it;
+  }
+  int64_t sidecars = e.sidecars, max_concurrent = e.max_concurrent,
+          max_queue = e.max_queue;
+  for (auto [key, min, max, field] :
+       {std::tuple{"sidecars", int64_t{1}, int64_t{kMaxSidecars}, &sidecars},
+        {"max_concurrent", int64_t{0}, int64_t{100000}, &max_concurrent},
+        {"max_queue", int64_t{0}, int64_t{1000000}, &max_queue}}) {
+    if (auto s = ReadInt(j, key, min, max, *field); !s.ok()) return prefixed(s);
+  }
+  e.sidecars = static_cast<int>(sidecars);
+  e.max_concurrent = static_cast<int>(max_concurrent);
+  e.max_queue = static_cast<int>(max_queue);
+  for (auto [key, field] : {std::pair{"pass_through", &e.pass_through},
+                            {"preload", &e.preload}}) {
+    if (auto s = ReadBool(j, key, *field); !s.ok()) return prefixed(s);
+  }
+  if (auto it = j.find("keep_alive"); it != j.end() && !it->is_null()) {
+    // "0s" / 0: never unload.
+    if ((it->is_number_integer() && it->get<int64_t>() == 0) ||
+        (it->is_string() && (it->get<std::string>() == "0" ||
+                             it->get<std::string>() == "0s"))) {
+      e.keep_alive = std::chrono::milliseconds(0);
+    } else {
+      auto d = rpc::DurationFromJson(*it, "keep_alive");
+      if (!d.ok()) return prefixed(d.status());
+      e.keep_alive = *d;
+    }
+  }
+  return e;
+}
+
 }  // namespace
 
 int DefaultMaxConcurrent(const std::string& backend) {
@@ -66,8 +148,23 @@ const std::set<std::string>& ServerConfigKeys() {
       "log_prompts",   "mcp_strict",        "sidecars",
       "max_concurrent", "max_queue",        "queue_timeout",
       "health_timeout", "max_unsent_bytes", "auth_token_file",
-      "auth_reflection"};
+      "auth_reflection", "models", "default_model", "max_loaded_models",
+      "keep_alive"};
   return *keys;
+}
+
+const std::set<std::string>& ModelEntryKeys() {
+  static const auto* keys = [] {
+    auto* k = new std::set<std::string>(rpc::ConfigJsonKeys());
+    k->insert({"options", "sidecars", "max_concurrent", "max_queue",
+               "pass_through", "preload", "keep_alive"});
+    return k;
+  }();
+  return *keys;
+}
+
+bool InProcessBackend(const std::string& backend) {
+  return backend == rpc::kBackendGguf || backend == rpc::kBackendTransformers;
 }
 
 absl::StatusOr<ServerConfig> ServerConfigFromJson(const rpc::Json& j) {
@@ -134,10 +231,28 @@ absl::StatusOr<ServerConfig> ServerConfigFromJson(const rpc::Json& j) {
   for (auto [key, field] : {std::pair{"log_prompts", &c.log_prompts},
                             {"mcp_strict", &c.client.mcp_strict},
                             {"auth_reflection", &c.auth_reflection}}) {
-    auto it = j.find(key);
-    if (it == j.end() || it->is_null()) continue;
-    if (!it->is_boolean()) return Bad(key, "must be true or false");
-    *field = it->get<bool>();
+    if (auto s = ReadBool(j, key, *field); !s.ok()) return s;
+  }
+  if (auto it = j.find("models"); it != j.end() && !it->is_null()) {
+    if (!it->is_object() || it->empty()) {
+      return Bad("models", "must be an object of name -> {\"backend\": ...}");
+    }
+    for (const auto& [name, entry] : it->items()) {
+      absl::StatusOr<ModelEntry> e = ModelEntryFromJson(name, entry);
+      if (!e.ok()) return e.status();
+      c.models.push_back(*std::move(e));
+    }
+  }
+  if (auto s = rpc::ReadJsonString(j, "default_model", c.default_model); !s.ok()) {
+    return s;
+  }
+  int64_t max_loaded = c.max_loaded_models;
+  if (auto s = ReadInt(j, "max_loaded_models", 0, 1000, max_loaded); !s.ok()) return s;
+  c.max_loaded_models = static_cast<int>(max_loaded);
+  if (auto it = j.find("keep_alive"); it != j.end() && !it->is_null()) {
+    auto d = rpc::DurationFromJson(*it, "keep_alive");
+    if (!d.ok()) return d.status();
+    c.keep_alive = *d;
   }
   return c;
 }
@@ -163,7 +278,86 @@ absl::StatusOr<ServerConfig> LoadServerConfigFile(const std::string& path) {
   return config;
 }
 
+absl::Status ResolveModels(ServerConfig& c) {
+  if (c.models.empty()) {
+    // The single-backend flags and keys: one entry, which passes any model
+    // name through to its sidecar, as a server of one backend always did.
+    ModelEntry e;
+    e.name = c.client.model.empty() ? c.client.backend : c.client.model;
+    e.client = c.client;
+    e.sidecars = c.sidecars;
+    e.max_concurrent = c.max_concurrent;
+    e.max_queue = c.max_queue;
+    e.pass_through = true;
+    e.preload = true;
+    e.keep_alive = std::chrono::milliseconds(0);
+    if (!c.default_model.empty() && c.default_model != e.name) {
+      return Bad("default_model", absl::StrCat("'", c.default_model,
+                                               "' is not served; without a models map "
+                                               "the one model is '", e.name, "'"));
+    }
+    c.default_model = e.name;
+    c.models.push_back(std::move(e));
+    return absl::OkStatus();
+  }
+  std::vector<std::string> names;
+  for (ModelEntry& e : c.models) {
+    names.push_back(e.name);
+    auto inherit = [&](const char* key, auto& field, const auto& top) {
+      if (e.given.count(key) == 0) field = top;
+    };
+    inherit("sidecar_path", e.client.sidecar_path, c.client.sidecar_path);
+    inherit("python_path", e.client.python_path, c.client.python_path);
+    inherit("startup_timeout", e.client.startup_timeout, c.client.startup_timeout);
+    inherit("request_timeout", e.client.request_timeout, c.client.request_timeout);
+    inherit("work_dir", e.client.work_dir, c.client.work_dir);
+    inherit("mcp_servers", e.client.mcp_servers, c.client.mcp_servers);
+    inherit("sidecars", e.sidecars, c.sidecars);
+    inherit("max_concurrent", e.max_concurrent, c.max_concurrent);
+    inherit("max_queue", e.max_queue, c.max_queue);
+    for (const auto& [k, v] : c.client.env) e.client.env.emplace(k, v);
+    e.client.mcp_strict = c.client.mcp_strict;
+    e.client = rpc::WithDefaults(e.client);
+  }
+  if (c.default_model.empty()) {
+    if (c.models.size() > 1) {
+      return Bad("default_model",
+                 absl::StrCat("required with more than one model (for requests "
+                              "that name none); one of: ",
+                              absl::StrJoin(names, ", ")));
+    }
+    c.default_model = c.models.front().name;
+  }
+  if (std::find(names.begin(), names.end(), c.default_model) == names.end()) {
+    return Bad("default_model", absl::StrCat("'", c.default_model,
+                                             "' is not in models; one of: ",
+                                             absl::StrJoin(names, ", ")));
+  }
+  for (ModelEntry& e : c.models) {
+    const bool is_default = e.name == c.default_model;
+    const bool in_process = InProcessBackend(e.client.backend);
+    if (e.given.count("preload") == 0) e.preload = is_default || !in_process;
+    if (e.given.count("keep_alive") == 0) {
+      e.keep_alive = is_default || !in_process ? std::chrono::milliseconds(0)
+                                               : c.keep_alive;
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ValidateServerConfig(const ServerConfig& c) {
+  for (const ModelEntry& e : c.models) {
+    if (absl::Status s = rpc::Validate(e.client); !s.ok()) {
+      return c.models.size() > 1 || !e.given.empty()
+                 ? absl::InvalidArgumentError(
+                       absl::StrCat("models.", e.name, ".", s.message()))
+                 : s;
+    }
+    if (e.max_concurrent < 0) {
+      return Bad(absl::StrCat("models.", e.name, ".max_concurrent"), "must be >= 0");
+    }
+  }
+  if (c.max_loaded_models < 0) return Bad("max_loaded_models", "must be >= 0 (0: no bound)");
   if (absl::Status s = rpc::Validate(c.client); !s.ok()) return s;
   if (!Readable(c.client.sidecar_path)) {
     return Bad("sidecar", absl::StrCat("cannot read '", c.client.sidecar_path,

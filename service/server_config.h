@@ -15,7 +15,11 @@
 //     "sidecars": 1, "max_concurrent": 0, "max_queue": 512,
 //     "queue_timeout": "60s", "health_timeout": "10s",
 //     "max_unsent_bytes": 4194304,
-//     "auth_token_file": "/etc/llmbridge/auth/tokens", "auth_reflection": true }
+//     "auth_token_file": "/etc/llmbridge/auth/tokens", "auth_reflection": true,
+//     "models": {"smollm2": {"backend": "gguf"},
+//                "llama3.2": {"backend": "ollama", "host": "ollama:11434",
+//                             "model": "llama3.2:latest", "pass_through": true}},
+//     "default_model": "smollm2", "max_loaded_models": 2, "keep_alive": "5m" }
 #ifndef LLMBRIDGE_SERVICE_SERVER_CONFIG_H_
 #define LLMBRIDGE_SERVICE_SERVER_CONFIG_H_
 
@@ -23,6 +27,7 @@
 #include <cstddef>
 #include <set>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -32,6 +37,29 @@
 namespace llmbridge::service {
 
 inline constexpr int kMaxSidecars = 64;
+
+// One model the server serves: a backend in the seed's Config shape plus
+// its own serving limits (the "models" map of the config file).
+struct ModelEntry {
+  std::string name;  // what CompleteRequest.model says
+  rpc::Config client;
+  // The sidecar's init options (e.g. gguf's n_ctx), merged over the ones
+  // the server sets.
+  rpc::Json options = rpc::Json::object();
+  int sidecars = 1;
+  int max_concurrent = 0;  // 0: DefaultMaxConcurrent(backend)
+  int max_queue = 512;
+  // Requests for a model no entry is named after come here, with the name
+  // unchanged (e.g. every model an Ollama host has pulled).
+  bool pass_through = false;
+  // Start (load) at boot, or on the first request.
+  bool preload = true;
+  // Unload after this long without requests; 0: never.
+  std::chrono::milliseconds keep_alive{0};
+  // The keys the config file gave this entry; the others are inherited from
+  // the top level (ResolveModels).
+  std::set<std::string> given;
+};
 
 struct ServerConfig {
   rpc::Config client;
@@ -56,7 +84,32 @@ struct ServerConfig {
   std::string auth_token_file;
   // With auth: whether reflection stays open to clients without a token.
   bool auth_reflection = true;
+  // Served models. Without a "models" map, ResolveModels makes one entry
+  // of the single-backend keys above.
+  std::vector<ModelEntry> models;
+  std::string default_model;  // a request without a model gets this one
+  // In-process models (gguf, transformers) loaded at once; 0: no bound.
+  int max_loaded_models = 0;
+  // Idle time after which in-process models other than the default one
+  // unload (an entry's keep_alive overrides it).
+  std::chrono::milliseconds keep_alive{5 * 60 * 1000};
 };
+
+// The keys a "models" entry may hold.
+const std::set<std::string>& ModelEntryKeys();
+
+// Completes `models` once every flag is applied: one pass-through entry of
+// the single-backend keys when the file had no "models" map; each entry
+// inherits the top-level keys it did not set (sidecar_path, python_path,
+// timeouts, work_dir, env, mcp_servers, sidecars, max_concurrent,
+// max_queue); defaults applied; default_model chosen and checked; preload
+// and keep_alive resolved (the default model and HTTP backends load at
+// boot and stay; other in-process models load on demand and unload after
+// keep_alive).
+absl::Status ResolveModels(ServerConfig& config);
+
+// Whether the backend runs the model inside the sidecar.
+bool InProcessBackend(const std::string& backend);
 
 // Streams in flight per sidecar when max_concurrent is 0: 1 for the
 // in-process backends, which generate one answer at a time per process

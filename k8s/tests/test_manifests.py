@@ -38,6 +38,11 @@ PLANNED_DEFAULTS = {"shutdown_grace": "30s", "metrics_listen": "", "config": ""}
 SIDECAR_STOP_SECONDS = 5
 # terminationGracePeriodSeconds may exceed the sum of the above by this much.
 GRACE_MARGIN_SECONDS = 15
+# A startup probe's window covers the longer of --startup_timeout and the
+# backend containers' own startup windows, plus this much to start the server
+# and for its health check to notice; it may exceed that by STARTUP_SLACK.
+STARTUP_MARGIN_SECONDS = 15
+STARTUP_SLACK_SECONDS = 60
 # The seed's Config fields (docs of the Go package; rpc_bridge/config.h).
 CONFIG_KEYS = {
     "backend", "sidecar_path", "model", "host", "python_path", "startup_timeout",
@@ -52,6 +57,8 @@ LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "[::1]", "::1"}
 def parse_duration(text: str) -> float:
     """Seconds in an absl/Go duration such as 30s, 5m, 1m30s, 1500ms."""
     text = text.strip().strip('"')
+    if text == "0":
+        return 0.0
     parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", text)
     if not parts or "".join(n + u for n, u in parts) != text:
         raise ValueError(f"not a duration: {text!r}")
@@ -75,6 +82,8 @@ def _flags_from_source() -> dict[str, str]:
             if d := re.fullmatch(r"absl::(Seconds|Minutes|Milliseconds)\((\d+)\)", default):
                 unit = {"Seconds": "s", "Minutes": "m", "Milliseconds": "ms"}[d.group(1)]
                 default = d.group(2) + unit
+            if default == "absl::ZeroDuration()":
+                default = "0"
             flags[m.group(1)] = default.strip('"')
     return flags
 
@@ -312,6 +321,55 @@ def test_termination_grace_covers_shutdown_grace(rendered: Rendered, server: Ser
             f"(allowed: {need:g}..{need + GRACE_MARGIN_SECONDS:g})")
 
 
+def probe_window(probe: dict[str, Any]) -> float:
+    """Seconds a probe keeps trying before it fails (Kubernetes' defaults)."""
+    return (probe.get("initialDelaySeconds", 0)
+            + probe.get("periodSeconds", 10) * probe.get("failureThreshold", 3))
+
+
+def test_startup_probe_window_derives_from_startup_timeout(rendered: Rendered,
+                                                           server: Server) -> None:
+    for pod in rendered.pods():
+        args, config = flag_args(pod.llmbridge), _config(rendered, pod)
+        timeout = args.get("startup_timeout") or config.get("startup_timeout") \
+            or server.flags["startup_timeout"]
+        startup = (timeout / 1e9 if isinstance(timeout, int) else parse_duration(timeout))
+        # llmbridge is SERVING only once its backend answers: a backend
+        # container that may take longer to start sets the pace.
+        backends = {c["name"]: probe_window(c["startupProbe"]) for c in pod.spec["containers"]
+                    if c is not pod.llmbridge and "startupProbe" in c}
+        need = max([startup, *backends.values()]) + STARTUP_MARGIN_SECONDS
+        got = probe_window(pod.llmbridge["startupProbe"])
+        assert need <= got <= need + STARTUP_SLACK_SECONDS, (
+            f"{rendered.name}: llmbridge's startup probe gives up after {got:g}s, but "
+            f"--startup_timeout is {startup:g}s and the backends' startup windows are "
+            f"{backends}: want {need:g}..{need + STARTUP_SLACK_SECONDS:g}s "
+            "(periodSeconds x failureThreshold)")
+
+
+def test_replicas_can_share_the_load(rendered: Rendered, server: Server) -> None:
+    pods = [p for p in rendered.pods() if not p.as_native_sidecar]
+    if not pods:
+        pytest.skip("llmbridge is a sidecar here: one client, on localhost")
+    for pod in pods:
+        args = flag_args(pod.llmbridge)
+        age = parse_duration(effective(server, args, "max_connection_age"))
+        assert age > 0, (
+            f"{rendered.name}: without --max_connection_age, clients already connected "
+            "never reach pods added later")
+        grace = parse_duration(effective(server, args, "max_connection_age_grace"))
+        request = parse_duration(effective(server, args, "request_timeout"))
+        assert grace == 0 or grace >= request, (
+            f"{rendered.name}: --max_connection_age_grace={grace:g}s would cut streams "
+            f"that --request_timeout={request:g}s allows")
+        headless = [s for s in rendered.of_kind("Service")
+                    if s["spec"].get("clusterIP") == "None"
+                    and selects(s["spec"].get("selector", {}), pod.labels)
+                    and any(p.get("appProtocol") == "grpc" for p in s["spec"]["ports"])]
+        assert headless, (f"{rendered.name}: no headless Service (clusterIP: None) for "
+                          "client-side round_robin over the pods")
+
+
 def _config(rendered: Rendered, pod: Pod) -> dict[str, Any]:
     path = flag_args(pod.llmbridge).get("config")
     assert path, f"{rendered.name}: llmbridge has no --config"
@@ -442,6 +500,22 @@ def test_disruption_budget_and_autoscaler_target_llmbridge(rendered: Rendered) -
             assert hpas[0]["spec"]["minReplicas"] >= 2
         else:
             assert pod.owner["spec"].get("replicas", 1) >= 2
+
+
+def test_docker_stop_waits_for_the_shutdown_grace(server: Server) -> None:
+    """`docker stop` waits 10 s by default before SIGKILL: the image and the
+    docs ask for a stop timeout that covers the server's drain."""
+    need = parse_duration(server.flags["shutdown_grace"]) + SIDECAR_STOP_SECONDS
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^STOPSIGNAL SIGTERM$", dockerfile, re.M)
+    for name in ("Dockerfile", "docs/deployment.md"):
+        text = (ROOT / name).read_text()
+        timeouts = [int(t) for t in re.findall(r"(?:--stop-timeout[= ]|docker stop -t )(\d+)",
+                                               text)]
+        assert timeouts, f"{name} gives no docker stop timeout"
+        for t in timeouts:
+            assert t >= need, (f"{name}: a stop timeout of {t}s is shorter than "
+                               f"--shutdown_grace + {SIDECAR_STOP_SECONDS}s = {need:g}s")
 
 
 def test_dockerfile_runs_as_non_root_from_debian_12() -> None:

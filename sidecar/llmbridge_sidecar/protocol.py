@@ -39,7 +39,9 @@ JSON-RPC 2.0, one JSON object per line on stdin/stdout. Methods:
   "servers": {name: status}}; reconnects servers that are down.
 * ``shutdown`` -> {"success": true}: in-flight requests are cancelled (each
   still gets its -32800 reply), backend clients are closed, the process exits 0.
-* ``models`` {} -> {"backend", "models": [{"name", ...backend details}]}.
+* ``models`` {} -> {"backend", "model": {"name", "details"} | null, "models":
+  [{"name", ...the engine's own fields, "details"}]}: ``model`` is the one init
+  configured, ``details`` the normalised facts of ``model_details``.
 * ``health`` {} -> {"ok", "backend", "model", "message", "http_status"?,
   "mcp"?}; never an error, so a health checker can always read it. ``mcp``
   ({servers: {name: status}}, when MCP servers are configured) does not

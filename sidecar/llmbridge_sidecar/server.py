@@ -420,7 +420,12 @@ class Server:
         protocol.parse_no_params(raw)
         backend = await self._ready_backend()
         models = await backend.list_models()
-        return {"backend": backend.name, "models": [m.to_wire() for m in models]}
+        configured = await backend.describe_model(models)
+        return {
+            "backend": backend.name,
+            "model": configured.to_wire() if configured is not None else None,
+            "models": [m.to_wire() for m in models],
+        }
 
     async def _handle_health(self, rid: RequestId, raw: Any) -> dict[str, Any]:
         protocol.parse_no_params(raw)

@@ -31,7 +31,19 @@ Behaviour (deterministic, so tests on both the Python and C++ side can assert it
   ``EMBED_SIZE`` values (or ``dimensions``) per input, made from the text's
   length and word count (``embedding_of``); ``prompt_eval_count`` is the
   inputs' words. An empty input list is HTTP 400.
-* ``GET /api/version`` and ``GET /api/tags`` answer like Ollama.
+* ``GET /api/version`` and ``GET /api/tags`` answer like Ollama; each tag
+  carries ``model``, ``modified_at``, ``size``, ``digest`` and ``details``
+  {parent_model, format, family, families, parameter_size,
+  quantization_level} from ``MODEL_FACTS``.
+* ``POST /api/show`` ``{"model"}`` (or the older ``{"name"}``; a name without a
+  tag means ``:latest``) answers like Ollama: ``modelfile``, ``parameters``
+  (the Modelfile's ``PARAMETER`` lines as ``name value`` text), ``template``,
+  ``details``, ``model_info`` (GGUF keys: ``general.architecture``,
+  ``general.parameter_count``, ``<arch>.context_length``, ...),
+  ``capabilities``, ``modified_at``. Unknown model: 404 ``{"error": "model
+  'x' not found"}``; no name: 400. With ``show_status`` set on the fake it
+  answers that status with ``{"error": "fake show failure"}``. Bodies are
+  recorded in ``FakeOllama.shows``.
 * Tools (see ``fake_tools``): with ``tools`` in the body, ``[[call:NAME
   {json}]]`` markers in the last user message make the reply one line with
   ``message.tool_calls: [{"function": {"index", "name", "arguments":
@@ -74,6 +86,64 @@ FINISH_MARKER = re.compile(r"\[\[finish:(\w+)\]\]")
 EMBED_SIZE = 8
 CREATED_AT = "2024-01-01T00:00:00.000000Z"
 HOLD_LIMIT_S = 60.0
+MODIFIED_AT = "2024-09-25T12:00:00.000000000Z"
+SHOW_ERROR = "fake show failure"
+_UNREADABLE = object()  # a request body that is not JSON (already answered 400)
+# What /api/tags and /api/show say about each model. llama3.2's numbers are the
+# real model's; tiny's Modelfile sets num_ctx (a PARAMETER line).
+MODEL_FACTS: dict[str, dict[str, Any]] = {
+    "llama3.2:latest": {
+        "size": 2019393189,
+        "digest": "a80c4f17acd55265feec403c7aef86be0c25983ab279d83f3bcd3abbcb5b8b72",
+        "details": {
+            "parent_model": "",
+            "format": "gguf",
+            "family": "llama",
+            "families": ["llama"],
+            "parameter_size": "3.2B",
+            "quantization_level": "Q4_K_M",
+        },
+        "parameters": {"stop": ['"<|start_header_id|>"', '"<|end_header_id|>"', '"<|eot_id|>"']},
+        "model_info": {
+            "general.architecture": "llama",
+            "general.basename": "Llama-3.2",
+            "general.file_type": 15,
+            "general.parameter_count": 3212749888,
+            "general.quantization_version": 2,
+            "llama.attention.head_count": 24,
+            "llama.attention.head_count_kv": 8,
+            "llama.block_count": 28,
+            "llama.context_length": 131072,
+            "llama.embedding_length": 3072,
+            "llama.vocab_size": 128256,
+            "tokenizer.ggml.model": "gpt2",
+            "tokenizer.ggml.tokens": None,
+        },
+        "capabilities": ["completion", "tools"],
+    },
+    "tiny": {
+        "size": 397821319,
+        "digest": "130d2e7b2fc1f4e5ff21dd4f42f4b8ab4fca8e9a2e3ba4e2c10e8b6ae8fd0d2e",
+        "details": {
+            "parent_model": "",
+            "format": "gguf",
+            "family": "qwen2",
+            "families": ["qwen2"],
+            "parameter_size": "494.03M",
+            "quantization_level": "Q8_0",
+        },
+        "parameters": {"num_ctx": ["4096"], "stop": ['"<|im_end|>"']},
+        "model_info": {
+            "general.architecture": "qwen2",
+            "general.file_type": 7,
+            "general.parameter_count": 494032768,
+            "qwen2.block_count": 24,
+            "qwen2.context_length": 32768,
+            "qwen2.embedding_length": 896,
+        },
+        "capabilities": ["completion"],
+    },
+}
 
 
 class _Handler(FakeHandler):
@@ -85,23 +155,20 @@ class _Handler(FakeHandler):
         if self.path == "/api/version":
             self._send_json(200, {"version": "0.0.0-fake"})
         elif self.path == "/api/tags":
-            self._send_json(200, {"models": [{"name": m, "model": m} for m in KNOWN_MODELS]})
+            self._send_json(200, {"models": [_tag(m) for m in KNOWN_MODELS]})
         else:
             self._send_json(404, {"error": "404 page not found"})
 
     def do_POST(self) -> None:
+        if self.path == "/api/show":
+            self._show()
+            return
         if self.path not in ("/api/chat", "/api/embed"):
             self._send_json(404, {"error": "404 page not found"})
             return
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length)
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            self._send_json(400, {"error": "invalid character in request body"})
+        body = self._read_body(self.owner.requests)
+        if body is _UNREADABLE:
             return
-        with self.owner.lock:
-            self.owner.requests.append(body)
         if self.path == "/api/embed":
             self._embed(body)
             return
@@ -173,6 +240,53 @@ class _Handler(FakeHandler):
             self.owner.disconnected_at = time.monotonic()
             self.owner.client_disconnected.set()
 
+    def _read_body(self, record: list[Any]) -> Any:
+        """The request's JSON body, appended to ``record``; ``_UNREADABLE``
+        (after answering 400, as Ollama does) when it is not JSON."""
+        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            self._send_json(400, {"error": "invalid character in request body"})
+            return _UNREADABLE
+        with self.owner.lock:
+            record.append(body)
+        return body
+
+    def _show(self) -> None:
+        body = self._read_body(self.owner.shows)
+        if body is _UNREADABLE:
+            return
+        if self.owner.show_status is not None:
+            self._send_json(self.owner.show_status, {"error": SHOW_ERROR})
+            return
+        name = (body.get("model") or body.get("name")) if isinstance(body, dict) else None
+        if not isinstance(name, str) or not name:
+            self._send_json(400, {"error": "model is required"})
+            return
+        full = name if ":" in name else f"{name}:latest"
+        facts = MODEL_FACTS.get(full) or MODEL_FACTS.get(name)
+        if facts is None:
+            self._send_json(404, {"error": f"model '{name}' not found"})
+            return
+        # Ollama prints each PARAMETER as "name" padded to 30 columns, then the value.
+        parameters = "\n".join(
+            f"{key:<30} {value}" for key, values in facts["parameters"].items() for value in values
+        )
+        self._send_json(
+            200,
+            {
+                "license": "fake license",
+                "modelfile": f'# Modelfile generated by "ollama show"\nFROM {full}\n',
+                "parameters": parameters,
+                "template": "{{ .Prompt }}",
+                "details": facts["details"],
+                "model_info": facts["model_info"],
+                "capabilities": facts["capabilities"],
+                "modified_at": MODIFIED_AT,
+            },
+        )
+
     def _line(self, obj: dict[str, Any]) -> None:
         data = json.dumps(obj).encode() + b"\n"
         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
@@ -226,6 +340,26 @@ class FakeOllama(FakeServer):
     """Start with ``with FakeOllama() as fake:``; ``fake.host`` is ``127.0.0.1:<port>``."""
 
     handler_class = _Handler
+
+    def __init__(self, port: int = 0) -> None:
+        super().__init__(port)
+        # Every POST /api/show body, in order.
+        self.shows: list[Any] = []
+        # When set, /api/show fails with this HTTP status.
+        self.show_status: int | None = None
+
+
+def _tag(name: str) -> dict[str, Any]:
+    """One ``GET /api/tags`` entry, as Ollama lists it."""
+    facts = MODEL_FACTS[name]
+    return {
+        "name": name,
+        "model": name,
+        "modified_at": MODIFIED_AT,
+        "size": facts["size"],
+        "digest": facts["digest"],
+        "details": facts["details"],
+    }
 
 
 def _validate(body: Any) -> str:

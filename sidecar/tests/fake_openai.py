@@ -3,6 +3,15 @@
 Behaviour (deterministic, so tests on both the Python and C++ side can assert it):
 
 * ``GET /v1/models`` lists ``fake-model`` and ``tiny`` (OpenAI's list shape).
+  The ``flavor`` adds an engine's own fields: ``"vllm"`` vLLM's ``root``,
+  ``parent``, ``max_model_len`` (``VLLM_MAX_MODEL_LEN``) and ``permission``;
+  ``"llama.cpp"`` lists only ``fake-model`` (llama-server serves one model),
+  owned by ``llamacpp``, with ``meta`` {vocab_type, n_vocab, n_ctx_train,
+  n_embd, n_params, size} (``LLAMA_CPP_META``), and answers ``GET /props``
+  with ``default_generation_settings.n_ctx`` (``LLAMA_CPP_SLOT_CTX``),
+  ``total_slots``, ``model_path``, ``chat_template``, ``modalities``,
+  ``build_info`` (``props_status`` makes it fail with that HTTP status).
+  Other flavors have no ``/props`` (404, like vLLM).
 * ``GET /health``: 200 ``{"status":"ok"}``; while loading (``loading=True``,
   or ``--loading-s N`` on the command line) 503
   ``{"error":{"code":503,"message":"Loading model","type":"unavailable_error"}}``
@@ -99,6 +108,18 @@ FINISH_MARKER = re.compile(r"\[\[finish:(\w+)\]\]")
 CREATED = 1_700_000_000
 COMPLETION_ID = "chatcmpl-fake"
 HOLD_LIMIT_S = 60.0
+VLLM_MAX_MODEL_LEN = 4096
+# SmolLM2-135M's numbers, as llama-server reports them for its Q4_1 file.
+LLAMA_CPP_META = {
+    "vocab_type": 2,
+    "n_vocab": 49152,
+    "n_ctx_train": 8192,
+    "n_embd": 576,
+    "n_params": 134515008,
+    "size": 96576768,
+}
+LLAMA_CPP_SLOT_CTX = 2048
+LLAMA_CPP_MODEL_PATH = "/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def _error_body(message: str, type_: str, code: int | None, param: str | None = None) -> Any:
@@ -111,16 +132,15 @@ class _Handler(FakeHandler):
 
     def do_GET(self) -> None:
         if self.path == "/v1/models":
-            self._send_json(
-                200,
-                {
-                    "object": "list",
-                    "data": [
-                        {"id": m, "object": "model", "created": CREATED, "owned_by": "fake"}
-                        for m in KNOWN_MODELS
-                    ],
-                },
-            )
+            self._send_json(200, {"object": "list", "data": _model_list(self.owner.flavor)})
+        elif self.path == "/props" and self.owner.flavor == "llama.cpp":
+            if self.owner.props_status is not None:
+                self._send_json(
+                    self.owner.props_status,
+                    _error_body("fake props failure", "server_error", self.owner.props_status),
+                )
+            else:
+                self._send_json(200, _props())
         elif self.path == "/health" and self.owner.health_route:
             if self.owner.loaded.is_set():
                 self._send_json(200, {"status": "ok"})
@@ -360,11 +380,16 @@ class FakeOpenAI(FakeServer):
         loading: bool = False,
         health: bool = True,
         slow_s: float = 1.0,
+        flavor: str = "generic",
         tokenize: bool = True,
     ) -> None:
         super().__init__(port)
         self.health_route = health
         self.tokenize_routes = tokenize
+        # "generic", "vllm" or "llama.cpp": whose model list (and /props) to serve.
+        self.flavor = flavor
+        # When set, llama.cpp's /props fails with this HTTP status.
+        self.props_status: int | None = None
         self.slow_s = slow_s
         # Cleared while the "model" loads; set by finish_loading().
         self.loaded = threading.Event()
@@ -375,6 +400,81 @@ class FakeOpenAI(FakeServer):
 
     def finish_loading(self) -> None:
         self.loaded.set()
+
+
+def _model_list(flavor: str) -> list[dict[str, Any]]:
+    """``/v1/models``' ``data``, in the shape of the flavor's engine."""
+    if flavor == "llama.cpp":
+        return [
+            {
+                "id": KNOWN_MODELS[0],
+                "object": "model",
+                "created": CREATED,
+                "owned_by": "llamacpp",
+                "meta": LLAMA_CPP_META,
+            }
+        ]
+    if flavor == "vllm":
+        return [
+            {
+                "id": m,
+                "object": "model",
+                "created": CREATED,
+                "owned_by": "vllm",
+                "root": m,
+                "parent": None,
+                "max_model_len": VLLM_MAX_MODEL_LEN,
+                "permission": [
+                    {
+                        "id": f"modelperm-fake-{m}",
+                        "object": "model_permission",
+                        "created": CREATED,
+                        "allow_create_engine": False,
+                        "allow_sampling": True,
+                        "allow_logprobs": True,
+                        "allow_search_indices": False,
+                        "allow_view": True,
+                        "allow_fine_tuning": False,
+                        "organization": "*",
+                        "group": None,
+                        "is_blocking": False,
+                    }
+                ],
+            }
+            for m in KNOWN_MODELS
+        ]
+    return [
+        {"id": m, "object": "model", "created": CREATED, "owned_by": "fake"} for m in KNOWN_MODELS
+    ]
+
+
+def _props() -> dict[str, Any]:
+    """llama-server's ``GET /props`` (one slot, default sampling settings)."""
+    return {
+        "default_generation_settings": {
+            "id": 0,
+            "id_task": -1,
+            "n_ctx": LLAMA_CPP_SLOT_CTX,
+            "speculative": False,
+            "is_processing": False,
+            "params": {"n_predict": -1, "seed": 4294967295, "temperature": 0.8, "top_k": 40},
+            "prompt": "",
+            "next_token": {
+                "has_next_token": True,
+                "has_new_line": False,
+                "n_remain": -1,
+                "n_decoded": 0,
+                "stopping_word": "",
+            },
+        },
+        "total_slots": 1,
+        "model_path": LLAMA_CPP_MODEL_PATH,
+        "chat_template": "{{ messages }}",
+        "chat_template_caps": {},
+        "modalities": {"vision": False, "audio": False},
+        "build_info": "b0-fake",
+        "is_sleeping": False,
+    }
 
 
 def _validate(body: Any) -> tuple[str, str | None]:
@@ -517,11 +617,18 @@ def main() -> None:
         action="store_true",
         help="no /tokenize or /apply-template (like llama-cpp-python)",
     )
+    parser.add_argument(
+        "--flavor",
+        choices=("generic", "vllm", "llama.cpp"),
+        default="generic",
+        help="whose /v1/models fields (and /props) to serve",
+    )
     args = parser.parse_args()
     fake = FakeOpenAI(
         args.port,
         loading=args.loading_s > 0,
         health=not args.no_health,
+        flavor=args.flavor,
         tokenize=not args.no_tokenize,
     )
     if args.loading_s > 0:

@@ -92,6 +92,50 @@ async def test_cancel_stops_generation(sidecar: SidecarProcess) -> None:
     assert follow["result"]["usage"]["output_tokens"] > 0
 
 
+async def test_models_reports_the_gguf_metadata(sidecar: SidecarProcess) -> None:
+    from llmbridge_sidecar.backends.gguf import default_model_path
+
+    await init_gguf(sidecar)  # loaded with n_ctx 1024
+    details = {
+        "format": "gguf",
+        "family": "llama",
+        "quantization": "Q4_1",
+        "parameter_size": "135M",
+        "size_bytes": os.path.getsize(default_model_path()),
+        "context_length": 1024,
+        "context_length_source": "served",
+        "trained_context_length": 8192,
+    }
+    # While a generation holds the model's one worker thread, models still
+    # answers at once: the details were read at load.
+    rid = await sidecar.request(
+        "complete",
+        {
+            "messages": PROMPT,
+            "max_tokens": 900,
+            "stream": True,
+            "options": {"logit_bias": {"2": -1000}},  # no end of turn: only a cancel ends it
+        },
+    )
+    assert (await sidecar.read())["method"] == "stream.chunk"
+    models_id = await sidecar.request("models")
+    notes, reply = await sidecar.read_until_reply(models_id)
+    assert all(n["method"] == "stream.chunk" for n in notes)  # the stream is still going
+    result = reply["result"]
+    parameter_count = result["model"]["details"].pop("parameter_count")
+    assert 130_000_000 < parameter_count < 140_000_000  # SmolLM2-135M
+    assert result == {
+        "backend": "gguf",
+        "model": {"name": MODEL_FILE, "details": details},
+        "models": [
+            {"name": MODEL_FILE, "details": {**details, "parameter_count": parameter_count}}
+        ],
+    }
+    await sidecar.notify("$/cancelRequest", {"id": rid})
+    _, cancelled = await sidecar.read_until_reply(rid)
+    assert cancelled["error"]["code"] == -32800
+
+
 async def test_missing_model_file(sidecar: SidecarProcess, tmp_path: os.PathLike[str]) -> None:
     path = os.path.join(str(tmp_path), "nope.gguf")
     reply = await sidecar.call("init", {"backend": "gguf", "model": path})

@@ -135,8 +135,12 @@ async def test_length_limit_models_and_health(sidecar: SidecarProcess, llama_ser
     )
     assert reply["result"]["finish_reason"] == "length"
     assert reply["result"]["usage"]["output_tokens"] == 5
-    models = (await sidecar.call("models"))["result"]["models"]
-    assert [m["name"] for m in models] == [ALIAS]
+    models = (await sidecar.call("models"))["result"]
+    assert [m["name"] for m in models["models"]] == [ALIAS]
+    # llama-cpp-python's server has neither llama-server's /props nor its
+    # /v1/models meta: nothing to report, and nothing made up (no error either).
+    assert models["model"] == {"name": ALIAS, "details": {}}
+    assert models["models"][0]["details"] == {}
     health = (await sidecar.call("health"))["result"]
     assert health["ok"] is True and health["backend"] == "llama.cpp"
 

@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from conftest import SidecarProcess
-from fake_ollama import CHUNKS, PROMPT_EVAL_COUNT, FakeOllama
+from fake_ollama import CHUNKS, MODEL_FACTS, MODIFIED_AT, PROMPT_EVAL_COUNT, FakeOllama
 
 FAKE_OLLAMA_SCRIPT = os.path.join(os.path.dirname(__file__), "fake_ollama.py")
 USER = [{"role": "user", "content": "Say hello"}]
@@ -209,16 +209,60 @@ async def test_backend_going_away_after_init(sidecar: SidecarProcess) -> None:
     assert health["backend"] == "ollama" and "cannot reach Ollama" in health["message"]
 
 
+LLAMA32_TAG_DETAILS = {
+    "size_bytes": 2019393189,
+    "format": "gguf",
+    "family": "llama",
+    "parameter_size": "3.2B",
+    "quantization": "Q4_K_M",
+}
+
+
 async def test_models_and_health(sidecar: SidecarProcess, fake_ollama: FakeOllama) -> None:
     await init_ollama(sidecar, fake_ollama.host)
     models = (await sidecar.call("models"))["result"]
+    tag = MODEL_FACTS["tiny"]
     assert models == {
         "backend": "ollama",
+        # The configured model: its tag, plus /api/show. Its Modelfile sets no
+        # num_ctx and init sent none, so only the trained context is known.
+        "model": {
+            "name": "llama3.2:latest",
+            "details": {
+                **LLAMA32_TAG_DETAILS,
+                "parameter_count": 3212749888,
+                "context_length": 131072,
+                "context_length_source": "trained",
+                "trained_context_length": 131072,
+            },
+        },
+        # Every tag: Ollama's own fields as they came, and the normalised details.
         "models": [
-            {"name": "llama3.2:latest", "model": "llama3.2:latest"},
-            {"name": "tiny", "model": "tiny"},
+            {
+                "name": "llama3.2:latest",
+                "model": "llama3.2:latest",
+                "modified_at": MODIFIED_AT,
+                "size": 2019393189,
+                "digest": MODEL_FACTS["llama3.2:latest"]["digest"],
+                "details": LLAMA32_TAG_DETAILS,
+            },
+            {
+                "name": "tiny",
+                "model": "tiny",
+                "modified_at": MODIFIED_AT,
+                "size": tag["size"],
+                "digest": tag["digest"],
+                "details": {
+                    "size_bytes": tag["size"],
+                    "format": "gguf",
+                    "family": "qwen2",
+                    "parameter_size": "494.03M",
+                    "quantization": "Q8_0",
+                },
+            },
         ],
     }
+    assert fake_ollama.shows == [{"model": "llama3.2:latest"}]
     health = (await sidecar.call("health", {}))["result"]
     assert health == {
         "ok": True,
@@ -229,6 +273,46 @@ async def test_models_and_health(sidecar: SidecarProcess, fake_ollama: FakeOllam
     }
     bad = error_of(await sidecar.call("models", {"verbose": True}))
     assert bad["code"] == -32602 and "'verbose'" in bad["message"]
+
+
+async def test_models_served_context(sidecar: SidecarProcess, fake_ollama: FakeOllama) -> None:
+    # tiny's Modelfile says num_ctx 4096: every request gets that context.
+    await init_ollama(sidecar, fake_ollama.host, model="tiny")
+    model = (await sidecar.call("models"))["result"]["model"]
+    assert model["name"] == "tiny"
+    assert model["details"]["context_length"] == 4096
+    assert model["details"]["context_length_source"] == "served"
+    assert model["details"]["trained_context_length"] == 32768
+    assert model["details"]["parameter_count"] == 494032768
+    # A num_ctx in init's options is sent with every request: it wins.
+    reply = await sidecar.call(
+        "init",
+        {
+            "backend": "ollama",
+            "model": "tiny",
+            "host": fake_ollama.host,
+            "options": {"num_ctx": 8192},
+        },
+    )
+    assert reply["result"]["ready"] is True
+    model = (await sidecar.call("models"))["result"]["model"]
+    assert (model["details"]["context_length"], model["details"]["context_length_source"]) == (
+        8192,
+        "served",
+    )
+    assert fake_ollama.shows == [{"model": "tiny"}, {"model": "tiny"}]
+
+
+async def test_models_without_show_keeps_the_list(
+    sidecar: SidecarProcess, fake_ollama: FakeOllama
+) -> None:
+    """Details are best effort: /api/show failing costs its keys, not the reply."""
+    await init_ollama(sidecar, fake_ollama.host)
+    fake_ollama.show_status = 500
+    models = (await sidecar.call("models"))["result"]
+    assert models["model"] == {"name": "llama3.2:latest", "details": LLAMA32_TAG_DETAILS}
+    assert [m["name"] for m in models["models"]] == ["llama3.2:latest", "tiny"]
+    assert fake_ollama.shows == [{"model": "llama3.2:latest"}]
 
 
 async def test_options_pass_through_and_init_options(

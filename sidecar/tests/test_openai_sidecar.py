@@ -14,7 +14,16 @@ import httpx
 import pytest
 
 from conftest import SidecarProcess
-from fake_openai import CHUNKS, FLAT_ERROR, MIDSTREAM_ERROR, PROMPT_TOKENS, FakeOpenAI
+from fake_openai import (
+    CHUNKS,
+    FLAT_ERROR,
+    LLAMA_CPP_META,
+    LLAMA_CPP_SLOT_CTX,
+    MIDSTREAM_ERROR,
+    PROMPT_TOKENS,
+    VLLM_MAX_MODEL_LEN,
+    FakeOpenAI,
+)
 
 FAKE_OPENAI_SCRIPT = os.path.join(os.path.dirname(__file__), "fake_openai.py")
 USER = [{"role": "user", "content": "Say hello"}]
@@ -188,6 +197,55 @@ async def test_init_gives_up_after_startup_timeout(sidecar: SidecarProcess) -> N
     assert 0.5 <= elapsed < 10
 
 
+async def test_vllm_models_report_max_model_len(sidecar: SidecarProcess) -> None:
+    with FakeOpenAI(flavor="vllm") as fake:
+        await init_ok(sidecar, "vllm", fake.host, model="tiny")
+        models = (await sidecar.call("models"))["result"]
+    served = {"context_length": VLLM_MAX_MODEL_LEN, "context_length_source": "served"}
+    assert models["model"] == {"name": "tiny", "details": served}
+    assert [m["details"] for m in models["models"]] == [served, served]
+    first = models["models"][0]
+    assert first["max_model_len"] == VLLM_MAX_MODEL_LEN and first["owned_by"] == "vllm"
+    assert first["root"] == "fake-model" and first["permission"][0]["allow_sampling"] is True
+
+
+async def test_llama_cpp_models_report_meta_and_props(sidecar: SidecarProcess) -> None:
+    with FakeOpenAI(flavor="llama.cpp") as fake:
+        await init_ok(sidecar, "llama.cpp", fake.host)
+        models = (await sidecar.call("models"))["result"]
+        from_meta = {
+            "size_bytes": LLAMA_CPP_META["size"],
+            "parameter_count": LLAMA_CPP_META["n_params"],
+            "context_length": LLAMA_CPP_META["n_ctx_train"],
+            "context_length_source": "trained",
+            "trained_context_length": LLAMA_CPP_META["n_ctx_train"],
+        }
+        assert models["models"] == [
+            {
+                "name": "fake-model",
+                "object": "model",
+                "created": 1_700_000_000,
+                "owned_by": "llamacpp",
+                "meta": LLAMA_CPP_META,
+                "details": from_meta,
+            }
+        ]
+        # The configured model adds /props: the context each request gets, the file format.
+        assert models["model"] == {
+            "name": "fake-model",
+            "details": {
+                **from_meta,
+                "format": "gguf",
+                "context_length": LLAMA_CPP_SLOT_CTX,
+                "context_length_source": "served",
+            },
+        }
+        # /props failing costs only what it would have added.
+        fake.props_status = 500
+        models = (await sidecar.call("models"))["result"]
+        assert models["model"] == {"name": "fake-model", "details": from_meta}
+
+
 async def test_server_without_health_route(sidecar: SidecarProcess) -> None:
     with FakeOpenAI(health=False) as fake:
         await init_ok(sidecar, "llama.cpp", fake.host)
@@ -201,6 +259,9 @@ async def test_models_and_health(sidecar: SidecarProcess, fake: FakeOpenAI) -> N
     assert models["backend"] == "vllm"
     assert [m["name"] for m in models["models"]] == ["fake-model", "tiny"]
     assert models["models"][0]["owned_by"] == "fake"
+    # A server that says nothing about its models: no details, and no guesses.
+    assert models["model"] == {"name": "fake-model", "details": {}}
+    assert all(m["details"] == {} for m in models["models"])
     health = (await sidecar.call("health"))["result"]
     assert health == {
         "ok": True,

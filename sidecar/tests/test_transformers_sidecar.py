@@ -132,6 +132,30 @@ async def test_cancel_stops_generation(sidecar: SidecarProcess, tiny_llama: str)
     assert time.monotonic() - started < 10
 
 
+async def test_models_reports_the_config(sidecar: SidecarProcess, tiny_llama: str) -> None:
+    from tiny_llama import MAX_POSITIONS
+    from transformers import AutoModelForCausalLM
+
+    await init(sidecar, tiny_llama)
+    model: Any = AutoModelForCausalLM.from_pretrained(tiny_llama, local_files_only=True)
+    details = {
+        "format": "safetensors",
+        "family": "llama",
+        "quantization": "F32",
+        "parameter_count": model.num_parameters(),
+        "size_bytes": os.path.getsize(os.path.join(tiny_llama, "model.safetensors")),
+        "context_length": MAX_POSITIONS,
+        "context_length_source": "trained",
+        "trained_context_length": MAX_POSITIONS,
+    }
+    name = os.path.basename(os.path.normpath(tiny_llama))
+    assert (await sidecar.call("models"))["result"] == {
+        "backend": "transformers",
+        "model": {"name": name, "details": details},
+        "models": [{"name": name, "details": details}],
+    }
+
+
 async def test_missing_model_directory(sidecar: SidecarProcess, tmp_path: Any) -> None:
     missing = os.path.join(str(tmp_path), "no-model-here")
     reply = await sidecar.call("init", {"backend": "transformers", "model": missing})

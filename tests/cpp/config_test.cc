@@ -103,5 +103,96 @@ TEST(ServerConfigTest, ValidateCatchesTlsHalves) {
               HasSubstr("tls_client_ca"));
 }
 
+
+// The issue's example: three models, one default, entries inheriting the
+// top-level keys they do not set.
+TEST(ModelsConfigTest, AModelsMapWithADefaultAndInheritedKeys) {
+  auto c = service::ServerConfigFromJson(Json::parse(R"({
+    "python_path": "/opt/py", "startup_timeout": "90s", "sidecars": 2,
+    "models": {
+      "smollm2": {"backend": "gguf"},
+      "llama3.2": {"backend": "ollama", "host": "ollama:11434",
+                   "model": "llama3.2:latest", "pass_through": true},
+      "qwen": {"backend": "vllm", "host": "vllm:8000",
+               "model": "Qwen/Qwen2.5-7B-Instruct", "max_queue": 7,
+               "options": {"max_connections": 64}},
+      "small": {"backend": "gguf", "keep_alive": "1m", "sidecars": 1}
+    },
+    "default_model": "smollm2", "max_loaded_models": 2, "keep_alive": "2m"
+  })"));
+  ASSERT_TRUE(c.ok()) << c.status();
+  ASSERT_TRUE(service::ResolveModels(*c).ok());
+  ASSERT_EQ(c->models.size(), 4u);
+  auto find = [&](const std::string& name) -> const service::ModelEntry& {
+    for (const auto& e : c->models) {
+      if (e.name == name) return e;
+    }
+    ADD_FAILURE() << name;
+    return c->models.front();
+  };
+  const auto& smollm2 = find("smollm2");
+  EXPECT_EQ(smollm2.client.python_path, "/opt/py");
+  EXPECT_EQ(smollm2.client.startup_timeout, std::chrono::seconds(90));
+  EXPECT_EQ(smollm2.sidecars, 2);
+  // The default model loads at boot and stays.
+  EXPECT_TRUE(smollm2.preload);
+  EXPECT_EQ(smollm2.keep_alive.count(), 0);
+  const auto& qwen = find("qwen");
+  EXPECT_EQ(qwen.max_queue, 7);
+  EXPECT_EQ(qwen.options["max_connections"], 64);
+  // HTTP backends start their sidecar at boot and never unload it.
+  EXPECT_TRUE(qwen.preload);
+  EXPECT_EQ(qwen.keep_alive.count(), 0);
+  EXPECT_TRUE(find("llama3.2").pass_through);
+  // Other in-process models load on demand and unload when idle.
+  const auto& small = find("small");
+  EXPECT_FALSE(small.preload);
+  EXPECT_EQ(small.keep_alive, std::chrono::minutes(1));
+  EXPECT_EQ(small.sidecars, 1);
+  EXPECT_EQ(c->max_loaded_models, 2);
+}
+
+TEST(ModelsConfigTest, WithoutAModelsMapTheSingleBackendIsOnePassThroughEntry) {
+  auto c = service::ServerConfigFromJson(
+      Json::parse(R"({"backend": "ollama", "model": "llama3.2:latest", "sidecars": 3})"));
+  ASSERT_TRUE(c.ok()) << c.status();
+  ASSERT_TRUE(service::ResolveModels(*c).ok());
+  ASSERT_EQ(c->models.size(), 1u);
+  EXPECT_EQ(c->models[0].name, "llama3.2:latest");
+  EXPECT_EQ(c->default_model, "llama3.2:latest");
+  EXPECT_TRUE(c->models[0].pass_through);
+  EXPECT_TRUE(c->models[0].preload);
+  EXPECT_EQ(c->models[0].sidecars, 3);
+}
+
+TEST(ModelsConfigTest, MistakesNameTheEntryAndTheKey) {
+  auto no_backend = service::ServerConfigFromJson(
+      Json::parse(R"({"models": {"a": {"model": "x"}}})"));
+  ASSERT_FALSE(no_backend.ok());
+  EXPECT_THAT(std::string(no_backend.status().message()), HasSubstr("models.a.backend"));
+
+  auto typo = service::ServerConfigFromJson(
+      Json::parse(R"({"models": {"a": {"backend": "gguf", "sidecar": 2}}})"));
+  ASSERT_FALSE(typo.ok());
+  EXPECT_THAT(std::string(typo.status().message()), HasSubstr("models.a.sidecar: unknown key"));
+
+  auto bad_name = service::ServerConfigFromJson(
+      Json::parse(R"({"models": {"a b": {"backend": "gguf"}}})"));
+  ASSERT_FALSE(bad_name.ok());
+  EXPECT_THAT(std::string(bad_name.status().message()), HasSubstr("model name"));
+
+  auto two = service::ServerConfigFromJson(Json::parse(
+      R"({"models": {"a": {"backend": "gguf"}, "b": {"backend": "echo"}}})"));
+  ASSERT_TRUE(two.ok()) << two.status();
+  absl::Status no_default = service::ResolveModels(*two);
+  EXPECT_THAT(std::string(no_default.message()),
+              HasSubstr("default_model: required with more than one model"));
+  EXPECT_THAT(std::string(no_default.message()), HasSubstr("a, b"));
+
+  two->default_model = "c";
+  EXPECT_THAT(std::string(service::ResolveModels(*two).message()),
+              HasSubstr("'c' is not in models; one of: a, b"));
+}
+
 }  // namespace
 }  // namespace llmbridge

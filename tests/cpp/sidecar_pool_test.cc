@@ -385,5 +385,61 @@ TEST(SidecarPoolTest, OnDemandStartAndKeepAliveUnload) {
   EXPECT_EQ(client.StartCount(), 2);
 }
 
+
+// A model loaded on demand, sharing `gate` with others.
+ClientOptions OnDemandBehind(LoadGate& gate, StateWaiter& waiter) {
+  ClientOptions options;
+  options.pool.preload = false;
+  options.pool.load_gate = &gate;
+  options.pool.observer = &waiter;
+  return options;
+}
+
+// Two models under --max_loaded_models=1: each call to the other model
+// unloads the idle one first, so at most one sidecar runs at a time.
+TEST(SidecarPoolTest, ALoadGateOfOneSwapsIdleModels) {
+  LoadGate gate(1);
+  StateWaiter waiter_a, waiter_b;
+  Client a(FakeConfig("echo"), OnDemandBehind(gate, waiter_a));
+  Client b(FakeConfig("echo"), OnDemandBehind(gate, waiter_b));
+
+  ASSERT_TRUE(a.Complete(Ask("first")).ok());
+  const pid_t a_pid = a.SidecarPid();
+  auto from_b = b.Complete(Ask("second"));
+  ASSERT_TRUE(from_b.ok()) << from_b.status();
+  EXPECT_TRUE(ProcessGone(a_pid));
+  EXPECT_EQ(a.Status().slots[0].state, SlotState::kIdle);
+  EXPECT_EQ(gate.loaded(), 1);
+  const pid_t b_pid = b.SidecarPid();
+  ASSERT_TRUE(a.Complete(Ask("third")).ok());
+  EXPECT_TRUE(ProcessGone(b_pid));
+  EXPECT_EQ(a.StartCount(), 2);
+}
+
+// A model with a call in flight is never unloaded: the other waits for a
+// place (reported as waiting_for_load) until that call ends.
+TEST(SidecarPoolTest, ALoadGateNeverUnloadsUnderACall) {
+  LoadGate gate(1);
+  StateWaiter waiter_a, waiter_b;
+  Client a(FakeConfig("hang"), OnDemandBehind(gate, waiter_a));
+  Client b(FakeConfig("echo"), OnDemandBehind(gate, waiter_b));
+
+  Outcome held, waiting;
+  StreamHandle hold = a.Stream(Ask("hold"), held.Handlers());
+  ASSERT_TRUE(waiter_a.WaitUntil(a, [](const PoolStatus& s) { return s.in_flight == 1; }));
+  b.Stream(Ask("wait for a place"), waiting.Handlers());
+  ASSERT_TRUE(waiter_b.WaitUntil(b, [](const PoolStatus& s) { return s.waiting_for_load; }));
+  EXPECT_STREQ(b.Status().LoadState(), "loading");
+  EXPECT_FALSE(held.Done());
+  EXPECT_FALSE(waiting.Done());
+  EXPECT_TRUE(a.IsRunning());
+
+  hold.Cancel(absl::CancelledError("test: done holding"));
+  auto served = waiting.Wait();
+  ASSERT_TRUE(served.ok()) << served.status();
+  EXPECT_THAT(served->content, HasSubstr("place"));
+  EXPECT_EQ(a.Status().slots[0].state, SlotState::kIdle);
+}
+
 }  // namespace
 }  // namespace llmbridge::rpc

@@ -8,6 +8,7 @@ when it is ready.
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import queue
 import re
@@ -15,6 +16,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,10 +68,13 @@ class LineWatcher:
         self._queue.put(None)
 
     def wait_for(self, pattern: str, timeout: float = READY_TIMEOUT_S) -> re.Match[str]:
+        """The first line from here on that matches; lines before it are
+        consumed (they stay in `lines`)."""
         regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
         while True:
             try:
-                line = self._queue.get(timeout=timeout)
+                line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 raise AssertionError(f"no line matching {pattern!r} within {timeout}s; "
                                      f"output so far:\n" + "\n".join(self.lines)) from None
@@ -79,13 +84,24 @@ class LineWatcher:
             if m := regex.search(line):
                 return m
 
+    def wait_closed(self, timeout: float = READY_TIMEOUT_S) -> list[str]:
+        """Waits for the end of the stream (the process closed it, e.g. by
+        exiting) and returns every line it carried."""
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), f"the stream stayed open for {timeout}s"
+        return self.lines
+
 
 @dataclass
 class Server:
     process: subprocess.Popen[str]
-    port: int
+    started: dict  # the server's "started" log event (port, metrics_port, ...)
     stderr: LineWatcher
     channel: grpc.Channel = field(init=False)
+
+    @property
+    def port(self) -> int:
+        return int(self.started["port"])
 
     def __post_init__(self) -> None:
         self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
@@ -122,8 +138,9 @@ def start_server() -> Iterator:
     def start(*flags: str) -> Server:
         argv = [str(SERVER_BINARY), "--listen=127.0.0.1:0",
                 f"--python={sys.executable}", f"--sidecar={SIDECAR}", *flags]
-        process, stderr, match = _start(argv, r"serving .* \(port (\d+)", "stderr")
-        server = Server(process, int(match.group(1)), stderr)
+        # Every line is a JSON object; "started" comes once it listens.
+        process, stderr, match = _start(argv, r'^\{.*"event":"started"', "stderr")
+        server = Server(process, json.loads(match.string), stderr)
         servers.append(server)
         return server
 

@@ -277,3 +277,30 @@ def test_real_llama_cpp_server_constrains_to_the_schema(pb, start_server, llama_
                                      timeout=TIMEOUT_S)
     assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
     assert "/apply-template" in err.value.details()
+
+
+def test_embed_and_count_tokens_route_by_model_name(pb, start_server, tmp_path, ollama):
+    """Embed and CountTokens pick their model as Complete does: empty is the
+    default model, an entry's name asks its sidecar for the entry's own
+    model, another name passes through to a pass-through host unchanged."""
+    config = tmp_path / "models.json"
+    config.write_text(json.dumps({
+        "models": {"echo": {"backend": "echo"},
+                   "ollama": {"backend": "ollama", "host": ollama.host,
+                              "model": "llama3.2:latest", "pass_through": True}},
+        "default_model": "echo"}))
+    server = start_server(f"--config={config}")
+    api = stub(pb, server)
+    by_default = api.Embed(pb[0].EmbedRequest(inputs=["a b"]), timeout=TIMEOUT_S)
+    assert len(by_default.embeddings[0].values) == 16  # the echo backend's
+    counted = api.CountTokens(pb[0].CountTokensRequest(messages=user(pb, "one two three")),
+                              timeout=TIMEOUT_S)
+    assert counted.input_tokens == 3  # echo counts words
+    api.Embed(pb[0].EmbedRequest(inputs=["x"], model="ollama"), timeout=TIMEOUT_S)
+    api.Embed(pb[0].EmbedRequest(inputs=["y"], model="tiny"), timeout=TIMEOUT_S)
+    assert [(r["model"], r["input"]) for r in ollama.requests] == [
+        ("llama3.2:latest", ["x"]), ("tiny", ["y"])]
+    with pytest.raises(grpc.RpcError) as err:
+        api.CountTokens(pb[0].CountTokensRequest(messages=user(pb, "x"), model="ollama"),
+                        timeout=TIMEOUT_S)
+    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED

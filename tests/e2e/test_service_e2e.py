@@ -310,7 +310,7 @@ def test_help_documents_every_flag():
 
 def test_metrics_count_requests_tokens_and_sidecar_starts(pb, start_server, ollama):
     server = ollama_server(start_server, ollama, "--metrics_listen=127.0.0.1:0")
-    port = int(server.stderr.wait_for(r'"metrics_port":(\d+)').group(1))
+    port = server.started["metrics_port"]
     complete(pb, server, messages=user(pb, "Hi"))
     with pytest.raises(grpc.RpcError):
         complete(pb, server, messages=user(pb, "Hi"), model="nope:1b")

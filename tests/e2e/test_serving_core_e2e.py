@@ -13,6 +13,7 @@ nothing finer.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -46,9 +47,9 @@ def start_fake():
                 "--model=fake", f"--python={sys.executable}", f"--sidecar={FAKE_SIDECAR}",
                 *flags]
         environment = {**os.environ, "FAKE_SIDECAR_MODE": mode, **env}
-        process, stderr, match = _start(argv, r"serving .* \(port (\d+)", "stderr",
+        process, stderr, match = _start(argv, r'^\{.*"event":"started"', "stderr",
                                         env=environment)
-        server = Server(process, int(match.group(1)), stderr)
+        server = Server(process, json.loads(match.string), stderr)
         servers.append(server)
         return server
 

@@ -84,8 +84,19 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (message.status().message().empty()) __builtin_trap();
     return 0;
   }
-  if (message->notification.has_value() == message->response.has_value()) {
-    __builtin_trap();  // exactly one kind
+  const int kinds = int{message->notification.has_value()} +
+                    int{message->response.has_value()} +
+                    int{message->chunk.has_value()};
+  if (kinds != 1) __builtin_trap();  // exactly one kind
+  if (message->chunk.has_value()) {
+    // The fast path's text must be what the full parser reads.
+    Json j = Json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (j.is_discarded() ||
+        j["params"]["content"].get<std::string>() != message->chunk->content) {
+      __builtin_trap();
+    }
+    CheckOneLine(EncodeNotification(
+        {kNotifyStreamChunk, Json{{"content", message->chunk->content}}}));
   }
   if (message->notification.has_value()) UseNotification(*message->notification);
   if (message->response.has_value()) UseResponse(*message->response);

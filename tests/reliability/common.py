@@ -163,7 +163,7 @@ class Server:
         for line in self.process.stderr:
             line = line.rstrip("\n")
             self.lines.append(line)
-            if m := re.search(r"serving .* \(port (\d+)", line):
+            if m := re.search(r'"event":"started".*"port":(\d+)', line):
                 self._ready.put(int(m.group(1)))
             if '"event":"request_start"' in line:
                 self.counts["start"] = self.counts.get("start", 0) + 1

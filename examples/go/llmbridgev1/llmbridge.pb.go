@@ -992,7 +992,9 @@ func (x *ToolResult) GetIsError() bool {
 }
 
 type ListToolsRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The served model whose MCP servers to list; empty: the default model.
+	Model         string `protobuf:"bytes,1,opt,name=model,proto3" json:"model,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1025,6 +1027,13 @@ func (x *ListToolsRequest) ProtoReflect() protoreflect.Message {
 // Deprecated: Use ListToolsRequest.ProtoReflect.Descriptor instead.
 func (*ListToolsRequest) Descriptor() ([]byte, []int) {
 	return file_llmbridge_v1_llmbridge_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *ListToolsRequest) GetModel() string {
+	if x != nil {
+		return x.Model
+	}
+	return ""
 }
 
 type Tool struct {
@@ -1227,7 +1236,9 @@ func (x *ListToolsResponse) GetServers() []*McpServerStatus {
 }
 
 type GetCapabilitiesRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The served model to describe; empty: the default model.
+	Model         string `protobuf:"bytes,1,opt,name=model,proto3" json:"model,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1260,6 +1271,13 @@ func (x *GetCapabilitiesRequest) ProtoReflect() protoreflect.Message {
 // Deprecated: Use GetCapabilitiesRequest.ProtoReflect.Descriptor instead.
 func (*GetCapabilitiesRequest) Descriptor() ([]byte, []int) {
 	return file_llmbridge_v1_llmbridge_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *GetCapabilitiesRequest) GetModel() string {
+	if x != nil {
+		return x.Model
+	}
+	return ""
 }
 
 type Capabilities struct {
@@ -1364,6 +1382,428 @@ func (x *Capabilities) GetModel() string {
 	return ""
 }
 
+type ListModelsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListModelsRequest) Reset() {
+	*x = ListModelsRequest{}
+	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListModelsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListModelsRequest) ProtoMessage() {}
+
+func (x *ListModelsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListModelsRequest.ProtoReflect.Descriptor instead.
+func (*ListModelsRequest) Descriptor() ([]byte, []int) {
+	return file_llmbridge_v1_llmbridge_proto_rawDescGZIP(), []int{18}
+}
+
+// What a backend reports about a model; a field the backend does not tell
+// is left unset (0 or empty).
+type ModelDetails struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The context the model is served with (or was trained with, when that is
+	// all the backend tells: see context_length_source).
+	ContextLength int64 `protobuf:"varint,1,opt,name=context_length,json=contextLength,proto3" json:"context_length,omitempty"`
+	// "served" or "trained".
+	ContextLengthSource string `protobuf:"bytes,2,opt,name=context_length_source,json=contextLengthSource,proto3" json:"context_length_source,omitempty"`
+	SizeBytes           int64  `protobuf:"varint,3,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	// e.g. "Q4_1", "Q4_K_M", "BF16".
+	Quantization string `protobuf:"bytes,4,opt,name=quantization,proto3" json:"quantization,omitempty"`
+	// e.g. "llama", "qwen2".
+	Family string `protobuf:"bytes,5,opt,name=family,proto3" json:"family,omitempty"`
+	// e.g. "135M", "7.6B".
+	ParameterSize string `protobuf:"bytes,6,opt,name=parameter_size,json=parameterSize,proto3" json:"parameter_size,omitempty"`
+	// e.g. "gguf", "safetensors".
+	Format string `protobuf:"bytes,7,opt,name=format,proto3" json:"format,omitempty"`
+	// Everything the backend said, as it said it.
+	Raw           *structpb.Struct `protobuf:"bytes,8,opt,name=raw,proto3" json:"raw,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ModelDetails) Reset() {
+	*x = ModelDetails{}
+	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ModelDetails) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ModelDetails) ProtoMessage() {}
+
+func (x *ModelDetails) ProtoReflect() protoreflect.Message {
+	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ModelDetails.ProtoReflect.Descriptor instead.
+func (*ModelDetails) Descriptor() ([]byte, []int) {
+	return file_llmbridge_v1_llmbridge_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *ModelDetails) GetContextLength() int64 {
+	if x != nil {
+		return x.ContextLength
+	}
+	return 0
+}
+
+func (x *ModelDetails) GetContextLengthSource() string {
+	if x != nil {
+		return x.ContextLengthSource
+	}
+	return ""
+}
+
+func (x *ModelDetails) GetSizeBytes() int64 {
+	if x != nil {
+		return x.SizeBytes
+	}
+	return 0
+}
+
+func (x *ModelDetails) GetQuantization() string {
+	if x != nil {
+		return x.Quantization
+	}
+	return ""
+}
+
+func (x *ModelDetails) GetFamily() string {
+	if x != nil {
+		return x.Family
+	}
+	return ""
+}
+
+func (x *ModelDetails) GetParameterSize() string {
+	if x != nil {
+		return x.ParameterSize
+	}
+	return ""
+}
+
+func (x *ModelDetails) GetFormat() string {
+	if x != nil {
+		return x.Format
+	}
+	return ""
+}
+
+func (x *ModelDetails) GetRaw() *structpb.Struct {
+	if x != nil {
+		return x.Raw
+	}
+	return nil
+}
+
+type HostModel struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Details       *ModelDetails          `protobuf:"bytes,2,opt,name=details,proto3" json:"details,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HostModel) Reset() {
+	*x = HostModel{}
+	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HostModel) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HostModel) ProtoMessage() {}
+
+func (x *HostModel) ProtoReflect() protoreflect.Message {
+	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HostModel.ProtoReflect.Descriptor instead.
+func (*HostModel) Descriptor() ([]byte, []int) {
+	return file_llmbridge_v1_llmbridge_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *HostModel) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *HostModel) GetDetails() *ModelDetails {
+	if x != nil {
+		return x.Details
+	}
+	return nil
+}
+
+type ModelInfo struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The name requests use (CompleteRequest.model).
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// "gguf", "ollama", ...
+	Backend string `protobuf:"bytes,2,opt,name=backend,proto3" json:"backend,omitempty"`
+	// The backend's own name for it (a .gguf path, an Ollama tag); empty: the
+	// backend's default.
+	Model string `protobuf:"bytes,3,opt,name=model,proto3" json:"model,omitempty"`
+	// host:port of an HTTP backend.
+	Host string `protobuf:"bytes,4,opt,name=host,proto3" json:"host,omitempty"`
+	// "loaded" (a sidecar is ready), "loading" (starting, or waiting for a
+	// place under --max_loaded_models), "idle" (not loaded: loads on the next
+	// request) or "failed" (see error; retried).
+	State string `protobuf:"bytes,5,opt,name=state,proto3" json:"state,omitempty"`
+	Error string `protobuf:"bytes,6,opt,name=error,proto3" json:"error,omitempty"`
+	// Sidecar processes configured, and running now.
+	Sidecars        int32 `protobuf:"varint,7,opt,name=sidecars,proto3" json:"sidecars,omitempty"`
+	SidecarsRunning int32 `protobuf:"varint,8,opt,name=sidecars_running,json=sidecarsRunning,proto3" json:"sidecars_running,omitempty"`
+	// Requests in flight and waiting in the queue.
+	InFlight int32 `protobuf:"varint,9,opt,name=in_flight,json=inFlight,proto3" json:"in_flight,omitempty"`
+	Queued   int32 `protobuf:"varint,10,opt,name=queued,proto3" json:"queued,omitempty"`
+	// Requests that name no model get this one.
+	IsDefault bool `protobuf:"varint,11,opt,name=is_default,json=isDefault,proto3" json:"is_default,omitempty"`
+	// Requests for names no entry has are passed through to this backend.
+	PassThrough bool `protobuf:"varint,12,opt,name=pass_through,json=passThrough,proto3" json:"pass_through,omitempty"`
+	// Unloaded after this long without requests; 0: never.
+	KeepAliveMs int64 `protobuf:"varint,13,opt,name=keep_alive_ms,json=keepAliveMs,proto3" json:"keep_alive_ms,omitempty"`
+	// Filled in while loaded.
+	Details *ModelDetails `protobuf:"bytes,14,opt,name=details,proto3" json:"details,omitempty"`
+	// For pass-through entries while loaded: the models the host itself
+	// offers (e.g. every model an Ollama has pulled).
+	HostModels    []*HostModel `protobuf:"bytes,15,rep,name=host_models,json=hostModels,proto3" json:"host_models,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ModelInfo) Reset() {
+	*x = ModelInfo{}
+	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ModelInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ModelInfo) ProtoMessage() {}
+
+func (x *ModelInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ModelInfo.ProtoReflect.Descriptor instead.
+func (*ModelInfo) Descriptor() ([]byte, []int) {
+	return file_llmbridge_v1_llmbridge_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *ModelInfo) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ModelInfo) GetBackend() string {
+	if x != nil {
+		return x.Backend
+	}
+	return ""
+}
+
+func (x *ModelInfo) GetModel() string {
+	if x != nil {
+		return x.Model
+	}
+	return ""
+}
+
+func (x *ModelInfo) GetHost() string {
+	if x != nil {
+		return x.Host
+	}
+	return ""
+}
+
+func (x *ModelInfo) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *ModelInfo) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *ModelInfo) GetSidecars() int32 {
+	if x != nil {
+		return x.Sidecars
+	}
+	return 0
+}
+
+func (x *ModelInfo) GetSidecarsRunning() int32 {
+	if x != nil {
+		return x.SidecarsRunning
+	}
+	return 0
+}
+
+func (x *ModelInfo) GetInFlight() int32 {
+	if x != nil {
+		return x.InFlight
+	}
+	return 0
+}
+
+func (x *ModelInfo) GetQueued() int32 {
+	if x != nil {
+		return x.Queued
+	}
+	return 0
+}
+
+func (x *ModelInfo) GetIsDefault() bool {
+	if x != nil {
+		return x.IsDefault
+	}
+	return false
+}
+
+func (x *ModelInfo) GetPassThrough() bool {
+	if x != nil {
+		return x.PassThrough
+	}
+	return false
+}
+
+func (x *ModelInfo) GetKeepAliveMs() int64 {
+	if x != nil {
+		return x.KeepAliveMs
+	}
+	return 0
+}
+
+func (x *ModelInfo) GetDetails() *ModelDetails {
+	if x != nil {
+		return x.Details
+	}
+	return nil
+}
+
+func (x *ModelInfo) GetHostModels() []*HostModel {
+	if x != nil {
+		return x.HostModels
+	}
+	return nil
+}
+
+type ListModelsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Models        []*ModelInfo           `protobuf:"bytes,1,rep,name=models,proto3" json:"models,omitempty"`
+	DefaultModel  string                 `protobuf:"bytes,2,opt,name=default_model,json=defaultModel,proto3" json:"default_model,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListModelsResponse) Reset() {
+	*x = ListModelsResponse{}
+	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListModelsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListModelsResponse) ProtoMessage() {}
+
+func (x *ListModelsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListModelsResponse.ProtoReflect.Descriptor instead.
+func (*ListModelsResponse) Descriptor() ([]byte, []int) {
+	return file_llmbridge_v1_llmbridge_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *ListModelsResponse) GetModels() []*ModelInfo {
+	if x != nil {
+		return x.Models
+	}
+	return nil
+}
+
+func (x *ListModelsResponse) GetDefaultModel() string {
+	if x != nil {
+		return x.DefaultModel
+	}
+	return ""
+}
+
 // Any JSON object.
 type ResponseFormat_JsonObject struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1373,7 +1813,7 @@ type ResponseFormat_JsonObject struct {
 
 func (x *ResponseFormat_JsonObject) Reset() {
 	*x = ResponseFormat_JsonObject{}
-	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[19]
+	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1385,7 +1825,7 @@ func (x *ResponseFormat_JsonObject) String() string {
 func (*ResponseFormat_JsonObject) ProtoMessage() {}
 
 func (x *ResponseFormat_JsonObject) ProtoReflect() protoreflect.Message {
-	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[19]
+	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1418,7 +1858,7 @@ type ResponseFormat_JsonSchema struct {
 
 func (x *ResponseFormat_JsonSchema) Reset() {
 	*x = ResponseFormat_JsonSchema{}
-	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[20]
+	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1430,7 +1870,7 @@ func (x *ResponseFormat_JsonSchema) String() string {
 func (*ResponseFormat_JsonSchema) ProtoMessage() {}
 
 func (x *ResponseFormat_JsonSchema) ProtoReflect() protoreflect.Message {
-	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[20]
+	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1568,8 +2008,9 @@ const file_llmbridge_v1_llmbridge_proto_rawDesc = "" +
 	"\x06server\x18\x02 \x01(\tR\x06server\x12\x12\n" +
 	"\x04name\x18\x03 \x01(\tR\x04name\x12\x18\n" +
 	"\acontent\x18\x04 \x01(\tR\acontent\x12\x19\n" +
-	"\bis_error\x18\x05 \x01(\bR\aisError\"\x12\n" +
-	"\x10ListToolsRequest\"\x80\x01\n" +
+	"\bis_error\x18\x05 \x01(\bR\aisError\"(\n" +
+	"\x10ListToolsRequest\x12\x14\n" +
+	"\x05model\x18\x01 \x01(\tR\x05model\"\x80\x01\n" +
 	"\x04Tool\x12\x16\n" +
 	"\x06server\x18\x01 \x01(\tR\x06server\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12 \n" +
@@ -1584,8 +2025,9 @@ const file_llmbridge_v1_llmbridge_proto_rawDesc = "" +
 	"\x10protocol_version\x18\x05 \x01(\tR\x0fprotocolVersion\"v\n" +
 	"\x11ListToolsResponse\x12(\n" +
 	"\x05tools\x18\x01 \x03(\v2\x12.llmbridge.v1.ToolR\x05tools\x127\n" +
-	"\aservers\x18\x02 \x03(\v2\x1d.llmbridge.v1.McpServerStatusR\aservers\"\x18\n" +
-	"\x16GetCapabilitiesRequest\"\xdb\x01\n" +
+	"\aservers\x18\x02 \x03(\v2\x1d.llmbridge.v1.McpServerStatusR\aservers\".\n" +
+	"\x16GetCapabilitiesRequest\x12\x14\n" +
+	"\x05model\x18\x01 \x01(\tR\x05model\"\xdb\x01\n" +
 	"\fCapabilities\x12\x1c\n" +
 	"\tstreaming\x18\x01 \x01(\bR\tstreaming\x12\x14\n" +
 	"\x05tools\x18\x02 \x01(\bR\x05tools\x12\x10\n" +
@@ -1594,13 +2036,51 @@ const file_llmbridge_v1_llmbridge_proto_rawDesc = "" +
 	"\x06images\x18\x05 \x01(\bR\x06images\x12!\n" +
 	"\fnative_tools\x18\x06 \x03(\tR\vnativeTools\x12\x18\n" +
 	"\abackend\x18\a \x01(\tR\abackend\x12\x14\n" +
-	"\x05model\x18\b \x01(\tR\x05model2\x90\x03\n" +
+	"\x05model\x18\b \x01(\tR\x05model\"\x13\n" +
+	"\x11ListModelsRequest\"\xae\x02\n" +
+	"\fModelDetails\x12%\n" +
+	"\x0econtext_length\x18\x01 \x01(\x03R\rcontextLength\x122\n" +
+	"\x15context_length_source\x18\x02 \x01(\tR\x13contextLengthSource\x12\x1d\n" +
+	"\n" +
+	"size_bytes\x18\x03 \x01(\x03R\tsizeBytes\x12\"\n" +
+	"\fquantization\x18\x04 \x01(\tR\fquantization\x12\x16\n" +
+	"\x06family\x18\x05 \x01(\tR\x06family\x12%\n" +
+	"\x0eparameter_size\x18\x06 \x01(\tR\rparameterSize\x12\x16\n" +
+	"\x06format\x18\a \x01(\tR\x06format\x12)\n" +
+	"\x03raw\x18\b \x01(\v2\x17.google.protobuf.StructR\x03raw\"U\n" +
+	"\tHostModel\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x124\n" +
+	"\adetails\x18\x02 \x01(\v2\x1a.llmbridge.v1.ModelDetailsR\adetails\"\xe1\x03\n" +
+	"\tModelInfo\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
+	"\abackend\x18\x02 \x01(\tR\abackend\x12\x14\n" +
+	"\x05model\x18\x03 \x01(\tR\x05model\x12\x12\n" +
+	"\x04host\x18\x04 \x01(\tR\x04host\x12\x14\n" +
+	"\x05state\x18\x05 \x01(\tR\x05state\x12\x14\n" +
+	"\x05error\x18\x06 \x01(\tR\x05error\x12\x1a\n" +
+	"\bsidecars\x18\a \x01(\x05R\bsidecars\x12)\n" +
+	"\x10sidecars_running\x18\b \x01(\x05R\x0fsidecarsRunning\x12\x1b\n" +
+	"\tin_flight\x18\t \x01(\x05R\binFlight\x12\x16\n" +
+	"\x06queued\x18\n" +
+	" \x01(\x05R\x06queued\x12\x1d\n" +
+	"\n" +
+	"is_default\x18\v \x01(\bR\tisDefault\x12!\n" +
+	"\fpass_through\x18\f \x01(\bR\vpassThrough\x12\"\n" +
+	"\rkeep_alive_ms\x18\r \x01(\x03R\vkeepAliveMs\x124\n" +
+	"\adetails\x18\x0e \x01(\v2\x1a.llmbridge.v1.ModelDetailsR\adetails\x128\n" +
+	"\vhost_models\x18\x0f \x03(\v2\x17.llmbridge.v1.HostModelR\n" +
+	"hostModels\"j\n" +
+	"\x12ListModelsResponse\x12/\n" +
+	"\x06models\x18\x01 \x03(\v2\x17.llmbridge.v1.ModelInfoR\x06models\x12#\n" +
+	"\rdefault_model\x18\x02 \x01(\tR\fdefaultModel2\xe1\x03\n" +
 	"\bLocalLLM\x12K\n" +
 	"\bComplete\x12\x1d.llmbridge.v1.CompleteRequest\x1a\x1e.llmbridge.v1.CompleteResponse0\x01\x12@\n" +
 	"\x05Embed\x12\x1a.llmbridge.v1.EmbedRequest\x1a\x1b.llmbridge.v1.EmbedResponse\x12R\n" +
 	"\vCountTokens\x12 .llmbridge.v1.CountTokensRequest\x1a!.llmbridge.v1.CountTokensResponse\x12S\n" +
 	"\x0fGetCapabilities\x12$.llmbridge.v1.GetCapabilitiesRequest\x1a\x1a.llmbridge.v1.Capabilities\x12L\n" +
-	"\tListTools\x12\x1e.llmbridge.v1.ListToolsRequest\x1a\x1f.llmbridge.v1.ListToolsResponseB@Z>github.com/llmbridge/llmbridge/gen/go/llmbridge/v1;llmbridgev1b\x06proto3"
+	"\tListTools\x12\x1e.llmbridge.v1.ListToolsRequest\x1a\x1f.llmbridge.v1.ListToolsResponse\x12O\n" +
+	"\n" +
+	"ListModels\x12\x1f.llmbridge.v1.ListModelsRequest\x1a .llmbridge.v1.ListModelsResponseB@Z>github.com/llmbridge/llmbridge/gen/go/llmbridge/v1;llmbridgev1b\x06proto3"
 
 var (
 	file_llmbridge_v1_llmbridge_proto_rawDescOnce sync.Once
@@ -1614,7 +2094,7 @@ func file_llmbridge_v1_llmbridge_proto_rawDescGZIP() []byte {
 	return file_llmbridge_v1_llmbridge_proto_rawDescData
 }
 
-var file_llmbridge_v1_llmbridge_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_llmbridge_v1_llmbridge_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_llmbridge_v1_llmbridge_proto_goTypes = []any{
 	(*Message)(nil),                   // 0: llmbridge.v1.Message
 	(*CompleteRequest)(nil),           // 1: llmbridge.v1.CompleteRequest
@@ -1634,18 +2114,23 @@ var file_llmbridge_v1_llmbridge_proto_goTypes = []any{
 	(*ListToolsResponse)(nil),         // 15: llmbridge.v1.ListToolsResponse
 	(*GetCapabilitiesRequest)(nil),    // 16: llmbridge.v1.GetCapabilitiesRequest
 	(*Capabilities)(nil),              // 17: llmbridge.v1.Capabilities
-	nil,                               // 18: llmbridge.v1.CompleteRequest.LogitBiasEntry
-	(*ResponseFormat_JsonObject)(nil), // 19: llmbridge.v1.ResponseFormat.JsonObject
-	(*ResponseFormat_JsonSchema)(nil), // 20: llmbridge.v1.ResponseFormat.JsonSchema
-	(*structpb.Struct)(nil),           // 21: google.protobuf.Struct
+	(*ListModelsRequest)(nil),         // 18: llmbridge.v1.ListModelsRequest
+	(*ModelDetails)(nil),              // 19: llmbridge.v1.ModelDetails
+	(*HostModel)(nil),                 // 20: llmbridge.v1.HostModel
+	(*ModelInfo)(nil),                 // 21: llmbridge.v1.ModelInfo
+	(*ListModelsResponse)(nil),        // 22: llmbridge.v1.ListModelsResponse
+	nil,                               // 23: llmbridge.v1.CompleteRequest.LogitBiasEntry
+	(*ResponseFormat_JsonObject)(nil), // 24: llmbridge.v1.ResponseFormat.JsonObject
+	(*ResponseFormat_JsonSchema)(nil), // 25: llmbridge.v1.ResponseFormat.JsonSchema
+	(*structpb.Struct)(nil),           // 26: google.protobuf.Struct
 }
 var file_llmbridge_v1_llmbridge_proto_depIdxs = []int32{
 	0,  // 0: llmbridge.v1.CompleteRequest.messages:type_name -> llmbridge.v1.Message
-	21, // 1: llmbridge.v1.CompleteRequest.options:type_name -> google.protobuf.Struct
-	18, // 2: llmbridge.v1.CompleteRequest.logit_bias:type_name -> llmbridge.v1.CompleteRequest.LogitBiasEntry
+	26, // 1: llmbridge.v1.CompleteRequest.options:type_name -> google.protobuf.Struct
+	23, // 2: llmbridge.v1.CompleteRequest.logit_bias:type_name -> llmbridge.v1.CompleteRequest.LogitBiasEntry
 	2,  // 3: llmbridge.v1.CompleteRequest.response_format:type_name -> llmbridge.v1.ResponseFormat
-	19, // 4: llmbridge.v1.ResponseFormat.json_object:type_name -> llmbridge.v1.ResponseFormat.JsonObject
-	20, // 5: llmbridge.v1.ResponseFormat.json_schema:type_name -> llmbridge.v1.ResponseFormat.JsonSchema
+	24, // 4: llmbridge.v1.ResponseFormat.json_object:type_name -> llmbridge.v1.ResponseFormat.JsonObject
+	25, // 5: llmbridge.v1.ResponseFormat.json_schema:type_name -> llmbridge.v1.ResponseFormat.JsonSchema
 	3,  // 6: llmbridge.v1.CompleteResponse.usage:type_name -> llmbridge.v1.Usage
 	10, // 7: llmbridge.v1.CompleteResponse.tool_call:type_name -> llmbridge.v1.ToolCall
 	11, // 8: llmbridge.v1.CompleteResponse.tool_result:type_name -> llmbridge.v1.ToolResult
@@ -1654,21 +2139,28 @@ var file_llmbridge_v1_llmbridge_proto_depIdxs = []int32{
 	0,  // 11: llmbridge.v1.CountTokensRequest.messages:type_name -> llmbridge.v1.Message
 	13, // 12: llmbridge.v1.ListToolsResponse.tools:type_name -> llmbridge.v1.Tool
 	14, // 13: llmbridge.v1.ListToolsResponse.servers:type_name -> llmbridge.v1.McpServerStatus
-	1,  // 14: llmbridge.v1.LocalLLM.Complete:input_type -> llmbridge.v1.CompleteRequest
-	5,  // 15: llmbridge.v1.LocalLLM.Embed:input_type -> llmbridge.v1.EmbedRequest
-	8,  // 16: llmbridge.v1.LocalLLM.CountTokens:input_type -> llmbridge.v1.CountTokensRequest
-	16, // 17: llmbridge.v1.LocalLLM.GetCapabilities:input_type -> llmbridge.v1.GetCapabilitiesRequest
-	12, // 18: llmbridge.v1.LocalLLM.ListTools:input_type -> llmbridge.v1.ListToolsRequest
-	4,  // 19: llmbridge.v1.LocalLLM.Complete:output_type -> llmbridge.v1.CompleteResponse
-	7,  // 20: llmbridge.v1.LocalLLM.Embed:output_type -> llmbridge.v1.EmbedResponse
-	9,  // 21: llmbridge.v1.LocalLLM.CountTokens:output_type -> llmbridge.v1.CountTokensResponse
-	17, // 22: llmbridge.v1.LocalLLM.GetCapabilities:output_type -> llmbridge.v1.Capabilities
-	15, // 23: llmbridge.v1.LocalLLM.ListTools:output_type -> llmbridge.v1.ListToolsResponse
-	19, // [19:24] is the sub-list for method output_type
-	14, // [14:19] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	26, // 14: llmbridge.v1.ModelDetails.raw:type_name -> google.protobuf.Struct
+	19, // 15: llmbridge.v1.HostModel.details:type_name -> llmbridge.v1.ModelDetails
+	19, // 16: llmbridge.v1.ModelInfo.details:type_name -> llmbridge.v1.ModelDetails
+	20, // 17: llmbridge.v1.ModelInfo.host_models:type_name -> llmbridge.v1.HostModel
+	21, // 18: llmbridge.v1.ListModelsResponse.models:type_name -> llmbridge.v1.ModelInfo
+	1,  // 19: llmbridge.v1.LocalLLM.Complete:input_type -> llmbridge.v1.CompleteRequest
+	5,  // 20: llmbridge.v1.LocalLLM.Embed:input_type -> llmbridge.v1.EmbedRequest
+	8,  // 21: llmbridge.v1.LocalLLM.CountTokens:input_type -> llmbridge.v1.CountTokensRequest
+	16, // 22: llmbridge.v1.LocalLLM.GetCapabilities:input_type -> llmbridge.v1.GetCapabilitiesRequest
+	12, // 23: llmbridge.v1.LocalLLM.ListTools:input_type -> llmbridge.v1.ListToolsRequest
+	18, // 24: llmbridge.v1.LocalLLM.ListModels:input_type -> llmbridge.v1.ListModelsRequest
+	4,  // 25: llmbridge.v1.LocalLLM.Complete:output_type -> llmbridge.v1.CompleteResponse
+	7,  // 26: llmbridge.v1.LocalLLM.Embed:output_type -> llmbridge.v1.EmbedResponse
+	9,  // 27: llmbridge.v1.LocalLLM.CountTokens:output_type -> llmbridge.v1.CountTokensResponse
+	17, // 28: llmbridge.v1.LocalLLM.GetCapabilities:output_type -> llmbridge.v1.Capabilities
+	15, // 29: llmbridge.v1.LocalLLM.ListTools:output_type -> llmbridge.v1.ListToolsResponse
+	22, // 30: llmbridge.v1.LocalLLM.ListModels:output_type -> llmbridge.v1.ListModelsResponse
+	25, // [25:31] is the sub-list for method output_type
+	19, // [19:25] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_llmbridge_v1_llmbridge_proto_init() }
@@ -1687,7 +2179,7 @@ func file_llmbridge_v1_llmbridge_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_llmbridge_v1_llmbridge_proto_rawDesc), len(file_llmbridge_v1_llmbridge_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   21,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -29,6 +29,7 @@ const (
 	LocalLLM_CountTokens_FullMethodName     = "/llmbridge.v1.LocalLLM/CountTokens"
 	LocalLLM_GetCapabilities_FullMethodName = "/llmbridge.v1.LocalLLM/GetCapabilities"
 	LocalLLM_ListTools_FullMethodName       = "/llmbridge.v1.LocalLLM/ListTools"
+	LocalLLM_ListModels_FullMethodName      = "/llmbridge.v1.LocalLLM/ListModels"
 )
 
 // LocalLLMClient is the client API for LocalLLM service.
@@ -47,6 +48,10 @@ type LocalLLMClient interface {
 	GetCapabilities(ctx context.Context, in *GetCapabilitiesRequest, opts ...grpc.CallOption) (*Capabilities, error)
 	// The tools of the configured MCP servers, and each server's status.
 	ListTools(ctx context.Context, in *ListToolsRequest, opts ...grpc.CallOption) (*ListToolsResponse, error)
+	// Every model the server serves: backend, state (loaded, loading, idle,
+	// failed), sidecars, load, and what the backend reports about it. Never
+	// loads a model to describe it.
+	ListModels(ctx context.Context, in *ListModelsRequest, opts ...grpc.CallOption) (*ListModelsResponse, error)
 }
 
 type localLLMClient struct {
@@ -116,6 +121,16 @@ func (c *localLLMClient) ListTools(ctx context.Context, in *ListToolsRequest, op
 	return out, nil
 }
 
+func (c *localLLMClient) ListModels(ctx context.Context, in *ListModelsRequest, opts ...grpc.CallOption) (*ListModelsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListModelsResponse)
+	err := c.cc.Invoke(ctx, LocalLLM_ListModels_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // LocalLLMServer is the server API for LocalLLM service.
 // All implementations must embed UnimplementedLocalLLMServer
 // for forward compatibility.
@@ -132,6 +147,10 @@ type LocalLLMServer interface {
 	GetCapabilities(context.Context, *GetCapabilitiesRequest) (*Capabilities, error)
 	// The tools of the configured MCP servers, and each server's status.
 	ListTools(context.Context, *ListToolsRequest) (*ListToolsResponse, error)
+	// Every model the server serves: backend, state (loaded, loading, idle,
+	// failed), sidecars, load, and what the backend reports about it. Never
+	// loads a model to describe it.
+	ListModels(context.Context, *ListModelsRequest) (*ListModelsResponse, error)
 	mustEmbedUnimplementedLocalLLMServer()
 }
 
@@ -156,6 +175,9 @@ func (UnimplementedLocalLLMServer) GetCapabilities(context.Context, *GetCapabili
 }
 func (UnimplementedLocalLLMServer) ListTools(context.Context, *ListToolsRequest) (*ListToolsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListTools not implemented")
+}
+func (UnimplementedLocalLLMServer) ListModels(context.Context, *ListModelsRequest) (*ListModelsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListModels not implemented")
 }
 func (UnimplementedLocalLLMServer) mustEmbedUnimplementedLocalLLMServer() {}
 func (UnimplementedLocalLLMServer) testEmbeddedByValue()                  {}
@@ -261,6 +283,24 @@ func _LocalLLM_ListTools_Handler(srv interface{}, ctx context.Context, dec func(
 	return interceptor(ctx, in, info, handler)
 }
 
+func _LocalLLM_ListModels_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListModelsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(LocalLLMServer).ListModels(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: LocalLLM_ListModels_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(LocalLLMServer).ListModels(ctx, req.(*ListModelsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // LocalLLM_ServiceDesc is the grpc.ServiceDesc for LocalLLM service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -283,6 +323,10 @@ var LocalLLM_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListTools",
 			Handler:    _LocalLLM_ListTools_Handler,
+		},
+		{
+			MethodName: "ListModels",
+			Handler:    _LocalLLM_ListModels_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -112,13 +112,18 @@ ChatEvent = TextDelta | ChatDone
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """One entry of the ``models`` reply."""
+    """One model in the ``models`` reply."""
 
     name: str
+    # The engine's own fields for it (an Ollama tag, an OpenAI model object),
+    # passed through as they came.
+    upstream: dict[str, Any] = field(default_factory=dict)
+    # What is known about it in one shape for every backend (model_details).
     details: dict[str, Any] = field(default_factory=dict)
 
     def to_wire(self) -> dict[str, Any]:
-        return {"name": self.name, **self.details}
+        passed = {k: v for k, v in self.upstream.items() if k not in ("name", "details")}
+        return {"name": self.name, **passed, "details": self.details}
 
 
 @dataclass(frozen=True)
@@ -135,6 +140,9 @@ class Backend(ABC):
 
     def __init__(self, model: str) -> None:
         self.model = model
+        # In-process backends: the loaded model's normalised details
+        # (model_details), read once at load; a loaded model does not change.
+        self.details: dict[str, Any] = {}
 
     async def start(self) -> None:
         """Prepare for requests; errors here surface as the ``init`` reply."""
@@ -148,7 +156,17 @@ class Backend(ABC):
 
     async def list_models(self) -> list[ModelInfo]:
         """The models this backend can serve; in-process backends serve one."""
-        return [ModelInfo(self.model)]
+        return [ModelInfo(self.model, details=self.details)]
+
+    async def describe_model(self, listed: list[ModelInfo]) -> ModelInfo | None:
+        """The model ``init`` configured (None if it named none), with what the
+        backend knows about it; ``listed`` is ``list_models``' answer. Details
+        are best effort: a source that fails leaves its keys out, never raises.
+        Must stay cheap (no generation): ``models`` may be polled."""
+        if not self.model:
+            return None
+        match = next((m for m in listed if m.name == self.model), None)
+        return ModelInfo(self.model, details=match.details if match else {})
 
     async def health(self) -> HealthReport:
         """Whether requests can be served now. In-process: loaded means healthy."""

@@ -39,7 +39,7 @@ from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .. import protocol
+from .. import model_details, protocol
 from ..errors import BackendError
 from .base import (
     Backend,
@@ -113,6 +113,17 @@ def _parse_logit_bias(raw: Any, data: dict[str, Any]) -> dict[int, float]:
             "invalid params: 'options.logit_bias' must map token ids to numbers",
             {**data, "field": "options.logit_bias"},
         ) from e
+
+
+def _loaded_details(llama_cpp: Any, llm: Any, path: str) -> dict[str, Any]:
+    """The loaded file's details (model_details): its GGUF metadata, the context
+    it was loaded with, its size. Read once, on the worker thread, which alone
+    touches llama.cpp."""
+    details = model_details.from_gguf(dict(llm.metadata), llm.n_ctx(), os.path.getsize(path))
+    count = model_details.as_int(llama_cpp.llama_model_n_params(llm.model))
+    if count is not None:
+        details["parameter_count"] = count
+    return details
 
 
 @dataclass
@@ -212,6 +223,7 @@ class GgufBackend(Backend):
                 self.error_data(path),
             ) from e
         self.model_path = path
+        self.details = await self._worker.call(lambda: _loaded_details(llama_cpp, self._llm, path))
         # Reported model name: the file's basename (paths are host-specific).
         self.model = os.path.basename(path)
 

@@ -33,7 +33,7 @@ import threading
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
-from .. import protocol
+from .. import model_details, protocol
 from ..errors import BackendError
 from .base import (
     Backend,
@@ -83,6 +83,30 @@ def _missing_engine(e: ImportError) -> BackendError:
         f"[transformers] extra (pip install 'llmbridge-sidecar[transformers]') ({e})",
         {"backend": "transformers"},
     )
+
+
+# Weight files of a save_pretrained directory, by format (sharded or not).
+WEIGHT_FILES = (("safetensors", ".safetensors"), ("pytorch", ".bin"))
+
+
+def _weight_files(path: str) -> tuple[str | None, int | None]:
+    """The format and total size of a local model directory's weights;
+    (None, None) for a hub id or a directory without weights we recognise."""
+    if not os.path.isdir(path):
+        return None, None
+    names = os.listdir(path)
+    for fmt, suffix in WEIGHT_FILES:
+        files = [os.path.join(path, n) for n in names if n.endswith(suffix)]
+        if files:
+            return fmt, sum(os.path.getsize(f) for f in files)
+    return None, None
+
+
+def _loaded_details(model: Any, path: str) -> dict[str, Any]:
+    """The loaded model's details (model_details): read once, on the worker thread."""
+    fmt, size = _weight_files(path)
+    parameters = sum(p.numel() for p in model.parameters())
+    return model_details.from_transformers(model.config, model.dtype, parameters, fmt, size)
 
 
 class TransformersBackend(Backend):
@@ -146,6 +170,8 @@ class TransformersBackend(Backend):
                 "model whose tokenizer_config.json has one",
                 self.error_data(),
             )
+        model = self._model
+        self.details = await self._worker.call(lambda: _loaded_details(model, path))
         self.model = os.path.basename(os.path.normpath(path)) if os.path.isdir(path) else path
 
     async def aclose(self) -> None:

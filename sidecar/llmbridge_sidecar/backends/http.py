@@ -291,9 +291,39 @@ class HttpBackend(Backend):
 
     async def get_json(self, path: str, model: str = "") -> tuple[int, Any]:
         """GET a probe endpoint: (status, parsed body or None). -32003 if unreachable."""
+        return await self._probe("GET", path, None, model)
+
+    async def optional_json(
+        self, method: str, path: str, body: dict[str, Any] | None = None
+    ) -> Any:
+        """A best-effort metadata call (model details): the parsed 200 answer,
+        or None, logged, when the server cannot be reached or answers otherwise."""
         try:
-            async with self.client().get(
+            status, parsed = await self._probe(method, path, body, "")
+        except BackendError as e:
+            log.warning("model details: %s", e.message)
+            return None
+        if status != 200:
+            log.warning(
+                "model details: %s at %s answered %s %s with HTTP %d",
+                self.product,
+                self.base_url,
+                method,
+                path,
+                status,
+            )
+            return None
+        return parsed
+
+    async def _probe(
+        self, method: str, path: str, body: dict[str, Any] | None, model: str
+    ) -> tuple[int, Any]:
+        try:
+            async with self.client().request(
+                method,
                 self.base_url + path,
+                data=jsonio.dumps(body) if body is not None else None,
+                headers=JSON_HEADERS if body is not None else None,
                 proxy=self._proxy,
                 timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S),
             ) as resp:
@@ -302,10 +332,10 @@ class HttpBackend(Backend):
         except TRANSPORT_ERRORS as e:
             raise self.unreachable(model or self.model, e) from e
         try:
-            body: Any = jsonio.loads(raw)
+            parsed: Any = jsonio.loads(raw)
         except ValueError:
-            body = None
-        return status, body
+            parsed = None
+        return status, parsed
 
     async def wait_until(self, probe_name: str, ready: Callable[[], Awaitable[bool]]) -> None:
         """Poll ``ready()`` (async, True when ready) until ``startup_timeout_s``.

@@ -20,7 +20,7 @@ import logging
 from collections.abc import AsyncGenerator
 from typing import Any
 
-from .. import protocol
+from .. import model_details, protocol
 from ..errors import BackendError
 from ..protocol import InitParams
 from .base import (
@@ -89,10 +89,22 @@ class OllamaBackend(HttpBackend):
                 self.error_data(http_status=status),
             )
         return [
-            ModelInfo(str(e["name"]), {k: v for k, v in e.items() if k != "name"})
+            ModelInfo(str(e["name"]), e, model_details.from_ollama_tag(e))
             for e in entries
             if isinstance(e, dict) and isinstance(e.get("name"), str)
         ]
+
+    async def describe_model(self, listed: list[ModelInfo]) -> ModelInfo | None:
+        """The tag's details plus ``POST /api/show``'s: context length, parameter count."""
+        if not self.model:
+            return None
+        match = next((m for m in listed if model_matches(self.model, m.name)), None)
+        details = match.details if match else {}
+        shown = await self.optional_json("POST", "/api/show", {"model": self.model})
+        if shown is not None:
+            num_ctx = self._init_options.get("num_ctx")  # sent with every request
+            details = model_details.merge(details, model_details.from_ollama_show(shown, num_ctx))
+        return ModelInfo(self.model, details=details)
 
     async def health(self) -> HealthReport:
         try:

@@ -37,7 +37,7 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
-from .. import protocol
+from .. import model_details, protocol
 from ..errors import BackendError
 from ..protocol import InitParams
 from .base import (
@@ -179,10 +179,26 @@ class OpenAICompatBackend(HttpBackend):
                 self.error_data(http_status=status),
             )
         return [
-            ModelInfo(str(e["id"]), {k: v for k, v in e.items() if k != "id"})
+            ModelInfo(
+                str(e["id"]),
+                {k: v for k, v in e.items() if k != "id"},
+                model_details.from_openai_model(e),
+            )
             for e in entries
             if isinstance(e, dict) and isinstance(e.get("id"), str)
         ]
+
+    async def describe_model(self, listed: list[ModelInfo]) -> ModelInfo | None:
+        """The listed entry's details; on llama.cpp also ``GET /props``: the
+        context each request is served with (``n_ctx`` per slot)."""
+        described = await super().describe_model(listed)
+        if described is None or self.name != "llama.cpp":
+            return described
+        props = await self.optional_json("GET", "/props")
+        if props is None:
+            return described
+        details = model_details.merge(described.details, model_details.from_llama_cpp_props(props))
+        return ModelInfo(described.name, details=details)
 
     async def health(self) -> HealthReport:
         try:

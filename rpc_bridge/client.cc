@@ -62,6 +62,7 @@ NotificationOutcome OnStreamNotification(StreamState& state,
     Json result{{"content", std::move(state.content)},
                 {"model", done->model},
                 {"finish_reason", done->finish_reason},
+                {"raw_finish_reason", done->raw_finish_reason},
                 {"usage", done->usage}};
     return absl::StatusOr<Json>(std::move(result));
   }
@@ -257,6 +258,23 @@ void Client::CallAsync(const std::string& method, Json params,
   request.deadline = Clock::now() + timeout;
   request.handlers.on_reply = std::move(on_reply);
   pool_->Submit(std::move(request));
+}
+
+StreamHandle Client::CallAdmitted(
+    const std::string& method, Json params,
+    std::function<void(absl::StatusOr<Json>)> on_reply, CallOptions call) {
+  if (!config_status_.ok()) {
+    on_reply(config_status_);
+    return StreamHandle();
+  }
+  PoolCallRequest request;
+  request.method = method;
+  request.params = std::move(params);
+  request.admission = true;
+  request.deadline = call.deadline.value_or(Clock::now() + config_.request_timeout);
+  request.send_timeout = true;
+  request.handlers.on_reply = std::move(on_reply);
+  return StreamHandle(pool_->Submit(std::move(request)));
 }
 
 absl::StatusOr<Json> Client::Call(const std::string& method, Json params,

@@ -156,6 +156,16 @@ class Client {
                  std::function<void(absl::StatusOr<Json>)> on_reply,
                  bool only_if_ready = false);
 
+  // A unary call that costs the backend real work ("embed"): admitted like
+  // a completion (it counts towards max_concurrent and max_queue and may be
+  // refused with OVERLOADED), sent with the time left as "timeout_s", and
+  // ended at call.deadline (default: now + the request timeout). Never
+  // blocks: `on_reply` runs exactly once, on a bridge thread, or before this
+  // returns when the call is refused. The handle cancels it.
+  StreamHandle CallAdmitted(const std::string& method, Json params,
+                            std::function<void(absl::StatusOr<Json>)> on_reply,
+                            CallOptions call = {});
+
   // The pool's published state: sidecars, load, health.
   PoolStatus Status() const { return pool_->Status(); }
 

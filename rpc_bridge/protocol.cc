@@ -162,6 +162,23 @@ void to_json(Json& j, const CompleteParams& p) {
   if (p.use_tools) j["use_tools"] = true;
   if (p.max_tool_iterations > 0) j["max_tool_iterations"] = p.max_tool_iterations;
   if (p.options.is_object() && !p.options.empty()) j["options"] = p.options;
+  if (!p.stop.empty()) j["stop"] = p.stop;
+  if (p.seed.has_value()) j["seed"] = *p.seed;
+  if (p.top_p.has_value()) j["top_p"] = *p.top_p;
+  if (p.top_k.has_value()) j["top_k"] = *p.top_k;
+  if (p.min_p.has_value()) j["min_p"] = *p.min_p;
+  if (p.presence_penalty.has_value()) j["presence_penalty"] = *p.presence_penalty;
+  if (p.frequency_penalty.has_value()) j["frequency_penalty"] = *p.frequency_penalty;
+  if (p.repeat_penalty.has_value()) j["repeat_penalty"] = *p.repeat_penalty;
+  if (!p.logit_bias.empty()) {
+    // JSON object keys are strings: {"token id": bias}, as OpenAI's.
+    Json bias = Json::object();
+    for (const auto& [token, value] : p.logit_bias) {
+      bias[std::to_string(token)] = value;
+    }
+    j["logit_bias"] = std::move(bias);
+  }
+  if (p.response_format.is_object()) j["response_format"] = p.response_format;
 }
 
 void to_json(Json& j, const UsageResult& u) {
@@ -187,6 +204,7 @@ void from_json(const Json& j, CompleteResult& r) {
   ReadString(j, "content", r.content);
   ReadString(j, "model", r.model);
   ReadString(j, "finish_reason", r.finish_reason);
+  ReadString(j, "raw_finish_reason", r.raw_finish_reason);
   ReadObject(j, "usage", r.usage);
 }
 
@@ -543,6 +561,7 @@ absl::StatusOr<StreamDoneParams> ParseStreamDone(const Json& params) {
         out.request_id = StreamRequestId(j);
         ReadObject(j, "usage", out.usage);
         ReadString(j, "finish_reason", out.finish_reason);
+        ReadString(j, "raw_finish_reason", out.raw_finish_reason);
         ReadString(j, "model", out.model);
       });
 }

@@ -51,6 +51,8 @@ inline constexpr char kNotifyStreamToolResult[] = "stream.tool_result";
 inline constexpr char kMethodTools[] = "tools";
 inline constexpr char kMethodHealth[] = "health";
 inline constexpr char kMethodModels[] = "models";
+inline constexpr char kMethodEmbed[] = "embed";
+inline constexpr char kMethodCountTokens[] = "count_tokens";
 inline constexpr char kNotifyCancelRequest[] = "$/cancelRequest";
 
 struct RpcError {
@@ -132,6 +134,21 @@ struct CompleteParams {
   // MCP tools: offer them to the model and run its calls (0: default).
   bool use_tools = false;
   int max_tool_iterations = 0;
+  // Typed sampling controls (unset / empty: the backend's default); the
+  // sidecar maps each to the backend's own name or refuses it (-32602).
+  std::vector<std::string> stop;
+  std::optional<uint32_t> seed;
+  std::optional<double> top_p;
+  std::optional<int> top_k;
+  std::optional<double> min_p;
+  std::optional<double> presence_penalty;
+  std::optional<double> frequency_penalty;
+  std::optional<double> repeat_penalty;
+  std::map<int32_t, double> logit_bias;  // token id -> bias
+  // Structured output, shaped as the proto's JSON (the schema parsed):
+  // {"json_object": {}} or {"json_schema": {"schema": {...}, "name"?,
+  // "strict"?}}; null when absent.
+  Json response_format;
 };
 
 struct UsageResult {
@@ -143,7 +160,11 @@ struct UsageResult {
 struct CompleteResult {
   std::string content;
   std::string model;
+  // Normalised by our sidecar ("stop", "length", "tool_calls", "cancelled",
+  // "error"); raw_finish_reason is the backend's own (empty from sidecars
+  // that do not send it).
   std::string finish_reason;
+  std::string raw_finish_reason;
   UsageResult usage;
 };
 
@@ -157,6 +178,7 @@ struct StreamDoneParams {
   std::optional<int64_t> request_id;
   UsageResult usage;
   std::string finish_reason;
+  std::string raw_finish_reason;
   std::string model;
 };
 

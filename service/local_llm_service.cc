@@ -10,6 +10,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
 #include "rpc_bridge/error_reason.h"
+#include "service/call_context.h"
 #include "service/grpc_status.h"
 #include "service/logging.h"
 #include "service/request_conversion.h"
@@ -18,29 +19,6 @@ namespace llmbridge::service {
 namespace {
 
 using llmbridge::v1::CompleteResponse;
-
-constexpr char kRequestIdHeader[] = "x-request-id";
-
-// The caller's x-request-id (so logs join across services), else a new one.
-std::string RequestIdOf(const grpc::CallbackServerContext& context) {
-  auto it = context.client_metadata().find(kRequestIdHeader);
-  if (it != context.client_metadata().end() && !it->second.empty() &&
-      it->second.size() <= 128) {
-    return std::string(it->second.data(), it->second.size());
-  }
-  return NewRequestId();
-}
-
-// The gRPC deadline on our steady clock; nullopt when the client set none.
-std::optional<std::chrono::steady_clock::time_point> SteadyDeadline(
-    const grpc::CallbackServerContext& context) {
-  auto deadline = context.deadline();
-  if (deadline == std::chrono::system_clock::time_point::max()) {
-    return std::nullopt;
-  }
-  return std::chrono::steady_clock::now() +
-         (deadline - std::chrono::system_clock::now());
-}
 
 // The served model a unary call names; when none serves it, the call is
 // finished here (NOT_FOUND listing the served ones) and nullopt returned.
@@ -214,23 +192,8 @@ class CompleteReactor : public grpc::ServerWriteReactor<CompleteResponse> {
   }
 
  private:
-  // A cancel from gRPC: the client's, its deadline's, or the server's
-  // shutdown (which cancels what runs past the grace period).
   absl::Status ClientCancelled() {
-    if (service_->draining()) {
-      return rpc::WithReason(
-          absl::UnavailableError(
-              "the server shut down before the model finished; retry on "
-              "another instance"),
-          rpc::reason::kShuttingDown);
-    }
-    if (context_->deadline() <= std::chrono::system_clock::now()) {
-      return rpc::WithReason(
-          absl::DeadlineExceededError("the client's deadline passed"),
-          rpc::reason::kDeadlineExceeded);
-    }
-    return rpc::WithReason(absl::CancelledError("the client cancelled the call"),
-                           rpc::reason::kRequestCancelled);
+    return WhyCancelled(service_->draining(), *context_);
   }
 
   void CancelStream(const absl::Status& why) {

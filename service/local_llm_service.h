@@ -55,6 +55,16 @@ class LocalLLMService final : public llmbridge::v1::LocalLLM::CallbackService {
       const llmbridge::v1::ListToolsRequest* request,
       llmbridge::v1::ListToolsResponse* response) override;
 
+  // Embed and CountTokens (service/api_calls.cc): one sidecar call each.
+  grpc::ServerUnaryReactor* Embed(grpc::CallbackServerContext* context,
+                                  const llmbridge::v1::EmbedRequest* request,
+                                  llmbridge::v1::EmbedResponse* response) override;
+
+  grpc::ServerUnaryReactor* CountTokens(
+      grpc::CallbackServerContext* context,
+      const llmbridge::v1::CountTokensRequest* request,
+      llmbridge::v1::CountTokensResponse* response) override;
+
   grpc::ServerUnaryReactor* ListModels(
       grpc::CallbackServerContext* context,
       const llmbridge::v1::ListModelsRequest* request,

@@ -115,6 +115,11 @@ absl::StatusOr<rpc::CompleteParams> ToCompleteParams(
     params.options = *std::move(options);
     text_bytes += params.options.dump().size();
   }
+  if (absl::Status status =
+          AddSamplingControls(request, limits.sampling, params, text_bytes);
+      !status.ok()) {
+    return status;
+  }
   if (text_bytes > limits.max_request_bytes) {
     return absl::InvalidArgumentError(absl::StrCat(
         "messages: the request's text is ", text_bytes,
@@ -225,6 +230,7 @@ llmbridge::v1::CompleteResponse ToFinalResponse(
   llmbridge::v1::CompleteResponse response;
   response.set_done(true);
   response.set_finish_reason(result.finish_reason);
+  response.set_raw_finish_reason(result.raw_finish_reason);
   response.set_model(result.model);
   auto* usage = response.mutable_usage();
   usage->set_input_tokens(result.usage.input_tokens);

@@ -6,6 +6,7 @@
 #include "absl/status/statusor.h"
 #include "llmbridge/v1/llmbridge.pb.h"
 #include "rpc_bridge/protocol.h"
+#include "service/sampling_controls.h"
 
 namespace llmbridge::service {
 
@@ -26,6 +27,8 @@ struct RequestLimits {
   int max_tool_iterations = 64;
   // `model` and each message's `name` and `role`.
   size_t max_name_bytes = 1024;
+  // stop, logit_bias and response_format.
+  SamplingLimits sampling;
 };
 
 // InvalidArgument naming the offending field, e.g. "messages[1].role: ...",

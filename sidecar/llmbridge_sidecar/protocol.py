@@ -19,6 +19,22 @@ JSON-RPC 2.0, one JSON object per line on stdin/stdout. Methods:
   notifications (and ``stream.tool_call`` / ``stream.tool_result`` around each
   MCP tool call), then ``stream.done``, each carrying ``request_id``. See
   ``tool_loop`` for the tool-calling loop.
+  Typed sampling controls (all optional): ``stop`` [str], ``seed``,
+  ``top_p``, ``top_k``, ``min_p``, ``presence_penalty``,
+  ``frequency_penalty``, ``repeat_penalty``, ``logit_bias`` {"token id":
+  bias}; each backend sends them under its own names or refuses one it cannot
+  honour (-32602 naming the field and the backend); a typed control wins over
+  the same key in ``options``. ``response_format``: ``{"json_object": {}}`` or
+  ``{"json_schema": {"schema": {...}, "name"?, "strict"?}}`` (an invalid
+  schema is -32602 before the backend is called). The result and
+  ``stream.done`` carry ``finish_reason``, normalised to ``stop``,
+  ``length``, ``tool_calls``, ``cancelled`` or ``error``, and
+  ``raw_finish_reason``, the backend's own word.
+* ``embed`` {inputs: [str], model?, dimensions?, normalize?, timeout_s?} ->
+  {"embeddings": [[float]], "model", "usage"}: one vector per input, in order.
+* ``count_tokens`` {messages, model?, system_prompt?} -> {"input_tokens"}: the
+  prompt's tokens with the model's chat template, as ``complete`` would send
+  it. A backend that cannot tell (Ollama) answers -32601.
 * ``tools`` {} -> {"tools": [{server, name, description, input_schema}],
   "servers": {name: status}}; reconnects servers that are down.
 * ``shutdown`` -> {"success": true}: in-flight requests are cancelled (each
@@ -188,6 +204,55 @@ class InitParams:
 
 
 @dataclass(frozen=True)
+class Sampling:
+    """The typed sampling controls of ``complete``; None / empty: not set."""
+
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    repeat_penalty: float | None = None
+    logit_bias: dict[int, float] = field(default_factory=dict)
+
+    def given(self) -> dict[str, Any]:
+        """The controls the request set, by their wire names (``stop`` as a list)."""
+        out: dict[str, Any] = {}
+        for name in SAMPLING_FIELDS:
+            value = getattr(self, name)
+            if value is None or (isinstance(value, (tuple, dict)) and not value):
+                continue
+            out[name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+
+# The typed sampling controls, in the order they are checked.
+SAMPLING_FIELDS = (
+    "stop",
+    "seed",
+    "top_p",
+    "top_k",
+    "min_p",
+    "presence_penalty",
+    "frequency_penalty",
+    "repeat_penalty",
+    "logit_bias",
+)
+MAX_STOP_STRINGS = 16
+
+
+@dataclass(frozen=True)
+class ResponseFormat:
+    """Structured output: any JSON object, or JSON that fits ``schema``."""
+
+    schema: dict[str, Any] | None = None  # None: any JSON object (json_object)
+    name: str = ""
+    strict: bool = False
+
+
+@dataclass(frozen=True)
 class CompleteParams:
     messages: tuple[Message, ...]
     model: str = ""
@@ -202,9 +267,32 @@ class CompleteParams:
     # The caller's remaining deadline (the bridge sends its gRPC deadline):
     # past it the backend's work is stopped and the request fails.
     timeout_s: float | None = None
+    sampling: Sampling = field(default_factory=Sampling)
+    response_format: ResponseFormat | None = None
 
     def chat_messages(self) -> list[Message]:
         """Messages with ``system_prompt`` as a leading system message."""
+        lead = [Message("system", self.system_prompt)] if self.system_prompt else []
+        return lead + list(self.messages)
+
+
+@dataclass(frozen=True)
+class EmbedParams:
+    inputs: tuple[str, ...]
+    model: str = ""
+    dimensions: int = 0  # 0: the model's own size
+    normalize: bool = False
+    timeout_s: float | None = None
+
+
+@dataclass(frozen=True)
+class CountTokensParams:
+    messages: tuple[Message, ...]
+    model: str = ""
+    system_prompt: str = ""
+
+    def chat_messages(self) -> list[Message]:
+        """As ``CompleteParams.chat_messages``: what the model would be sent."""
         lead = [Message("system", self.system_prompt)] if self.system_prompt else []
         return lead + list(self.messages)
 
@@ -222,12 +310,12 @@ def _params_object(params: Any) -> dict[str, Any]:
     return params
 
 
-def _opt_str(params: dict[str, Any], key: str, default: str = "") -> str:
+def _opt_str(params: dict[str, Any], key: str, default: str = "", field: str | None = None) -> str:
     value = params.get(key)
     if value is None:
         return default
     if not isinstance(value, str):
-        raise invalid_params(key, "must be a string")
+        raise invalid_params(field or key, "must be a string")
     return value
 
 
@@ -324,9 +412,7 @@ def _parse_message(index: int, raw: Any) -> Message:
 
 def parse_complete(raw: Any) -> CompleteParams:
     params = _params_object(raw)
-    messages = params.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise invalid_params("messages", "is required and must be a non-empty array")
+    messages = _parse_messages(params.get("messages"))
 
     max_tokens = params.get("max_tokens", 0)
     if max_tokens is None:
@@ -355,7 +441,7 @@ def parse_complete(raw: Any) -> CompleteParams:
         raise invalid_params("max_tool_iterations", "must be a non-negative integer")
 
     return CompleteParams(
-        messages=tuple(_parse_message(i, m) for i, m in enumerate(messages)),
+        messages=messages,
         model=_opt_str(params, "model"),
         system_prompt=_opt_str(params, "system_prompt"),
         max_tokens=max_tokens,
@@ -367,9 +453,167 @@ def parse_complete(raw: Any) -> CompleteParams:
         tool_timeout_s=_positive_seconds(
             params.get("tool_timeout_s"), DEFAULT_TOOL_TIMEOUT_S, "tool_timeout_s"
         ),
-        timeout_s=(
-            None
-            if params.get("timeout_s") is None
-            else _positive_seconds(params["timeout_s"], 0.0, "timeout_s")
-        ),
+        timeout_s=_opt_timeout(params),
+        sampling=_parse_sampling(params),
+        response_format=_parse_response_format(params.get("response_format")),
+    )
+
+
+def _opt_timeout(params: dict[str, Any]) -> float | None:
+    if params.get("timeout_s") is None:
+        return None
+    return _positive_seconds(params["timeout_s"], 0.0, "timeout_s")
+
+
+def _parse_messages(messages: Any) -> tuple[Message, ...]:
+    if not isinstance(messages, list) or not messages:
+        raise invalid_params("messages", "is required and must be a non-empty array")
+    return tuple(_parse_message(i, m) for i, m in enumerate(messages))
+
+
+def _opt_number(params: dict[str, Any], key: str, lo: float, hi: float) -> float | None:
+    value = params.get(key)
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or not lo <= value <= hi
+    ):
+        raise invalid_params(key, f"must be a number from {lo:g} to {hi:g}")
+    return float(value)
+
+
+def _opt_int(params: dict[str, Any], key: str, lo: int, hi: int) -> int | None:
+    value = params.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise invalid_params(key, f"must be an integer from {lo} to {hi}")
+    return value
+
+
+def _parse_stop(raw: Any) -> tuple[str, ...]:
+    if raw is None:
+        return ()
+    if (
+        not isinstance(raw, list)
+        or len(raw) > MAX_STOP_STRINGS
+        or not all(isinstance(s, str) and s for s in raw)
+    ):
+        raise invalid_params(
+            "stop", f"must be an array of at most {MAX_STOP_STRINGS} non-empty strings"
+        )
+    return tuple(raw)
+
+
+def _parse_logit_bias(raw: Any) -> dict[int, float]:
+    if raw is None:
+        return {}
+    bias: dict[int, float] = {}
+    if isinstance(raw, dict):
+        for key, value in raw.items():
+            token = int(key) if isinstance(key, str) and key.isdigit() else None
+            if (
+                token is None
+                or isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not -100 <= value <= 100
+            ):
+                break
+            bias[token] = float(value)
+        else:
+            return bias
+    raise invalid_params(
+        "logit_bias", 'must map token ids to biases from -100 to 100, e.g. {"42": -100}'
+    )
+
+
+def _parse_sampling(params: dict[str, Any]) -> Sampling:
+    # The ranges the bridge checks too: a caller of the sidecar alone gets
+    # the same answers.
+    return Sampling(
+        stop=_parse_stop(params.get("stop")),
+        seed=_opt_int(params, "seed", 0, 2**32 - 1),
+        top_p=_opt_number(params, "top_p", 0, 1),
+        top_k=_opt_int(params, "top_k", 0, 2**31 - 1),
+        min_p=_opt_number(params, "min_p", 0, 1),
+        presence_penalty=_opt_number(params, "presence_penalty", -2, 2),
+        frequency_penalty=_opt_number(params, "frequency_penalty", -2, 2),
+        repeat_penalty=_opt_number(params, "repeat_penalty", 0, 100),
+        logit_bias=_parse_logit_bias(params.get("logit_bias")),
+    )
+
+
+def _parse_response_format(raw: Any) -> ResponseFormat | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or len(raw) != 1:
+        raise invalid_params(
+            "response_format",
+            'must be {"json_object": {}} or {"json_schema": {"schema": {...}}}',
+        )
+    if "json_object" in raw:
+        if raw["json_object"] not in (None, {}):
+            raise invalid_params("response_format.json_object", "must be an empty object")
+        return ResponseFormat()
+    spec = raw.get("json_schema")
+    if not isinstance(spec, dict):
+        raise invalid_params(
+            "response_format",
+            'must be {"json_object": {}} or {"json_schema": {"schema": {...}}}',
+        )
+    schema = spec.get("schema")
+    if not isinstance(schema, dict):
+        raise invalid_params("response_format.json_schema.schema", "must be a JSON object")
+    check_json_schema(schema)
+    return ResponseFormat(
+        schema=schema,
+        name=_opt_str(spec, "name", "", "response_format.json_schema.name"),
+        strict=_opt_bool(spec, "strict", "response_format.json_schema.strict"),
+    )
+
+
+def check_json_schema(schema: dict[str, Any]) -> None:
+    """-32602 unless ``schema`` is a valid JSON schema (of the draft it names,
+    2020-12 when it names none): checked before any backend sees it."""
+    # Imported here: only requests with a schema pay for it.
+    import jsonschema
+
+    validator = jsonschema.validators.validator_for(schema, jsonschema.Draft202012Validator)
+    try:
+        validator.check_schema(schema)
+    except jsonschema.SchemaError as e:
+        where = "/".join(str(p) for p in e.absolute_path) or "(top level)"
+        raise invalid_params(
+            "response_format.json_schema.schema",
+            f"is not a valid JSON schema: {e.message} (at {where})",
+        ) from None
+
+
+def parse_embed(raw: Any) -> EmbedParams:
+    params = _params_object(raw)
+    inputs = params.get("inputs")
+    if (
+        not isinstance(inputs, list)
+        or not inputs
+        or not all(isinstance(t, str) and t for t in inputs)
+    ):
+        raise invalid_params("inputs", "is required: a non-empty array of non-empty strings")
+    return EmbedParams(
+        inputs=tuple(inputs),
+        model=_opt_str(params, "model"),
+        dimensions=_opt_int(params, "dimensions", 0, 2**31 - 1) or 0,
+        normalize=_opt_bool(params, "normalize"),
+        timeout_s=_opt_timeout(params),
+    )
+
+
+def parse_count_tokens(raw: Any) -> CountTokensParams:
+    params = _params_object(raw)
+    return CountTokensParams(
+        messages=_parse_messages(params.get("messages")),
+        model=_opt_str(params, "model"),
+        system_prompt=_opt_str(params, "system_prompt"),
     )

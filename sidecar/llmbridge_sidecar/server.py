@@ -15,12 +15,20 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import math
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from . import __version__, jsonio, protocol
 from .backends import create_backend
-from .backends.base import Backend, ChatDone, ChatRequest, TextDelta
+from .backends.base import (
+    Backend,
+    ChatDone,
+    ChatRequest,
+    EmbedRequest,
+    TextDelta,
+    normalize_finish_reason,
+)
 from .errors import BackendError
 from .mcp_client import McpManager, parse_config
 from .protocol import RequestId
@@ -36,6 +44,7 @@ from .transport import LineTooLong, StdioTransport, TransportClosed
 log = logging.getLogger(__name__)
 
 Handler = Callable[[RequestId, Any], Awaitable[Any]]
+T = TypeVar("T")
 
 
 class Server:
@@ -59,6 +68,8 @@ class Server:
             "models": self._handle_models,
             "health": self._handle_health,
             "tools": self._handle_tools,
+            "embed": self._handle_embed,
+            "count_tokens": self._handle_count_tokens,
         }
 
     # ---- lifecycle -------------------------------------------------------
@@ -369,20 +380,41 @@ class Server:
 
     async def _handle_complete(self, rid: RequestId, raw: Any) -> dict[str, Any]:
         params = protocol.parse_complete(raw)
-        if params.timeout_s is None:
-            return await self._complete(params, rid, stream=params.stream)
-        try:
-            # Leaving the block cancels the work: HTTP streams are closed and
-            # in-process engines stop between tokens, as for $/cancelRequest.
-            async with asyncio.timeout(params.timeout_s):
-                return await self._complete(params, rid, stream=params.stream)
-        except TimeoutError:
+        return await _within(
+            params.timeout_s,
+            self._complete(params, rid, stream=params.stream),
+            "allow more time or ask for fewer tokens",
+        )
+
+    async def _handle_embed(self, rid: RequestId, raw: Any) -> dict[str, Any]:
+        params = protocol.parse_embed(raw)
+        backend = await self._ready_backend()
+        model = params.model or backend.model
+        request = EmbedRequest(model=model, inputs=params.inputs, dimensions=params.dimensions)
+        result = await _within(
+            params.timeout_s, backend.embed(request), "allow more time or send fewer inputs"
+        )
+        if len(result.embeddings) != len(params.inputs):
             raise BackendError(
                 protocol.BACKEND_ERROR,
-                f"the request's time limit ({params.timeout_s:g} s) passed before the "
-                "model finished: allow more time or ask for fewer tokens",
-                {"http_status": 504},
-            ) from None
+                f"{backend.name} returned {len(result.embeddings)} embeddings for "
+                f"{len(params.inputs)} inputs",
+                backend.error_data(model),
+            )
+        vectors = result.embeddings
+        if params.normalize:
+            vectors = [_unit_length(v) for v in vectors]
+        return {
+            "embeddings": vectors,
+            "model": result.model,
+            "usage": protocol.Usage(result.input_tokens, 0).to_wire(),
+        }
+
+    async def _handle_count_tokens(self, rid: RequestId, raw: Any) -> dict[str, Any]:
+        params = protocol.parse_count_tokens(raw)
+        backend = await self._ready_backend()
+        count = await backend.count_tokens(params.model or backend.model, params.chat_messages())
+        return {"input_tokens": count}
 
     async def _handle_models(self, rid: RequestId, raw: Any) -> dict[str, Any]:
         protocol.parse_no_params(raw)
@@ -481,6 +513,8 @@ class Server:
             temperature=params.temperature,
             options=params.options,
             tools=toolbox.specs() if toolbox else (),
+            sampling=params.sampling,
+            response_format=params.response_format,
         )
         # Only the seed-style stream.start omits request_id.
         tag: dict[str, Any] = {"request_id": rid} if rid is not None else {}
@@ -492,11 +526,13 @@ class Server:
             done, text = await self._model_turn(backend, request, rid, stream, parts)
             input_tokens += done.usage.input_tokens
             output_tokens += done.usage.output_tokens
-            finish_reason = done.finish_reason
+            finish_reason = normalize_finish_reason(done)
+            raw_finish_reason = done.finish_reason
             if toolbox is None or not done.tool_calls:
                 break
             if rounds >= params.max_tool_iterations:
-                finish_reason = FINISH_MAX_TOOL_ITERATIONS
+                # The last turn asked for tools that were not run.
+                raw_finish_reason = FINISH_MAX_TOOL_ITERATIONS
                 break
             rounds += 1
             messages = [*messages, assistant_turn(text, done.tool_calls)]
@@ -525,6 +561,7 @@ class Server:
                         **tag,
                         "usage": usage,
                         "finish_reason": finish_reason,
+                        "raw_finish_reason": raw_finish_reason,
                         "model": done.model,
                     },
                 )
@@ -533,6 +570,7 @@ class Server:
             "content": "".join(parts),
             "model": done.model,
             "finish_reason": finish_reason,
+            "raw_finish_reason": raw_finish_reason,
             "usage": usage,
         }
         if executed:
@@ -567,3 +605,28 @@ class Server:
             )
         parts.extend(turn)
         return done, "".join(turn)
+
+
+async def _within(timeout_s: float | None, work: Awaitable[T], hint: str) -> T:
+    """``work``, stopped when the caller's time runs out (-32000, http_status 504).
+
+    Leaving the block cancels the work: HTTP streams are closed and in-process
+    engines stop between tokens, as for $/cancelRequest.
+    """
+    if timeout_s is None:
+        return await work
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await work
+    except TimeoutError:
+        raise BackendError(
+            protocol.BACKEND_ERROR,
+            f"the request's time limit ({timeout_s:g} s) passed before the model finished: {hint}",
+            {"http_status": 504},
+        ) from None
+
+
+def _unit_length(vector: list[float]) -> list[float]:
+    """``vector`` scaled to L2 norm 1 (a zero vector stays zero)."""
+    norm = math.sqrt(math.fsum(x * x for x in vector))
+    return [x / norm for x in vector] if norm > 0 else list(vector)

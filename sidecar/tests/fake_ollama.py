@@ -21,6 +21,16 @@ Behaviour (deterministic, so tests on both the Python and C++ side can assert it
   ``{"error":"fake mid-stream failure"}`` (HTTP status stays 200, like Ollama);
   ``[[http-500]]`` answers HTTP 500 ``{"error":"fake server failure"}``;
   ``[[disconnect]]`` sends two chunks and closes the connection mid-stream.
+  ``[[finish:REASON]]`` makes the final line's ``done_reason`` REASON (Ollama
+  also says ``load`` and ``unload``).
+* ``format`` (structured output), when present, must be ``"json"`` or a JSON
+  schema object (else HTTP 400, as Ollama answers ``invalid format``).
+* ``POST /api/embed`` {model, input (a string or strings), dimensions?}
+  answers like Ollama: ``{"model", "embeddings": [[...]], "total_duration",
+  "load_duration", "prompt_eval_count"}``, one unit-length vector of
+  ``EMBED_SIZE`` values (or ``dimensions``) per input, made from the text's
+  length and word count (``embedding_of``); ``prompt_eval_count`` is the
+  inputs' words. An empty input list is HTTP 400.
 * ``GET /api/version`` and ``GET /api/tags`` answer like Ollama; each tag
   carries ``model``, ``modified_at``, ``size``, ``digest`` and ``details``
   {parent_model, format, family, families, parameter_size,
@@ -41,7 +51,8 @@ Behaviour (deterministic, so tests on both the Python and C++ side can assert it
   messages (which need ``tool_name``) the reply is the text ``"Tool results: "``
   followed by the results joined by ``" | "``, in two chunks.
 
-Every received ``/api/chat`` body is recorded in ``FakeOllama.requests``; the
+Every received POST body (``/api/chat``, ``/api/embed``) is recorded in
+``FakeOllama.requests``; the
 time a held stream's client hung up in ``FakeOllama.disconnected_at`` (monotonic).
 
 Run standalone: ``python fake_ollama.py --port 0``: prints ``PORT=<n>`` as
@@ -52,6 +63,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import re
 import socket
 import time
 from typing import Any
@@ -69,6 +82,8 @@ MIDSTREAM_ERROR = "fake mid-stream failure"
 HTTP_500_MARKER = "[[http-500]]"
 HTTP_500_ERROR = "fake server failure"
 DISCONNECT_MARKER = "[[disconnect]]"
+FINISH_MARKER = re.compile(r"\[\[finish:(\w+)\]\]")
+EMBED_SIZE = 8
 CREATED_AT = "2024-01-01T00:00:00.000000Z"
 HOLD_LIMIT_S = 60.0
 MODIFIED_AT = "2024-09-25T12:00:00.000000000Z"
@@ -148,11 +163,14 @@ class _Handler(FakeHandler):
         if self.path == "/api/show":
             self._show()
             return
-        if self.path != "/api/chat":
+        if self.path not in ("/api/chat", "/api/embed"):
             self._send_json(404, {"error": "404 page not found"})
             return
         body = self._read_body(self.owner.requests)
         if body is _UNREADABLE:
+            return
+        if self.path == "/api/embed":
+            self._embed(body)
             return
         problem = _validate(body)
         if problem:
@@ -170,6 +188,9 @@ class _Handler(FakeHandler):
             chunks = chunks[:num_predict]
             done_reason = "length"
         last = body["messages"][-1].get("content", "") if body["messages"] else ""
+        forced = FINISH_MARKER.search(last)
+        if forced:
+            done_reason = forced.group(1)
         if HTTP_500_MARKER in last:
             self._send_json(500, {"error": HTTP_500_ERROR})
             return
@@ -280,6 +301,40 @@ class _Handler(FakeHandler):
         self.owner.holding.set()
         return self._wait_or_disconnect(HOLD_LIMIT_S, self.owner.release)
 
+    def _embed(self, body: Any) -> None:
+        if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+            self._send_json(400, {"error": "model is required"})
+            return
+        if body["model"] not in KNOWN_MODELS:
+            model = body["model"]
+            self._send_json(404, {"error": f'model "{model}" not found, try pulling it first'})
+            return
+        inputs = body.get("input")
+        if isinstance(inputs, str):
+            inputs = [inputs]
+        if not isinstance(inputs, list) or not inputs:
+            self._send_json(400, {"error": "input is required"})
+            return
+        size = body.get("dimensions") or EMBED_SIZE
+        self._send_json(
+            200,
+            {
+                "model": body["model"],
+                "embeddings": [embedding_of(text, size) for text in inputs],
+                "total_duration": 5_000_000,
+                "load_duration": 1_000_000,
+                "prompt_eval_count": sum(len(text.split()) for text in inputs),
+            },
+        )
+
+
+def embedding_of(text: str, size: int = 0) -> list[float]:
+    """The fake's embedding of ``text``: unit length, like Ollama's."""
+    size = size or EMBED_SIZE
+    raw = [float(len(text) % (i + 2) + 1) for i in range(size)]
+    norm = math.sqrt(sum(x * x for x in raw))
+    return [x / norm for x in raw]
+
 
 class FakeOllama(FakeServer):
     """Start with ``with FakeOllama() as fake:``; ``fake.host`` is ``127.0.0.1:<port>``."""
@@ -342,6 +397,8 @@ def _validate(body: Any) -> str:
         return "stream must be a boolean"
     if "options" in body and not isinstance(body["options"], dict):
         return "options must be an object"
+    if "format" in body and body["format"] != "json" and not isinstance(body["format"], dict):
+        return "invalid format"
     return ""
 
 

@@ -40,6 +40,26 @@ Behaviour (deterministic, so tests on both the Python and C++ side can assert it
   ``[[flat-error]]`` answers HTTP 400 in vLLM < 0.10.1's flat shape
   ``{"object":"error","message":"fake flat error",...}``.
 
+  ``[[finish:REASON]]`` ends the stream with ``finish_reason`` REASON (vLLM
+  also says ``abort``, servers in general ``content_filter``).
+* Typed fields are checked as the servers check them: ``logit_bias`` an
+  object of token-id strings to numbers, ``stop`` a string or strings,
+  ``response_format`` of type ``text``, ``json_object`` (optionally with
+  ``schema``, llama.cpp's form) or ``json_schema`` with ``json_schema.schema``
+  an object; else HTTP 400.
+* ``POST /v1/embeddings`` {model, input (a string or strings),
+  encoding_format?, dimensions?} answers ``{"object": "list", "data":
+  [{"object": "embedding", "index", "embedding"}], "model", "usage":
+  {prompt_tokens, total_tokens}}`` with the fake Ollama's vectors
+  (``embedding_of``) and the inputs' words as prompt_tokens.
+* Token counting, in both servers' forms: ``POST /apply-template``
+  {messages} -> ``{"prompt"}`` (ChatML, ending with the assistant's turn)
+  and ``POST /tokenize`` {content, add_special?} -> ``{"tokens"}``
+  (llama-server: one token per whitespace-separated piece, plus a BOS with
+  add_special); ``POST /tokenize`` {model, messages} -> ``{"count",
+  "max_model_len", "tokens"}`` (vLLM: the template applied, then the same
+  counting, no BOS). With ``tokenize=False`` (``--no-tokenize``) these routes
+  are 404, as on llama-cpp-python's server.
 * Tools (see ``fake_tools``): with ``tools`` in the body, ``[[call:NAME
   {json}]]`` markers in the last user message make the reply stream tool
   calls the way OpenAI does: per call a chunk with ``delta.tool_calls:
@@ -51,7 +71,7 @@ Behaviour (deterministic, so tests on both the Python and C++ side can assert it
   ``tool_calls`` entry, ``arguments`` a string) the reply is the text
   ``"Tool results: "`` followed by the results joined by ``" | "``.
 
-Every received chat body is recorded in ``FakeOpenAI.requests``; the time a
+Every received POST body is recorded in ``FakeOpenAI.requests``; the time a
 held stream's client hung up in ``FakeOpenAI.disconnected_at`` (monotonic).
 
 Run standalone: ``python fake_openai.py --port 0``: prints ``PORT=<n>`` as its
@@ -70,6 +90,7 @@ from typing import Any
 
 from fake_http import FakeHandler, FakeServer
 
+from fake_ollama import embedding_of
 from fake_tools import planned_calls, tool_answer
 
 KNOWN_MODELS = ("fake-model", "tiny")
@@ -83,6 +104,7 @@ DISCONNECT_MARKER = "[[disconnect]]"
 FLAT_ERROR_MARKER = "[[flat-error]]"
 FLAT_ERROR = "fake flat error"
 HTTP_MARKER = re.compile(r"\[\[http-(\d{3})\]\]")
+FINISH_MARKER = re.compile(r"\[\[finish:(\w+)\]\]")
 CREATED = 1_700_000_000
 COMPLETION_ID = "chatcmpl-fake"
 HOLD_LIMIT_S = 60.0
@@ -138,7 +160,15 @@ class _Handler(FakeHandler):
             self._send_json(404, {"detail": "Not Found"})
 
     def do_POST(self) -> None:
-        if self.path != "/v1/chat/completions":
+        routes = {
+            "/v1/chat/completions": self._chat,
+            "/v1/embeddings": self._embeddings,
+        }
+        if self.owner.tokenize_routes:
+            routes["/tokenize"] = self._tokenize
+            routes["/apply-template"] = self._apply_template
+        route = routes.get(self.path)
+        if route is None:
             self._send_json(404, {"detail": "Not Found"})
             return
         length = int(self.headers.get("Content-Length") or 0)
@@ -150,6 +180,64 @@ class _Handler(FakeHandler):
             return
         with self.owner.lock:
             self.owner.requests.append(body)
+        if not isinstance(body, dict):
+            self._send_json(
+                400, _error_body("body must be an object", "invalid_request_error", 400)
+            )
+            return
+        route(body)
+
+    def _embeddings(self, body: dict[str, Any]) -> None:
+        inputs = body.get("input")
+        if isinstance(inputs, str):
+            inputs = [inputs]
+        if (
+            not isinstance(inputs, list)
+            or not inputs
+            or not all(isinstance(t, str) for t in inputs)
+        ):
+            self._send_json(400, _error_body("input must be text", "invalid_request_error", 400))
+            return
+        model = body.get("model")
+        if model not in KNOWN_MODELS:
+            self._send_json(
+                404,
+                _error_body(f"The model `{model}` does not exist.", "NotFoundError", 404, "model"),
+            )
+            return
+        size = body.get("dimensions") or 0
+        words = sum(len(t.split()) for t in inputs)
+        self._send_json(
+            200,
+            {
+                "object": "list",
+                "data": [
+                    {"object": "embedding", "index": i, "embedding": embedding_of(t, size)}
+                    for i, t in enumerate(inputs)
+                ],
+                "model": model,
+                "usage": {"prompt_tokens": words, "total_tokens": words},
+            },
+        )
+
+    def _apply_template(self, body: dict[str, Any]) -> None:
+        self._send_json(200, {"prompt": chatml(body.get("messages") or [])})
+
+    def _tokenize(self, body: dict[str, Any]) -> None:
+        if "messages" in body:  # vLLM's chat form
+            count = len(chatml(body["messages"]).split())
+            self._send_json(
+                200, {"count": count, "max_model_len": 4096, "tokens": list(range(count))}
+            )
+            return
+        content = body.get("content")
+        if not isinstance(content, str):
+            self._send_json(400, _error_body("content is required", "invalid_request_error", 400))
+            return
+        count = len(content.split()) + (1 if body.get("add_special") else 0)
+        self._send_json(200, {"tokens": list(range(count))})
+
+    def _chat(self, body: dict[str, Any]) -> None:
         problem, param = _validate(body)
         if problem:
             self._send_json(400, _error_body(problem, "invalid_request_error", 400, param))
@@ -182,7 +270,8 @@ class _Handler(FakeHandler):
         calls = planned_calls(body)
         answer = tool_answer(body)
         chunks = [answer[:14], answer[14:]] if answer is not None and not calls else list(CHUNKS)
-        finish_reason = "stop"
+        forced_finish = FINISH_MARKER.search(last)
+        finish_reason = forced_finish.group(1) if forced_finish else "stop"
         max_tokens = body.get("max_tokens")
         if isinstance(max_tokens, int) and max_tokens < len(chunks):
             chunks = chunks[:max_tokens]
@@ -292,9 +381,11 @@ class FakeOpenAI(FakeServer):
         health: bool = True,
         slow_s: float = 1.0,
         flavor: str = "generic",
+        tokenize: bool = True,
     ) -> None:
         super().__init__(port)
         self.health_route = health
+        self.tokenize_routes = tokenize
         # "generic", "vllm" or "llama.cpp": whose model list (and /props) to serve.
         self.flavor = flavor
         # When set, llama.cpp's /props fails with this HTTP status.
@@ -433,6 +524,20 @@ def _validate(body: Any) -> tuple[str, str | None]:
         isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
     ):
         return "max_tokens must be a positive integer", "max_tokens"
+    bias = body.get("logit_bias")
+    if bias is not None and (
+        not isinstance(bias, dict)
+        or not all(k.isdigit() and isinstance(v, (int, float)) for k, v in bias.items())
+    ):
+        return "logit_bias must map token ids to numbers", "logit_bias"
+    stop = body.get("stop")
+    if stop is not None and not (
+        isinstance(stop, str) or (isinstance(stop, list) and all(isinstance(x, str) for x in stop))
+    ):
+        return "stop must be a string or strings", "stop"
+    problem = _response_format_problem(body.get("response_format"))
+    if problem:
+        return problem, "response_format"
     temperature = body.get("temperature")
     if temperature is not None and (
         isinstance(temperature, bool)
@@ -441,6 +546,28 @@ def _validate(body: Any) -> tuple[str, str | None]:
     ):
         return "temperature must be between 0 and 2", "temperature"
     return "", None
+
+
+def _response_format_problem(fmt: Any) -> str:
+    if fmt is None:
+        return ""
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if kind == "text" or (kind == "json_object" and isinstance(fmt.get("schema", {}), dict)):
+        return ""
+    spec = fmt.get("json_schema") if kind == "json_schema" else None
+    if isinstance(spec, dict) and isinstance(spec.get("schema"), dict):
+        return ""
+    return "response_format must be text, json_object or json_schema with a schema object"
+
+
+def chatml(messages: list[Any]) -> str:
+    """The fake's chat template (ChatML), with the assistant's turn opened."""
+    turns = "".join(
+        f"<|im_start|>{m.get('role')}\n{m.get('content')}<|im_end|>\n"
+        for m in messages
+        if isinstance(m, dict)
+    )
+    return turns + "<|im_start|>assistant\n"
 
 
 def _chunk(model: str, delta: dict[str, Any], finish_reason: str | None) -> dict[str, Any]:
@@ -486,6 +613,11 @@ def main() -> None:
         "--no-health", action="store_true", help="no /health route (like llama-cpp-python)"
     )
     parser.add_argument(
+        "--no-tokenize",
+        action="store_true",
+        help="no /tokenize or /apply-template (like llama-cpp-python)",
+    )
+    parser.add_argument(
         "--flavor",
         choices=("generic", "vllm", "llama.cpp"),
         default="generic",
@@ -493,7 +625,11 @@ def main() -> None:
     )
     args = parser.parse_args()
     fake = FakeOpenAI(
-        args.port, loading=args.loading_s > 0, health=not args.no_health, flavor=args.flavor
+        args.port,
+        loading=args.loading_s > 0,
+        health=not args.no_health,
+        flavor=args.flavor,
+        tokenize=not args.no_tokenize,
     )
     if args.loading_s > 0:
         threading.Timer(args.loading_s, fake.finish_loading).start()

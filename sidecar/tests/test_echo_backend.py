@@ -44,12 +44,14 @@ async def test_echoes_the_last_user_message_word_by_word(sidecar: SidecarProcess
         "request_id": rid,
         "usage": usage,
         "finish_reason": "stop",
+        "raw_finish_reason": "stop",
         "model": "echo",
     }
     assert reply["result"] == {
         "content": "hello echo world",
         "model": "echo",
         "finish_reason": "stop",
+        "raw_finish_reason": "stop",
         "usage": usage,
     }
 
@@ -63,6 +65,7 @@ async def test_fixed_chunk_count_and_max_tokens(sidecar: SidecarProcess) -> None
         "content": CHUNK_TEXT * 50,
         "model": "m",
         "finish_reason": "stop",
+        "raw_finish_reason": "stop",
         "usage": {"input_tokens": 1, "output_tokens": 50, "total_tokens": 51},
     }
 

@@ -305,6 +305,7 @@ async def test_ollama_loop_runs_the_tool_and_feeds_the_result_back(
                 "total_tokens": 2 * PROMPT_EVAL_COUNT + 3,
             },
             "finish_reason": "stop",
+            "raw_finish_reason": "stop",
             "model": "llama3.2:latest",
         },
     ]
@@ -312,6 +313,7 @@ async def test_ollama_loop_runs_the_tool_and_feeds_the_result_back(
         "content": "Tool results: 5",
         "model": "llama3.2:latest",
         "finish_reason": "stop",
+        "raw_finish_reason": "stop",
         "usage": notes[-1]["usage"],
         "tool_calls": [{**call, "arguments": {"a": 2, "b": 3}, "content": "5", "is_error": False}],
     }
@@ -381,8 +383,11 @@ async def test_max_tool_iterations_ends_the_loop(
         "stream.tool_result",
         "stream.done",
     ]
-    assert reply["result"]["finish_reason"] == "max_tool_iterations"
-    assert notes[-1]["finish_reason"] == "max_tool_iterations"
+    # The last turn asked for tools that were not run.
+    assert reply["result"]["finish_reason"] == "tool_calls"
+    assert reply["result"]["raw_finish_reason"] == "max_tool_iterations"
+    assert notes[-1]["finish_reason"] == "tool_calls"
+    assert notes[-1]["raw_finish_reason"] == "max_tool_iterations"
     assert len(reply["result"]["tool_calls"]) == 2
     assert len(fake_ollama.requests[-1]["messages"]) == 5
 

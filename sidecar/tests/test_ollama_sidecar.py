@@ -30,7 +30,16 @@ async def init_ollama(sc: SidecarProcess, host: str, model: str = "llama3.2:late
         "native_tools": [],
         "backend": "ollama",
         "cancel": True,
-        "methods": ["complete", "health", "init", "models", "shutdown", "tools"],
+        "methods": [
+            "complete",
+            "count_tokens",
+            "embed",
+            "health",
+            "init",
+            "models",
+            "shutdown",
+            "tools",
+        ],
         "in_process": False,
     }
     assert isinstance(result["version"], str) and result["version"]
@@ -85,12 +94,14 @@ async def test_streamed_complete(sidecar: SidecarProcess, fake_ollama: FakeOllam
             "total_tokens": PROMPT_EVAL_COUNT + len(CHUNKS),
         },
         "finish_reason": "stop",
+        "raw_finish_reason": "stop",
         "model": "llama3.2:latest",
     }
     assert reply["result"] == {
         "content": "".join(CHUNKS),
         "model": "llama3.2:latest",
         "finish_reason": "stop",
+        "raw_finish_reason": "stop",
         "usage": notes[-1]["params"]["usage"],
     }
 
@@ -104,6 +115,7 @@ async def test_non_stream_complete_with_http_host_and_length(
         "content": "".join(CHUNKS[:2]),
         "model": "tiny",
         "finish_reason": "length",
+        "raw_finish_reason": "length",
         "usage": {
             "input_tokens": PROMPT_EVAL_COUNT,
             "output_tokens": 2,

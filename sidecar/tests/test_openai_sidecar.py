@@ -96,12 +96,14 @@ async def test_streamed_complete(sidecar: SidecarProcess, fake: FakeOpenAI, back
         "request_id": rid,
         "usage": usage,
         "finish_reason": "stop",
+        "raw_finish_reason": "stop",
         "model": "fake-model",
     }
     assert reply["result"] == {
         "content": "".join(CHUNKS),
         "model": "fake-model",
         "finish_reason": "stop",
+        "raw_finish_reason": "stop",
         "usage": usage,
     }
 

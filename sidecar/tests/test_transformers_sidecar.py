@@ -184,3 +184,83 @@ async def test_sixteen_concurrent_requests(sidecar: SidecarProcess, tiny_llama: 
     assert all(r["usage"]["output_tokens"] == 6 and r["finish_reason"] == "length" for r in done)
     # Greedy decoding of the same prompt: every answer is the same.
     assert len({r["content"] for r in done}) == 1
+
+
+async def test_typed_sampling_controls_reach_generate(
+    sidecar: SidecarProcess, tiny_llama: str
+) -> None:
+    await init(sidecar, tiny_llama)
+    fixed = {"messages": USER, "max_tokens": 8, "options": {"min_new_tokens": 8}}
+    greedy = (await sidecar.call("complete", {**fixed, "temperature": 0}))["result"]["content"]
+    # top_k 1 leaves sampling one choice: the greedy answer, at any temperature.
+    top1 = await sidecar.call("complete", {**fixed, "temperature": 1.5, "top_k": 1, "seed": 3})
+    assert top1["result"]["content"] == greedy
+    sampled = {**fixed, "temperature": 1.5, "top_p": 0.99, "min_p": 0.0, "repeat_penalty": 1.2}
+    first = await sidecar.call("complete", {**sampled, "seed": 11})
+    again = await sidecar.call("complete", {**sampled, "seed": 11})
+    assert first["result"]["content"] == again["result"]["content"]
+    others = [
+        (await sidecar.call("complete", {**sampled, "seed": seed}))["result"]["content"]
+        for seed in (12, 13)
+    ]
+    assert any(text != first["result"]["content"] for text in others), "the seed did nothing"
+
+    from transformers import AutoTokenizer
+
+    token = AutoTokenizer.from_pretrained(tiny_llama, local_files_only=True).encode(" sea")[-1]
+    biased = await sidecar.call(
+        "complete", {**fixed, "temperature": 0, "logit_bias": {str(token): 100}}
+    )
+    words = biased["result"]["content"].split()
+    assert words and set(words) == {"sea"}, biased
+
+
+async def test_typed_stop_ends_the_answer_before_the_string(
+    sidecar: SidecarProcess, tiny_llama: str
+) -> None:
+    await init(sidecar, tiny_llama)
+    fixed = {"messages": USER, "max_tokens": 16, "temperature": 0}
+    whole = (await sidecar.call("complete", fixed))["result"]["content"]
+    assert len(whole) > 6, whole
+    stop = whole[3:6]
+    cut = await sidecar.call("complete", {**fixed, "stop": [stop]})
+    assert cut["result"]["content"] == whole[: whole.index(stop)]
+    assert cut["result"]["finish_reason"] == "stop"
+
+
+async def test_what_transformers_cannot_honour_is_refused(
+    sidecar: SidecarProcess, tiny_llama: str
+) -> None:
+    await init(sidecar, tiny_llama)
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"presence_penalty": 0.5}, "presence_penalty"),
+        ({"frequency_penalty": 0.5}, "frequency_penalty"),
+        ({"response_format": {"json_object": {}}}, "response_format"),
+        ({"logit_bias": {"99999": 1}}, "logit_bias"),
+    ]
+    for params, field in cases:
+        reply = await sidecar.call("complete", {"messages": USER, **params})
+        assert reply["error"]["code"] == -32602, reply
+        assert reply["error"]["data"]["field"] == field
+        assert "transformers" in reply["error"]["message"]
+
+
+async def test_count_tokens_and_embeddings(sidecar: SidecarProcess, tiny_llama: str) -> None:
+    await init(sidecar, tiny_llama)
+    conversation = {"messages": USER, "system_prompt": "Be brief."}
+    counted = await sidecar.call("count_tokens", conversation)
+    expected = prompt_tokens(tiny_llama, [{"role": "system", "content": "Be brief."}, *USER])
+    assert counted["result"] == {"input_tokens": expected}
+    done = await sidecar.call("complete", {**conversation, "max_tokens": 2})
+    assert done["result"]["usage"]["input_tokens"] == expected
+
+    texts = ["The sea is wide.", "Ships sail on the sea under the sun."]
+    reply = await sidecar.call("embed", {"inputs": texts, "normalize": True})
+    vectors = reply["result"]["embeddings"]
+    assert [len(v) for v in vectors] == [32, 32]  # tiny_llama's hidden_size
+    assert all(sum(x * x for x in v) == pytest.approx(1.0, abs=1e-5) for v in vectors)
+    assert reply["result"]["usage"]["input_tokens"] > 0
+    again = await sidecar.call("embed", {"inputs": texts[:1], "normalize": True})
+    assert again["result"]["embeddings"][0] == pytest.approx(vectors[0], abs=1e-6)
+    refused = await sidecar.call("embed", {"inputs": texts, "dimensions": 8})
+    assert refused["error"]["code"] == -32602 and refused["error"]["data"]["field"] == "dimensions"

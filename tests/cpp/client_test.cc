@@ -132,6 +132,48 @@ TEST(ClientTest, CompleteReturnsTheWholeAnswer) {
   EXPECT_EQ(Client::Provider(), "local");
 }
 
+TEST(ClientTest, SeedStyleSidecarAnswersTheNewMethodsUnimplemented) {
+  // A sidecar written to the seed's text has no "embed" or "count_tokens":
+  // its -32601 is UNIMPLEMENTED at once, never a hang.
+  Client client(FakeConfig("seed"));
+  auto counted = client.Call(kMethodCountTokens, Json{{"messages", Json::array()}}, kWait);
+  EXPECT_EQ(counted.status().code(), absl::StatusCode::kUnimplemented) << counted.status();
+  std::mutex mu;
+  std::condition_variable cv;
+  std::optional<absl::StatusOr<Json>> embedded;
+  client.CallAdmitted(kMethodEmbed, Json{{"inputs", {"x"}}}, [&](absl::StatusOr<Json> r) {
+    std::lock_guard<std::mutex> lock(mu);
+    embedded = std::move(r);
+    cv.notify_all();
+  });
+  std::unique_lock<std::mutex> lock(mu);
+  ASSERT_TRUE(cv.wait_for(lock, kWait, [&] { return embedded.has_value(); }));
+  EXPECT_EQ(embedded->status().code(), absl::StatusCode::kUnimplemented)
+      << embedded->status();
+  EXPECT_THAT(embedded->status().message(), HasSubstr("embed"));
+}
+
+TEST(ClientTest, AnAdmittedCallEndsAtItsDeadlineOrCancel) {
+  Client client(FakeConfig("hang"));  // "complete" is never answered
+  std::mutex mu;
+  std::condition_variable cv;
+  std::vector<absl::Status> ends;
+  auto on_reply = [&](absl::StatusOr<Json> r) {
+    std::lock_guard<std::mutex> lock(mu);
+    ends.push_back(r.status());
+    cv.notify_all();
+  };
+  CallOptions call;
+  call.deadline = std::chrono::steady_clock::now() + milliseconds(200);
+  client.CallAdmitted(kMethodComplete, Ask("slow"), on_reply, call);
+  StreamHandle handle = client.CallAdmitted(kMethodComplete, Ask("stopped"), on_reply);
+  handle.Cancel(absl::CancelledError("user pressed stop"));
+  std::unique_lock<std::mutex> lock(mu);
+  ASSERT_TRUE(cv.wait_for(lock, kWait, [&] { return ends.size() == 2; }));
+  EXPECT_TRUE(absl::IsCancelled(ends[0])) << ends[0];
+  EXPECT_TRUE(absl::IsDeadlineExceeded(ends[1])) << ends[1];
+}
+
 TEST(ClientTest, CancelEndsTheStreamAtOnce) {
   Client client(FakeConfig("hang"));
   Collected c;

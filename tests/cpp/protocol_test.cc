@@ -93,8 +93,21 @@ TEST(ProtocolTest, ParsesStreamDoneWithRequestId) {
   EXPECT_EQ(done->usage.input_tokens, 12);
   EXPECT_EQ(done->usage.output_tokens, 4);
   EXPECT_EQ(done->finish_reason, "stop");
+  EXPECT_EQ(done->raw_finish_reason, "");  // seed-style sidecars send none
   EXPECT_FALSE(ParseStreamDone(Json::parse(R"({"usage":"lots"})")).ok());
   EXPECT_FALSE(ParseStreamChunk(Json::parse("[]")).ok());
+}
+
+TEST(ProtocolTest, RawFinishReasonIsReadFromStreamDoneAndTheResult) {
+  auto done = ParseStreamDone(
+      Json::parse(R"({"finish_reason":"cancelled","raw_finish_reason":"abort"})"));
+  ASSERT_TRUE(done.ok());
+  EXPECT_EQ(done->finish_reason, "cancelled");
+  EXPECT_EQ(done->raw_finish_reason, "abort");
+  EXPECT_FALSE(ParseStreamDone(Json::parse(R"({"raw_finish_reason":7})")).ok());
+  CompleteResult result =
+      Json::parse(R"({"finish_reason":"stop","raw_finish_reason":"load"})").get<CompleteResult>();
+  EXPECT_EQ(result.raw_finish_reason, "load");
 }
 
 TEST(ProtocolTest, InitResultDetectsTaggedStreams) {

@@ -108,8 +108,35 @@ type CompleteRequest struct {
 	UseTools bool `protobuf:"varint,7,opt,name=use_tools,json=useTools,proto3" json:"use_tools,omitempty"`
 	// Upper bound on model -> tools -> model rounds; 0 means the default (8).
 	MaxToolIterations int32 `protobuf:"varint,8,opt,name=max_tool_iterations,json=maxToolIterations,proto3" json:"max_tool_iterations,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// Typed sampling controls, each sent to the backend under its own name
+	// (Ollama options, OpenAI-compatible body fields, llama-cpp-python
+	// keywords, transformers generate() arguments). A control the backend
+	// cannot honour fails the call with INVALID_ARGUMENT naming the field and
+	// the backend; it is never ignored. A typed field wins over the same key
+	// in `options`. Unset means the backend's default.
+	//
+	// Generation ends before any of these strings (at most 16, none empty).
+	Stop []string `protobuf:"bytes,9,rep,name=stop,proto3" json:"stop,omitempty"`
+	// Makes sampling repeatable on the same backend, model and hardware.
+	Seed *uint32 `protobuf:"varint,10,opt,name=seed,proto3,oneof" json:"seed,omitempty"`
+	// Nucleus sampling, 0-1.
+	TopP *float64 `protobuf:"fixed64,11,opt,name=top_p,json=topP,proto3,oneof" json:"top_p,omitempty"`
+	// Sample among the k likeliest tokens; 0 disables.
+	TopK *int32 `protobuf:"varint,12,opt,name=top_k,json=topK,proto3,oneof" json:"top_k,omitempty"`
+	// Drop tokens less likely than min_p times the likeliest one, 0-1.
+	MinP *float64 `protobuf:"fixed64,13,opt,name=min_p,json=minP,proto3,oneof" json:"min_p,omitempty"`
+	// OpenAI-style penalties, -2 to 2.
+	PresencePenalty  *float64 `protobuf:"fixed64,14,opt,name=presence_penalty,json=presencePenalty,proto3,oneof" json:"presence_penalty,omitempty"`
+	FrequencyPenalty *float64 `protobuf:"fixed64,15,opt,name=frequency_penalty,json=frequencyPenalty,proto3,oneof" json:"frequency_penalty,omitempty"`
+	// Multiplicative penalty on repeated tokens (1 = none), > 0.
+	RepeatPenalty *float64 `protobuf:"fixed64,16,opt,name=repeat_penalty,json=repeatPenalty,proto3,oneof" json:"repeat_penalty,omitempty"`
+	// Added to the logits of these token ids (the model's vocabulary), -100
+	// to 100; -100 in effect bans a token.
+	LogitBias map[int32]float64 `protobuf:"bytes,17,rep,name=logit_bias,json=logitBias,proto3" json:"logit_bias,omitempty" protobuf_key:"varint,1,opt,name=key" protobuf_val:"fixed64,2,opt,name=value"`
+	// Constrain the answer to JSON, optionally to a JSON schema.
+	ResponseFormat *ResponseFormat `protobuf:"bytes,18,opt,name=response_format,json=responseFormat,proto3" json:"response_format,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *CompleteRequest) Reset() {
@@ -198,6 +225,162 @@ func (x *CompleteRequest) GetMaxToolIterations() int32 {
 	return 0
 }
 
+func (x *CompleteRequest) GetStop() []string {
+	if x != nil {
+		return x.Stop
+	}
+	return nil
+}
+
+func (x *CompleteRequest) GetSeed() uint32 {
+	if x != nil && x.Seed != nil {
+		return *x.Seed
+	}
+	return 0
+}
+
+func (x *CompleteRequest) GetTopP() float64 {
+	if x != nil && x.TopP != nil {
+		return *x.TopP
+	}
+	return 0
+}
+
+func (x *CompleteRequest) GetTopK() int32 {
+	if x != nil && x.TopK != nil {
+		return *x.TopK
+	}
+	return 0
+}
+
+func (x *CompleteRequest) GetMinP() float64 {
+	if x != nil && x.MinP != nil {
+		return *x.MinP
+	}
+	return 0
+}
+
+func (x *CompleteRequest) GetPresencePenalty() float64 {
+	if x != nil && x.PresencePenalty != nil {
+		return *x.PresencePenalty
+	}
+	return 0
+}
+
+func (x *CompleteRequest) GetFrequencyPenalty() float64 {
+	if x != nil && x.FrequencyPenalty != nil {
+		return *x.FrequencyPenalty
+	}
+	return 0
+}
+
+func (x *CompleteRequest) GetRepeatPenalty() float64 {
+	if x != nil && x.RepeatPenalty != nil {
+		return *x.RepeatPenalty
+	}
+	return 0
+}
+
+func (x *CompleteRequest) GetLogitBias() map[int32]float64 {
+	if x != nil {
+		return x.LogitBias
+	}
+	return nil
+}
+
+func (x *CompleteRequest) GetResponseFormat() *ResponseFormat {
+	if x != nil {
+		return x.ResponseFormat
+	}
+	return nil
+}
+
+// Structured output. In grpcurl's JSON:
+//
+//	"response_format": {"json_object": {}}
+//	"response_format": {"json_schema": {"schema": "{\"type\": \"object\"}"}}
+type ResponseFormat struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Format:
+	//
+	//	*ResponseFormat_JsonObject_
+	//	*ResponseFormat_JsonSchema_
+	Format        isResponseFormat_Format `protobuf_oneof:"format"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResponseFormat) Reset() {
+	*x = ResponseFormat{}
+	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResponseFormat) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResponseFormat) ProtoMessage() {}
+
+func (x *ResponseFormat) ProtoReflect() protoreflect.Message {
+	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResponseFormat.ProtoReflect.Descriptor instead.
+func (*ResponseFormat) Descriptor() ([]byte, []int) {
+	return file_llmbridge_v1_llmbridge_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ResponseFormat) GetFormat() isResponseFormat_Format {
+	if x != nil {
+		return x.Format
+	}
+	return nil
+}
+
+func (x *ResponseFormat) GetJsonObject() *ResponseFormat_JsonObject {
+	if x != nil {
+		if x, ok := x.Format.(*ResponseFormat_JsonObject_); ok {
+			return x.JsonObject
+		}
+	}
+	return nil
+}
+
+func (x *ResponseFormat) GetJsonSchema() *ResponseFormat_JsonSchema {
+	if x != nil {
+		if x, ok := x.Format.(*ResponseFormat_JsonSchema_); ok {
+			return x.JsonSchema
+		}
+	}
+	return nil
+}
+
+type isResponseFormat_Format interface {
+	isResponseFormat_Format()
+}
+
+type ResponseFormat_JsonObject_ struct {
+	JsonObject *ResponseFormat_JsonObject `protobuf:"bytes,1,opt,name=json_object,json=jsonObject,proto3,oneof"`
+}
+
+type ResponseFormat_JsonSchema_ struct {
+	JsonSchema *ResponseFormat_JsonSchema `protobuf:"bytes,2,opt,name=json_schema,json=jsonSchema,proto3,oneof"`
+}
+
+func (*ResponseFormat_JsonObject_) isResponseFormat_Format() {}
+
+func (*ResponseFormat_JsonSchema_) isResponseFormat_Format() {}
+
 type Usage struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	InputTokens   int32                  `protobuf:"varint,1,opt,name=input_tokens,json=inputTokens,proto3" json:"input_tokens,omitempty"`
@@ -209,7 +392,7 @@ type Usage struct {
 
 func (x *Usage) Reset() {
 	*x = Usage{}
-	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[2]
+	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -221,7 +404,7 @@ func (x *Usage) String() string {
 func (*Usage) ProtoMessage() {}
 
 func (x *Usage) ProtoReflect() protoreflect.Message {
-	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[2]
+	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -234,7 +417,7 @@ func (x *Usage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Usage.ProtoReflect.Descriptor instead.
 func (*Usage) Descriptor() ([]byte, []int) {
-	return file_llmbridge_v1_llmbridge_proto_rawDescGZIP(), []int{2}
+	return file_llmbridge_v1_llmbridge_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Usage) GetInputTokens() int32 {
@@ -266,21 +449,28 @@ type CompleteResponse struct {
 	Done bool `protobuf:"varint,2,opt,name=done,proto3" json:"done,omitempty"`
 	// Set on the last message only.
 	Usage *Usage `protobuf:"bytes,3,opt,name=usage,proto3" json:"usage,omitempty"`
-	// Set on the last message only: "stop", "length", ...
+	// Set on the last message only, normalised across backends: "stop" (the
+	// model ended its answer, or hit a stop string), "length" (max_tokens or
+	// the context ran out), "tool_calls", "cancelled" (the backend aborted the
+	// generation) or "error". The backend's own word is raw_finish_reason.
 	FinishReason string `protobuf:"bytes,4,opt,name=finish_reason,json=finishReason,proto3" json:"finish_reason,omitempty"`
 	// Set on the last message only: the model that answered.
 	Model string `protobuf:"bytes,5,opt,name=model,proto3" json:"model,omitempty"`
 	// With use_tools: the model asked for a tool (sent before it runs)...
 	ToolCall *ToolCall `protobuf:"bytes,6,opt,name=tool_call,json=toolCall,proto3" json:"tool_call,omitempty"`
 	// ...and what the tool returned (sent before the model continues).
-	ToolResult    *ToolResult `protobuf:"bytes,7,opt,name=tool_result,json=toolResult,proto3" json:"tool_result,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	ToolResult *ToolResult `protobuf:"bytes,7,opt,name=tool_result,json=toolResult,proto3" json:"tool_result,omitempty"`
+	// Set on the last message only: the backend's own finish reason (e.g.
+	// Ollama's "load", vLLM's "abort"), or "max_tool_iterations"; finish_reason
+	// is the normalised one.
+	RawFinishReason string `protobuf:"bytes,8,opt,name=raw_finish_reason,json=rawFinishReason,proto3" json:"raw_finish_reason,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *CompleteResponse) Reset() {
 	*x = CompleteResponse{}
-	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[3]
+	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -292,7 +482,7 @@ func (x *CompleteResponse) String() string {
 func (*CompleteResponse) ProtoMessage() {}
 
 func (x *CompleteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[3]
+	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -305,7 +495,7 @@ func (x *CompleteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompleteResponse.ProtoReflect.Descriptor instead.
 func (*CompleteResponse) Descriptor() ([]byte, []int) {
-	return file_llmbridge_v1_llmbridge_proto_rawDescGZIP(), []int{3}
+	return file_llmbridge_v1_llmbridge_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *CompleteResponse) GetContent() string {
@@ -357,6 +547,302 @@ func (x *CompleteResponse) GetToolResult() *ToolResult {
 	return nil
 }
 
+func (x *CompleteResponse) GetRawFinishReason() string {
+	if x != nil {
+		return x.RawFinishReason
+	}
+	return ""
+}
+
+type EmbedRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Backend model name; empty means the server's default (--model).
+	Model string `protobuf:"bytes,1,opt,name=model,proto3" json:"model,omitempty"`
+	// The texts to embed, in one batch; at least one, none empty.
+	Inputs []string `protobuf:"bytes,2,rep,name=inputs,proto3" json:"inputs,omitempty"`
+	// Output size for models that can shorten their embeddings (OpenAI's
+	// `dimensions`); 0 means the model's own size.
+	Dimensions int32 `protobuf:"varint,3,opt,name=dimensions,proto3" json:"dimensions,omitempty"`
+	// Scale each embedding to unit length (L2).
+	Normalize     bool `protobuf:"varint,4,opt,name=normalize,proto3" json:"normalize,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EmbedRequest) Reset() {
+	*x = EmbedRequest{}
+	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EmbedRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EmbedRequest) ProtoMessage() {}
+
+func (x *EmbedRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EmbedRequest.ProtoReflect.Descriptor instead.
+func (*EmbedRequest) Descriptor() ([]byte, []int) {
+	return file_llmbridge_v1_llmbridge_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *EmbedRequest) GetModel() string {
+	if x != nil {
+		return x.Model
+	}
+	return ""
+}
+
+func (x *EmbedRequest) GetInputs() []string {
+	if x != nil {
+		return x.Inputs
+	}
+	return nil
+}
+
+func (x *EmbedRequest) GetDimensions() int32 {
+	if x != nil {
+		return x.Dimensions
+	}
+	return 0
+}
+
+func (x *EmbedRequest) GetNormalize() bool {
+	if x != nil {
+		return x.Normalize
+	}
+	return false
+}
+
+type Embedding struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Values        []float32              `protobuf:"fixed32,1,rep,packed,name=values,proto3" json:"values,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Embedding) Reset() {
+	*x = Embedding{}
+	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Embedding) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Embedding) ProtoMessage() {}
+
+func (x *Embedding) ProtoReflect() protoreflect.Message {
+	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Embedding.ProtoReflect.Descriptor instead.
+func (*Embedding) Descriptor() ([]byte, []int) {
+	return file_llmbridge_v1_llmbridge_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *Embedding) GetValues() []float32 {
+	if x != nil {
+		return x.Values
+	}
+	return nil
+}
+
+type EmbedResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One per input, in the order of the inputs.
+	Embeddings []*Embedding `protobuf:"bytes,1,rep,name=embeddings,proto3" json:"embeddings,omitempty"`
+	// The model that answered.
+	Model string `protobuf:"bytes,2,opt,name=model,proto3" json:"model,omitempty"`
+	// input_tokens: the tokens of all inputs, where the backend reports them.
+	Usage         *Usage `protobuf:"bytes,3,opt,name=usage,proto3" json:"usage,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EmbedResponse) Reset() {
+	*x = EmbedResponse{}
+	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EmbedResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EmbedResponse) ProtoMessage() {}
+
+func (x *EmbedResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EmbedResponse.ProtoReflect.Descriptor instead.
+func (*EmbedResponse) Descriptor() ([]byte, []int) {
+	return file_llmbridge_v1_llmbridge_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *EmbedResponse) GetEmbeddings() []*Embedding {
+	if x != nil {
+		return x.Embeddings
+	}
+	return nil
+}
+
+func (x *EmbedResponse) GetModel() string {
+	if x != nil {
+		return x.Model
+	}
+	return ""
+}
+
+func (x *EmbedResponse) GetUsage() *Usage {
+	if x != nil {
+		return x.Usage
+	}
+	return nil
+}
+
+type CountTokensRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Backend model name; empty means the server's default (--model).
+	Model string `protobuf:"bytes,1,opt,name=model,proto3" json:"model,omitempty"`
+	// The conversation, as in CompleteRequest.
+	Messages []*Message `protobuf:"bytes,2,rep,name=messages,proto3" json:"messages,omitempty"`
+	// Prepended as a system message, as in CompleteRequest.
+	SystemPrompt  string `protobuf:"bytes,3,opt,name=system_prompt,json=systemPrompt,proto3" json:"system_prompt,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CountTokensRequest) Reset() {
+	*x = CountTokensRequest{}
+	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CountTokensRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CountTokensRequest) ProtoMessage() {}
+
+func (x *CountTokensRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CountTokensRequest.ProtoReflect.Descriptor instead.
+func (*CountTokensRequest) Descriptor() ([]byte, []int) {
+	return file_llmbridge_v1_llmbridge_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *CountTokensRequest) GetModel() string {
+	if x != nil {
+		return x.Model
+	}
+	return ""
+}
+
+func (x *CountTokensRequest) GetMessages() []*Message {
+	if x != nil {
+		return x.Messages
+	}
+	return nil
+}
+
+func (x *CountTokensRequest) GetSystemPrompt() string {
+	if x != nil {
+		return x.SystemPrompt
+	}
+	return ""
+}
+
+type CountTokensResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The prompt's tokens with the chat template applied, as Complete would
+	// send it to the model (its usage.input_tokens).
+	InputTokens   int32 `protobuf:"varint,1,opt,name=input_tokens,json=inputTokens,proto3" json:"input_tokens,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CountTokensResponse) Reset() {
+	*x = CountTokensResponse{}
+	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CountTokensResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CountTokensResponse) ProtoMessage() {}
+
+func (x *CountTokensResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CountTokensResponse.ProtoReflect.Descriptor instead.
+func (*CountTokensResponse) Descriptor() ([]byte, []int) {
+	return file_llmbridge_v1_llmbridge_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *CountTokensResponse) GetInputTokens() int32 {
+	if x != nil {
+		return x.InputTokens
+	}
+	return 0
+}
+
 type ToolCall struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Pairs the call with its result.
@@ -372,7 +858,7 @@ type ToolCall struct {
 
 func (x *ToolCall) Reset() {
 	*x = ToolCall{}
-	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[4]
+	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -384,7 +870,7 @@ func (x *ToolCall) String() string {
 func (*ToolCall) ProtoMessage() {}
 
 func (x *ToolCall) ProtoReflect() protoreflect.Message {
-	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[4]
+	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -397,7 +883,7 @@ func (x *ToolCall) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ToolCall.ProtoReflect.Descriptor instead.
 func (*ToolCall) Descriptor() ([]byte, []int) {
-	return file_llmbridge_v1_llmbridge_proto_rawDescGZIP(), []int{4}
+	return file_llmbridge_v1_llmbridge_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ToolCall) GetId() string {
@@ -442,7 +928,7 @@ type ToolResult struct {
 
 func (x *ToolResult) Reset() {
 	*x = ToolResult{}
-	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[5]
+	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -454,7 +940,7 @@ func (x *ToolResult) String() string {
 func (*ToolResult) ProtoMessage() {}
 
 func (x *ToolResult) ProtoReflect() protoreflect.Message {
-	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[5]
+	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -467,7 +953,7 @@ func (x *ToolResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ToolResult.ProtoReflect.Descriptor instead.
 func (*ToolResult) Descriptor() ([]byte, []int) {
-	return file_llmbridge_v1_llmbridge_proto_rawDescGZIP(), []int{5}
+	return file_llmbridge_v1_llmbridge_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ToolResult) GetId() string {
@@ -515,7 +1001,7 @@ type ListToolsRequest struct {
 
 func (x *ListToolsRequest) Reset() {
 	*x = ListToolsRequest{}
-	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[6]
+	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -527,7 +1013,7 @@ func (x *ListToolsRequest) String() string {
 func (*ListToolsRequest) ProtoMessage() {}
 
 func (x *ListToolsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[6]
+	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -540,7 +1026,7 @@ func (x *ListToolsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListToolsRequest.ProtoReflect.Descriptor instead.
 func (*ListToolsRequest) Descriptor() ([]byte, []int) {
-	return file_llmbridge_v1_llmbridge_proto_rawDescGZIP(), []int{6}
+	return file_llmbridge_v1_llmbridge_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ListToolsRequest) GetModel() string {
@@ -563,7 +1049,7 @@ type Tool struct {
 
 func (x *Tool) Reset() {
 	*x = Tool{}
-	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[7]
+	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -575,7 +1061,7 @@ func (x *Tool) String() string {
 func (*Tool) ProtoMessage() {}
 
 func (x *Tool) ProtoReflect() protoreflect.Message {
-	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[7]
+	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -588,7 +1074,7 @@ func (x *Tool) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Tool.ProtoReflect.Descriptor instead.
 func (*Tool) Descriptor() ([]byte, []int) {
-	return file_llmbridge_v1_llmbridge_proto_rawDescGZIP(), []int{7}
+	return file_llmbridge_v1_llmbridge_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Tool) GetServer() string {
@@ -634,7 +1120,7 @@ type McpServerStatus struct {
 
 func (x *McpServerStatus) Reset() {
 	*x = McpServerStatus{}
-	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[8]
+	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -646,7 +1132,7 @@ func (x *McpServerStatus) String() string {
 func (*McpServerStatus) ProtoMessage() {}
 
 func (x *McpServerStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[8]
+	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -659,7 +1145,7 @@ func (x *McpServerStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use McpServerStatus.ProtoReflect.Descriptor instead.
 func (*McpServerStatus) Descriptor() ([]byte, []int) {
-	return file_llmbridge_v1_llmbridge_proto_rawDescGZIP(), []int{8}
+	return file_llmbridge_v1_llmbridge_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *McpServerStatus) GetName() string {
@@ -707,7 +1193,7 @@ type ListToolsResponse struct {
 
 func (x *ListToolsResponse) Reset() {
 	*x = ListToolsResponse{}
-	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[9]
+	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -719,7 +1205,7 @@ func (x *ListToolsResponse) String() string {
 func (*ListToolsResponse) ProtoMessage() {}
 
 func (x *ListToolsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[9]
+	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -732,7 +1218,7 @@ func (x *ListToolsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListToolsResponse.ProtoReflect.Descriptor instead.
 func (*ListToolsResponse) Descriptor() ([]byte, []int) {
-	return file_llmbridge_v1_llmbridge_proto_rawDescGZIP(), []int{9}
+	return file_llmbridge_v1_llmbridge_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListToolsResponse) GetTools() []*Tool {
@@ -759,7 +1245,7 @@ type GetCapabilitiesRequest struct {
 
 func (x *GetCapabilitiesRequest) Reset() {
 	*x = GetCapabilitiesRequest{}
-	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[10]
+	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -771,7 +1257,7 @@ func (x *GetCapabilitiesRequest) String() string {
 func (*GetCapabilitiesRequest) ProtoMessage() {}
 
 func (x *GetCapabilitiesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[10]
+	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -784,7 +1270,7 @@ func (x *GetCapabilitiesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCapabilitiesRequest.ProtoReflect.Descriptor instead.
 func (*GetCapabilitiesRequest) Descriptor() ([]byte, []int) {
-	return file_llmbridge_v1_llmbridge_proto_rawDescGZIP(), []int{10}
+	return file_llmbridge_v1_llmbridge_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *GetCapabilitiesRequest) GetModel() string {
@@ -812,7 +1298,7 @@ type Capabilities struct {
 
 func (x *Capabilities) Reset() {
 	*x = Capabilities{}
-	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[11]
+	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -824,7 +1310,7 @@ func (x *Capabilities) String() string {
 func (*Capabilities) ProtoMessage() {}
 
 func (x *Capabilities) ProtoReflect() protoreflect.Message {
-	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[11]
+	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -837,7 +1323,7 @@ func (x *Capabilities) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Capabilities.ProtoReflect.Descriptor instead.
 func (*Capabilities) Descriptor() ([]byte, []int) {
-	return file_llmbridge_v1_llmbridge_proto_rawDescGZIP(), []int{11}
+	return file_llmbridge_v1_llmbridge_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Capabilities) GetStreaming() bool {
@@ -904,7 +1390,7 @@ type ListModelsRequest struct {
 
 func (x *ListModelsRequest) Reset() {
 	*x = ListModelsRequest{}
-	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[12]
+	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -916,7 +1402,7 @@ func (x *ListModelsRequest) String() string {
 func (*ListModelsRequest) ProtoMessage() {}
 
 func (x *ListModelsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[12]
+	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -929,7 +1415,7 @@ func (x *ListModelsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListModelsRequest.ProtoReflect.Descriptor instead.
 func (*ListModelsRequest) Descriptor() ([]byte, []int) {
-	return file_llmbridge_v1_llmbridge_proto_rawDescGZIP(), []int{12}
+	return file_llmbridge_v1_llmbridge_proto_rawDescGZIP(), []int{18}
 }
 
 // What a backend reports about a model; a field the backend does not tell
@@ -958,7 +1444,7 @@ type ModelDetails struct {
 
 func (x *ModelDetails) Reset() {
 	*x = ModelDetails{}
-	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[13]
+	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -970,7 +1456,7 @@ func (x *ModelDetails) String() string {
 func (*ModelDetails) ProtoMessage() {}
 
 func (x *ModelDetails) ProtoReflect() protoreflect.Message {
-	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[13]
+	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -983,7 +1469,7 @@ func (x *ModelDetails) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ModelDetails.ProtoReflect.Descriptor instead.
 func (*ModelDetails) Descriptor() ([]byte, []int) {
-	return file_llmbridge_v1_llmbridge_proto_rawDescGZIP(), []int{13}
+	return file_llmbridge_v1_llmbridge_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ModelDetails) GetContextLength() int64 {
@@ -1052,7 +1538,7 @@ type HostModel struct {
 
 func (x *HostModel) Reset() {
 	*x = HostModel{}
-	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[14]
+	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1064,7 +1550,7 @@ func (x *HostModel) String() string {
 func (*HostModel) ProtoMessage() {}
 
 func (x *HostModel) ProtoReflect() protoreflect.Message {
-	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[14]
+	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1077,7 +1563,7 @@ func (x *HostModel) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HostModel.ProtoReflect.Descriptor instead.
 func (*HostModel) Descriptor() ([]byte, []int) {
-	return file_llmbridge_v1_llmbridge_proto_rawDescGZIP(), []int{14}
+	return file_llmbridge_v1_llmbridge_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *HostModel) GetName() string {
@@ -1133,7 +1619,7 @@ type ModelInfo struct {
 
 func (x *ModelInfo) Reset() {
 	*x = ModelInfo{}
-	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[15]
+	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1145,7 +1631,7 @@ func (x *ModelInfo) String() string {
 func (*ModelInfo) ProtoMessage() {}
 
 func (x *ModelInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[15]
+	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1158,7 +1644,7 @@ func (x *ModelInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ModelInfo.ProtoReflect.Descriptor instead.
 func (*ModelInfo) Descriptor() ([]byte, []int) {
-	return file_llmbridge_v1_llmbridge_proto_rawDescGZIP(), []int{15}
+	return file_llmbridge_v1_llmbridge_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ModelInfo) GetName() string {
@@ -1276,7 +1762,7 @@ type ListModelsResponse struct {
 
 func (x *ListModelsResponse) Reset() {
 	*x = ListModelsResponse{}
-	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[16]
+	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1288,7 +1774,7 @@ func (x *ListModelsResponse) String() string {
 func (*ListModelsResponse) ProtoMessage() {}
 
 func (x *ListModelsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[16]
+	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1301,7 +1787,7 @@ func (x *ListModelsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListModelsResponse.ProtoReflect.Descriptor instead.
 func (*ListModelsResponse) Descriptor() ([]byte, []int) {
-	return file_llmbridge_v1_llmbridge_proto_rawDescGZIP(), []int{16}
+	return file_llmbridge_v1_llmbridge_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ListModelsResponse) GetModels() []*ModelInfo {
@@ -1318,6 +1804,109 @@ func (x *ListModelsResponse) GetDefaultModel() string {
 	return ""
 }
 
+// Any JSON object.
+type ResponseFormat_JsonObject struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResponseFormat_JsonObject) Reset() {
+	*x = ResponseFormat_JsonObject{}
+	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResponseFormat_JsonObject) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResponseFormat_JsonObject) ProtoMessage() {}
+
+func (x *ResponseFormat_JsonObject) ProtoReflect() protoreflect.Message {
+	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResponseFormat_JsonObject.ProtoReflect.Descriptor instead.
+func (*ResponseFormat_JsonObject) Descriptor() ([]byte, []int) {
+	return file_llmbridge_v1_llmbridge_proto_rawDescGZIP(), []int{2, 0}
+}
+
+// JSON that validates against `schema`.
+type ResponseFormat_JsonSchema struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The JSON schema, as JSON text. A schema that is not valid JSON or not
+	// a valid JSON schema is INVALID_ARGUMENT before anything is generated.
+	Schema string `protobuf:"bytes,1,opt,name=schema,proto3" json:"schema,omitempty"`
+	// Optional name (OpenAI-compatible servers want one; default "response").
+	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// OpenAI-compatible servers: enforce the schema strictly. Grammar-based
+	// backends (gguf, Ollama) always constrain to the schema.
+	Strict        bool `protobuf:"varint,3,opt,name=strict,proto3" json:"strict,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResponseFormat_JsonSchema) Reset() {
+	*x = ResponseFormat_JsonSchema{}
+	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResponseFormat_JsonSchema) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResponseFormat_JsonSchema) ProtoMessage() {}
+
+func (x *ResponseFormat_JsonSchema) ProtoReflect() protoreflect.Message {
+	mi := &file_llmbridge_v1_llmbridge_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResponseFormat_JsonSchema.ProtoReflect.Descriptor instead.
+func (*ResponseFormat_JsonSchema) Descriptor() ([]byte, []int) {
+	return file_llmbridge_v1_llmbridge_proto_rawDescGZIP(), []int{2, 1}
+}
+
+func (x *ResponseFormat_JsonSchema) GetSchema() string {
+	if x != nil {
+		return x.Schema
+	}
+	return ""
+}
+
+func (x *ResponseFormat_JsonSchema) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ResponseFormat_JsonSchema) GetStrict() bool {
+	if x != nil {
+		return x.Strict
+	}
+	return false
+}
+
 var File_llmbridge_v1_llmbridge_proto protoreflect.FileDescriptor
 
 const file_llmbridge_v1_llmbridge_proto_rawDesc = "" +
@@ -1326,7 +1915,7 @@ const file_llmbridge_v1_llmbridge_proto_rawDesc = "" +
 	"\aMessage\x12\x12\n" +
 	"\x04role\x18\x01 \x01(\tR\x04role\x12\x18\n" +
 	"\acontent\x18\x02 \x01(\tR\acontent\x12\x12\n" +
-	"\x04name\x18\x03 \x01(\tR\x04name\"\xd5\x02\n" +
+	"\x04name\x18\x03 \x01(\tR\x04name\"\x95\a\n" +
 	"\x0fCompleteRequest\x121\n" +
 	"\bmessages\x18\x01 \x03(\v2\x15.llmbridge.v1.MessageR\bmessages\x12\x14\n" +
 	"\x05model\x18\x02 \x01(\tR\x05model\x12#\n" +
@@ -1336,12 +1925,47 @@ const file_llmbridge_v1_llmbridge_proto_rawDesc = "" +
 	"\vtemperature\x18\x05 \x01(\x01H\x00R\vtemperature\x88\x01\x01\x121\n" +
 	"\aoptions\x18\x06 \x01(\v2\x17.google.protobuf.StructR\aoptions\x12\x1b\n" +
 	"\tuse_tools\x18\a \x01(\bR\buseTools\x12.\n" +
-	"\x13max_tool_iterations\x18\b \x01(\x05R\x11maxToolIterationsB\x0e\n" +
-	"\f_temperature\"r\n" +
+	"\x13max_tool_iterations\x18\b \x01(\x05R\x11maxToolIterations\x12\x12\n" +
+	"\x04stop\x18\t \x03(\tR\x04stop\x12\x17\n" +
+	"\x04seed\x18\n" +
+	" \x01(\rH\x01R\x04seed\x88\x01\x01\x12\x18\n" +
+	"\x05top_p\x18\v \x01(\x01H\x02R\x04topP\x88\x01\x01\x12\x18\n" +
+	"\x05top_k\x18\f \x01(\x05H\x03R\x04topK\x88\x01\x01\x12\x18\n" +
+	"\x05min_p\x18\r \x01(\x01H\x04R\x04minP\x88\x01\x01\x12.\n" +
+	"\x10presence_penalty\x18\x0e \x01(\x01H\x05R\x0fpresencePenalty\x88\x01\x01\x120\n" +
+	"\x11frequency_penalty\x18\x0f \x01(\x01H\x06R\x10frequencyPenalty\x88\x01\x01\x12*\n" +
+	"\x0erepeat_penalty\x18\x10 \x01(\x01H\aR\rrepeatPenalty\x88\x01\x01\x12K\n" +
+	"\n" +
+	"logit_bias\x18\x11 \x03(\v2,.llmbridge.v1.CompleteRequest.LogitBiasEntryR\tlogitBias\x12E\n" +
+	"\x0fresponse_format\x18\x12 \x01(\v2\x1c.llmbridge.v1.ResponseFormatR\x0eresponseFormat\x1a<\n" +
+	"\x0eLogitBiasEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\x05R\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01B\x0e\n" +
+	"\f_temperatureB\a\n" +
+	"\x05_seedB\b\n" +
+	"\x06_top_pB\b\n" +
+	"\x06_top_kB\b\n" +
+	"\x06_min_pB\x13\n" +
+	"\x11_presence_penaltyB\x14\n" +
+	"\x12_frequency_penaltyB\x11\n" +
+	"\x0f_repeat_penalty\"\x92\x02\n" +
+	"\x0eResponseFormat\x12J\n" +
+	"\vjson_object\x18\x01 \x01(\v2'.llmbridge.v1.ResponseFormat.JsonObjectH\x00R\n" +
+	"jsonObject\x12J\n" +
+	"\vjson_schema\x18\x02 \x01(\v2'.llmbridge.v1.ResponseFormat.JsonSchemaH\x00R\n" +
+	"jsonSchema\x1a\f\n" +
+	"\n" +
+	"JsonObject\x1aP\n" +
+	"\n" +
+	"JsonSchema\x12\x16\n" +
+	"\x06schema\x18\x01 \x01(\tR\x06schema\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x16\n" +
+	"\x06strict\x18\x03 \x01(\bR\x06strictB\b\n" +
+	"\x06format\"r\n" +
 	"\x05Usage\x12!\n" +
 	"\finput_tokens\x18\x01 \x01(\x05R\vinputTokens\x12#\n" +
 	"\routput_tokens\x18\x02 \x01(\x05R\foutputTokens\x12!\n" +
-	"\ftotal_tokens\x18\x03 \x01(\x05R\vtotalTokens\"\x96\x02\n" +
+	"\ftotal_tokens\x18\x03 \x01(\x05R\vtotalTokens\"\xc2\x02\n" +
 	"\x10CompleteResponse\x12\x18\n" +
 	"\acontent\x18\x01 \x01(\tR\acontent\x12\x12\n" +
 	"\x04done\x18\x02 \x01(\bR\x04done\x12)\n" +
@@ -1350,7 +1974,29 @@ const file_llmbridge_v1_llmbridge_proto_rawDesc = "" +
 	"\x05model\x18\x05 \x01(\tR\x05model\x123\n" +
 	"\ttool_call\x18\x06 \x01(\v2\x16.llmbridge.v1.ToolCallR\btoolCall\x129\n" +
 	"\vtool_result\x18\a \x01(\v2\x18.llmbridge.v1.ToolResultR\n" +
-	"toolResult\"m\n" +
+	"toolResult\x12*\n" +
+	"\x11raw_finish_reason\x18\b \x01(\tR\x0frawFinishReason\"z\n" +
+	"\fEmbedRequest\x12\x14\n" +
+	"\x05model\x18\x01 \x01(\tR\x05model\x12\x16\n" +
+	"\x06inputs\x18\x02 \x03(\tR\x06inputs\x12\x1e\n" +
+	"\n" +
+	"dimensions\x18\x03 \x01(\x05R\n" +
+	"dimensions\x12\x1c\n" +
+	"\tnormalize\x18\x04 \x01(\bR\tnormalize\"#\n" +
+	"\tEmbedding\x12\x16\n" +
+	"\x06values\x18\x01 \x03(\x02R\x06values\"\x89\x01\n" +
+	"\rEmbedResponse\x127\n" +
+	"\n" +
+	"embeddings\x18\x01 \x03(\v2\x17.llmbridge.v1.EmbeddingR\n" +
+	"embeddings\x12\x14\n" +
+	"\x05model\x18\x02 \x01(\tR\x05model\x12)\n" +
+	"\x05usage\x18\x03 \x01(\v2\x13.llmbridge.v1.UsageR\x05usage\"\x82\x01\n" +
+	"\x12CountTokensRequest\x12\x14\n" +
+	"\x05model\x18\x01 \x01(\tR\x05model\x121\n" +
+	"\bmessages\x18\x02 \x03(\v2\x15.llmbridge.v1.MessageR\bmessages\x12#\n" +
+	"\rsystem_prompt\x18\x03 \x01(\tR\fsystemPrompt\"8\n" +
+	"\x13CountTokensResponse\x12!\n" +
+	"\finput_tokens\x18\x01 \x01(\x05R\vinputTokens\"m\n" +
 	"\bToolCall\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06server\x18\x02 \x01(\tR\x06server\x12\x12\n" +
@@ -1426,9 +2072,11 @@ const file_llmbridge_v1_llmbridge_proto_rawDesc = "" +
 	"hostModels\"j\n" +
 	"\x12ListModelsResponse\x12/\n" +
 	"\x06models\x18\x01 \x03(\v2\x17.llmbridge.v1.ModelInfoR\x06models\x12#\n" +
-	"\rdefault_model\x18\x02 \x01(\tR\fdefaultModel2\xcb\x02\n" +
+	"\rdefault_model\x18\x02 \x01(\tR\fdefaultModel2\xe1\x03\n" +
 	"\bLocalLLM\x12K\n" +
-	"\bComplete\x12\x1d.llmbridge.v1.CompleteRequest\x1a\x1e.llmbridge.v1.CompleteResponse0\x01\x12S\n" +
+	"\bComplete\x12\x1d.llmbridge.v1.CompleteRequest\x1a\x1e.llmbridge.v1.CompleteResponse0\x01\x12@\n" +
+	"\x05Embed\x12\x1a.llmbridge.v1.EmbedRequest\x1a\x1b.llmbridge.v1.EmbedResponse\x12R\n" +
+	"\vCountTokens\x12 .llmbridge.v1.CountTokensRequest\x1a!.llmbridge.v1.CountTokensResponse\x12S\n" +
 	"\x0fGetCapabilities\x12$.llmbridge.v1.GetCapabilitiesRequest\x1a\x1a.llmbridge.v1.Capabilities\x12L\n" +
 	"\tListTools\x12\x1e.llmbridge.v1.ListToolsRequest\x1a\x1f.llmbridge.v1.ListToolsResponse\x12O\n" +
 	"\n" +
@@ -1446,53 +2094,73 @@ func file_llmbridge_v1_llmbridge_proto_rawDescGZIP() []byte {
 	return file_llmbridge_v1_llmbridge_proto_rawDescData
 }
 
-var file_llmbridge_v1_llmbridge_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_llmbridge_v1_llmbridge_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_llmbridge_v1_llmbridge_proto_goTypes = []any{
-	(*Message)(nil),                // 0: llmbridge.v1.Message
-	(*CompleteRequest)(nil),        // 1: llmbridge.v1.CompleteRequest
-	(*Usage)(nil),                  // 2: llmbridge.v1.Usage
-	(*CompleteResponse)(nil),       // 3: llmbridge.v1.CompleteResponse
-	(*ToolCall)(nil),               // 4: llmbridge.v1.ToolCall
-	(*ToolResult)(nil),             // 5: llmbridge.v1.ToolResult
-	(*ListToolsRequest)(nil),       // 6: llmbridge.v1.ListToolsRequest
-	(*Tool)(nil),                   // 7: llmbridge.v1.Tool
-	(*McpServerStatus)(nil),        // 8: llmbridge.v1.McpServerStatus
-	(*ListToolsResponse)(nil),      // 9: llmbridge.v1.ListToolsResponse
-	(*GetCapabilitiesRequest)(nil), // 10: llmbridge.v1.GetCapabilitiesRequest
-	(*Capabilities)(nil),           // 11: llmbridge.v1.Capabilities
-	(*ListModelsRequest)(nil),      // 12: llmbridge.v1.ListModelsRequest
-	(*ModelDetails)(nil),           // 13: llmbridge.v1.ModelDetails
-	(*HostModel)(nil),              // 14: llmbridge.v1.HostModel
-	(*ModelInfo)(nil),              // 15: llmbridge.v1.ModelInfo
-	(*ListModelsResponse)(nil),     // 16: llmbridge.v1.ListModelsResponse
-	(*structpb.Struct)(nil),        // 17: google.protobuf.Struct
+	(*Message)(nil),                   // 0: llmbridge.v1.Message
+	(*CompleteRequest)(nil),           // 1: llmbridge.v1.CompleteRequest
+	(*ResponseFormat)(nil),            // 2: llmbridge.v1.ResponseFormat
+	(*Usage)(nil),                     // 3: llmbridge.v1.Usage
+	(*CompleteResponse)(nil),          // 4: llmbridge.v1.CompleteResponse
+	(*EmbedRequest)(nil),              // 5: llmbridge.v1.EmbedRequest
+	(*Embedding)(nil),                 // 6: llmbridge.v1.Embedding
+	(*EmbedResponse)(nil),             // 7: llmbridge.v1.EmbedResponse
+	(*CountTokensRequest)(nil),        // 8: llmbridge.v1.CountTokensRequest
+	(*CountTokensResponse)(nil),       // 9: llmbridge.v1.CountTokensResponse
+	(*ToolCall)(nil),                  // 10: llmbridge.v1.ToolCall
+	(*ToolResult)(nil),                // 11: llmbridge.v1.ToolResult
+	(*ListToolsRequest)(nil),          // 12: llmbridge.v1.ListToolsRequest
+	(*Tool)(nil),                      // 13: llmbridge.v1.Tool
+	(*McpServerStatus)(nil),           // 14: llmbridge.v1.McpServerStatus
+	(*ListToolsResponse)(nil),         // 15: llmbridge.v1.ListToolsResponse
+	(*GetCapabilitiesRequest)(nil),    // 16: llmbridge.v1.GetCapabilitiesRequest
+	(*Capabilities)(nil),              // 17: llmbridge.v1.Capabilities
+	(*ListModelsRequest)(nil),         // 18: llmbridge.v1.ListModelsRequest
+	(*ModelDetails)(nil),              // 19: llmbridge.v1.ModelDetails
+	(*HostModel)(nil),                 // 20: llmbridge.v1.HostModel
+	(*ModelInfo)(nil),                 // 21: llmbridge.v1.ModelInfo
+	(*ListModelsResponse)(nil),        // 22: llmbridge.v1.ListModelsResponse
+	nil,                               // 23: llmbridge.v1.CompleteRequest.LogitBiasEntry
+	(*ResponseFormat_JsonObject)(nil), // 24: llmbridge.v1.ResponseFormat.JsonObject
+	(*ResponseFormat_JsonSchema)(nil), // 25: llmbridge.v1.ResponseFormat.JsonSchema
+	(*structpb.Struct)(nil),           // 26: google.protobuf.Struct
 }
 var file_llmbridge_v1_llmbridge_proto_depIdxs = []int32{
 	0,  // 0: llmbridge.v1.CompleteRequest.messages:type_name -> llmbridge.v1.Message
-	17, // 1: llmbridge.v1.CompleteRequest.options:type_name -> google.protobuf.Struct
-	2,  // 2: llmbridge.v1.CompleteResponse.usage:type_name -> llmbridge.v1.Usage
-	4,  // 3: llmbridge.v1.CompleteResponse.tool_call:type_name -> llmbridge.v1.ToolCall
-	5,  // 4: llmbridge.v1.CompleteResponse.tool_result:type_name -> llmbridge.v1.ToolResult
-	7,  // 5: llmbridge.v1.ListToolsResponse.tools:type_name -> llmbridge.v1.Tool
-	8,  // 6: llmbridge.v1.ListToolsResponse.servers:type_name -> llmbridge.v1.McpServerStatus
-	17, // 7: llmbridge.v1.ModelDetails.raw:type_name -> google.protobuf.Struct
-	13, // 8: llmbridge.v1.HostModel.details:type_name -> llmbridge.v1.ModelDetails
-	13, // 9: llmbridge.v1.ModelInfo.details:type_name -> llmbridge.v1.ModelDetails
-	14, // 10: llmbridge.v1.ModelInfo.host_models:type_name -> llmbridge.v1.HostModel
-	15, // 11: llmbridge.v1.ListModelsResponse.models:type_name -> llmbridge.v1.ModelInfo
-	1,  // 12: llmbridge.v1.LocalLLM.Complete:input_type -> llmbridge.v1.CompleteRequest
-	10, // 13: llmbridge.v1.LocalLLM.GetCapabilities:input_type -> llmbridge.v1.GetCapabilitiesRequest
-	6,  // 14: llmbridge.v1.LocalLLM.ListTools:input_type -> llmbridge.v1.ListToolsRequest
-	12, // 15: llmbridge.v1.LocalLLM.ListModels:input_type -> llmbridge.v1.ListModelsRequest
-	3,  // 16: llmbridge.v1.LocalLLM.Complete:output_type -> llmbridge.v1.CompleteResponse
-	11, // 17: llmbridge.v1.LocalLLM.GetCapabilities:output_type -> llmbridge.v1.Capabilities
-	9,  // 18: llmbridge.v1.LocalLLM.ListTools:output_type -> llmbridge.v1.ListToolsResponse
-	16, // 19: llmbridge.v1.LocalLLM.ListModels:output_type -> llmbridge.v1.ListModelsResponse
-	16, // [16:20] is the sub-list for method output_type
-	12, // [12:16] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	26, // 1: llmbridge.v1.CompleteRequest.options:type_name -> google.protobuf.Struct
+	23, // 2: llmbridge.v1.CompleteRequest.logit_bias:type_name -> llmbridge.v1.CompleteRequest.LogitBiasEntry
+	2,  // 3: llmbridge.v1.CompleteRequest.response_format:type_name -> llmbridge.v1.ResponseFormat
+	24, // 4: llmbridge.v1.ResponseFormat.json_object:type_name -> llmbridge.v1.ResponseFormat.JsonObject
+	25, // 5: llmbridge.v1.ResponseFormat.json_schema:type_name -> llmbridge.v1.ResponseFormat.JsonSchema
+	3,  // 6: llmbridge.v1.CompleteResponse.usage:type_name -> llmbridge.v1.Usage
+	10, // 7: llmbridge.v1.CompleteResponse.tool_call:type_name -> llmbridge.v1.ToolCall
+	11, // 8: llmbridge.v1.CompleteResponse.tool_result:type_name -> llmbridge.v1.ToolResult
+	6,  // 9: llmbridge.v1.EmbedResponse.embeddings:type_name -> llmbridge.v1.Embedding
+	3,  // 10: llmbridge.v1.EmbedResponse.usage:type_name -> llmbridge.v1.Usage
+	0,  // 11: llmbridge.v1.CountTokensRequest.messages:type_name -> llmbridge.v1.Message
+	13, // 12: llmbridge.v1.ListToolsResponse.tools:type_name -> llmbridge.v1.Tool
+	14, // 13: llmbridge.v1.ListToolsResponse.servers:type_name -> llmbridge.v1.McpServerStatus
+	26, // 14: llmbridge.v1.ModelDetails.raw:type_name -> google.protobuf.Struct
+	19, // 15: llmbridge.v1.HostModel.details:type_name -> llmbridge.v1.ModelDetails
+	19, // 16: llmbridge.v1.ModelInfo.details:type_name -> llmbridge.v1.ModelDetails
+	20, // 17: llmbridge.v1.ModelInfo.host_models:type_name -> llmbridge.v1.HostModel
+	21, // 18: llmbridge.v1.ListModelsResponse.models:type_name -> llmbridge.v1.ModelInfo
+	1,  // 19: llmbridge.v1.LocalLLM.Complete:input_type -> llmbridge.v1.CompleteRequest
+	5,  // 20: llmbridge.v1.LocalLLM.Embed:input_type -> llmbridge.v1.EmbedRequest
+	8,  // 21: llmbridge.v1.LocalLLM.CountTokens:input_type -> llmbridge.v1.CountTokensRequest
+	16, // 22: llmbridge.v1.LocalLLM.GetCapabilities:input_type -> llmbridge.v1.GetCapabilitiesRequest
+	12, // 23: llmbridge.v1.LocalLLM.ListTools:input_type -> llmbridge.v1.ListToolsRequest
+	18, // 24: llmbridge.v1.LocalLLM.ListModels:input_type -> llmbridge.v1.ListModelsRequest
+	4,  // 25: llmbridge.v1.LocalLLM.Complete:output_type -> llmbridge.v1.CompleteResponse
+	7,  // 26: llmbridge.v1.LocalLLM.Embed:output_type -> llmbridge.v1.EmbedResponse
+	9,  // 27: llmbridge.v1.LocalLLM.CountTokens:output_type -> llmbridge.v1.CountTokensResponse
+	17, // 28: llmbridge.v1.LocalLLM.GetCapabilities:output_type -> llmbridge.v1.Capabilities
+	15, // 29: llmbridge.v1.LocalLLM.ListTools:output_type -> llmbridge.v1.ListToolsResponse
+	22, // 30: llmbridge.v1.LocalLLM.ListModels:output_type -> llmbridge.v1.ListModelsResponse
+	25, // [25:31] is the sub-list for method output_type
+	19, // [19:25] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_llmbridge_v1_llmbridge_proto_init() }
@@ -1501,13 +2169,17 @@ func file_llmbridge_v1_llmbridge_proto_init() {
 		return
 	}
 	file_llmbridge_v1_llmbridge_proto_msgTypes[1].OneofWrappers = []any{}
+	file_llmbridge_v1_llmbridge_proto_msgTypes[2].OneofWrappers = []any{
+		(*ResponseFormat_JsonObject_)(nil),
+		(*ResponseFormat_JsonSchema_)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_llmbridge_v1_llmbridge_proto_rawDesc), len(file_llmbridge_v1_llmbridge_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   17,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -25,6 +25,8 @@ const _ = grpc.SupportPackageIsVersion9
 
 const (
 	LocalLLM_Complete_FullMethodName        = "/llmbridge.v1.LocalLLM/Complete"
+	LocalLLM_Embed_FullMethodName           = "/llmbridge.v1.LocalLLM/Embed"
+	LocalLLM_CountTokens_FullMethodName     = "/llmbridge.v1.LocalLLM/CountTokens"
 	LocalLLM_GetCapabilities_FullMethodName = "/llmbridge.v1.LocalLLM/GetCapabilities"
 	LocalLLM_ListTools_FullMethodName       = "/llmbridge.v1.LocalLLM/ListTools"
 	LocalLLM_ListModels_FullMethodName      = "/llmbridge.v1.LocalLLM/ListModels"
@@ -37,6 +39,11 @@ type LocalLLMClient interface {
 	// Streams the model's answer: text deltas, then one last message with
 	// done = true, usage, finish_reason and model.
 	Complete(ctx context.Context, in *CompleteRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[CompleteResponse], error)
+	// One embedding vector per input text, in order.
+	Embed(ctx context.Context, in *EmbedRequest, opts ...grpc.CallOption) (*EmbedResponse, error)
+	// The prompt's size in tokens, counted with the model's own tokenizer and
+	// chat template, without generating anything.
+	CountTokens(ctx context.Context, in *CountTokensRequest, opts ...grpc.CallOption) (*CountTokensResponse, error)
 	// What the running backend supports.
 	GetCapabilities(ctx context.Context, in *GetCapabilitiesRequest, opts ...grpc.CallOption) (*Capabilities, error)
 	// The tools of the configured MCP servers, and each server's status.
@@ -73,6 +80,26 @@ func (c *localLLMClient) Complete(ctx context.Context, in *CompleteRequest, opts
 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type LocalLLM_CompleteClient = grpc.ServerStreamingClient[CompleteResponse]
+
+func (c *localLLMClient) Embed(ctx context.Context, in *EmbedRequest, opts ...grpc.CallOption) (*EmbedResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(EmbedResponse)
+	err := c.cc.Invoke(ctx, LocalLLM_Embed_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *localLLMClient) CountTokens(ctx context.Context, in *CountTokensRequest, opts ...grpc.CallOption) (*CountTokensResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CountTokensResponse)
+	err := c.cc.Invoke(ctx, LocalLLM_CountTokens_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
 
 func (c *localLLMClient) GetCapabilities(ctx context.Context, in *GetCapabilitiesRequest, opts ...grpc.CallOption) (*Capabilities, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
@@ -111,6 +138,11 @@ type LocalLLMServer interface {
 	// Streams the model's answer: text deltas, then one last message with
 	// done = true, usage, finish_reason and model.
 	Complete(*CompleteRequest, grpc.ServerStreamingServer[CompleteResponse]) error
+	// One embedding vector per input text, in order.
+	Embed(context.Context, *EmbedRequest) (*EmbedResponse, error)
+	// The prompt's size in tokens, counted with the model's own tokenizer and
+	// chat template, without generating anything.
+	CountTokens(context.Context, *CountTokensRequest) (*CountTokensResponse, error)
 	// What the running backend supports.
 	GetCapabilities(context.Context, *GetCapabilitiesRequest) (*Capabilities, error)
 	// The tools of the configured MCP servers, and each server's status.
@@ -131,6 +163,12 @@ type UnimplementedLocalLLMServer struct{}
 
 func (UnimplementedLocalLLMServer) Complete(*CompleteRequest, grpc.ServerStreamingServer[CompleteResponse]) error {
 	return status.Error(codes.Unimplemented, "method Complete not implemented")
+}
+func (UnimplementedLocalLLMServer) Embed(context.Context, *EmbedRequest) (*EmbedResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Embed not implemented")
+}
+func (UnimplementedLocalLLMServer) CountTokens(context.Context, *CountTokensRequest) (*CountTokensResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CountTokens not implemented")
 }
 func (UnimplementedLocalLLMServer) GetCapabilities(context.Context, *GetCapabilitiesRequest) (*Capabilities, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetCapabilities not implemented")
@@ -172,6 +210,42 @@ func _LocalLLM_Complete_Handler(srv interface{}, stream grpc.ServerStream) error
 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type LocalLLM_CompleteServer = grpc.ServerStreamingServer[CompleteResponse]
+
+func _LocalLLM_Embed_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(EmbedRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(LocalLLMServer).Embed(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: LocalLLM_Embed_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(LocalLLMServer).Embed(ctx, req.(*EmbedRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _LocalLLM_CountTokens_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CountTokensRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(LocalLLMServer).CountTokens(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: LocalLLM_CountTokens_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(LocalLLMServer).CountTokens(ctx, req.(*CountTokensRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
 
 func _LocalLLM_GetCapabilities_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(GetCapabilitiesRequest)
@@ -234,6 +308,14 @@ var LocalLLM_ServiceDesc = grpc.ServiceDesc{
 	ServiceName: "llmbridge.v1.LocalLLM",
 	HandlerType: (*LocalLLMServer)(nil),
 	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "Embed",
+			Handler:    _LocalLLM_Embed_Handler,
+		},
+		{
+			MethodName: "CountTokens",
+			Handler:    _LocalLLM_CountTokens_Handler,
+		},
 		{
 			MethodName: "GetCapabilities",
 			Handler:    _LocalLLM_GetCapabilities_Handler,

@@ -15,7 +15,9 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..protocol import Message, ToolCall, Usage
+from .. import protocol
+from ..errors import BackendError
+from ..protocol import Message, ResponseFormat, Sampling, ToolCall, Usage
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,22 @@ class ChatRequest:
     temperature: float | None = None  # None: the backend's default
     options: dict[str, Any] = field(default_factory=dict)
     tools: tuple[ToolSpec, ...] = ()  # only sent when the backend supports tools
+    sampling: Sampling = field(default_factory=Sampling)
+    response_format: ResponseFormat | None = None
+
+
+@dataclass(frozen=True)
+class EmbedRequest:
+    model: str
+    inputs: tuple[str, ...]
+    dimensions: int = 0  # 0: the model's own size
+
+
+@dataclass(frozen=True)
+class EmbedResult:
+    embeddings: list[list[float]]  # one per input, in order
+    model: str
+    input_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -56,9 +74,37 @@ class TextDelta:
 @dataclass(frozen=True)
 class ChatDone:
     usage: Usage
-    finish_reason: str
+    finish_reason: str  # the backend's own word; see normalize_finish_reason
     model: str
     tool_calls: tuple[ToolCall, ...] = ()
+
+
+# What clients see as finish_reason, whatever the backend said: Ollama's
+# done_reason ("stop", "length", "load", "unload"), OpenAI-compatible
+# servers' finish_reason ("stop", "length", "tool_calls", "function_call",
+# "content_filter", vLLM's "abort", "error"), llama-cpp-python's and ours.
+# A reason not listed (a backend's new word) is "stop": the model ended.
+FINISH_REASONS = {
+    "stop": "stop",
+    "eos": "stop",
+    "load": "stop",
+    "unload": "stop",
+    "content_filter": "stop",
+    "length": "length",
+    "max_tokens": "length",
+    "tool_calls": "tool_calls",
+    "function_call": "tool_calls",
+    "abort": "cancelled",
+    "cancelled": "cancelled",
+    "error": "error",
+}
+
+
+def normalize_finish_reason(done: ChatDone) -> str:
+    """``stop``, ``length``, ``tool_calls``, ``cancelled`` or ``error``."""
+    if done.tool_calls:
+        return "tool_calls"  # Ollama says "stop" after a turn of tool calls
+    return FINISH_REASONS.get(done.finish_reason, "stop")
 
 
 ChatEvent = TextDelta | ChatDone
@@ -137,6 +183,98 @@ class Backend(ABC):
     def error_data(self, model: str | None = None, **extra: Any) -> dict[str, Any]:
         """The ``data`` object every error reply carries."""
         return {"backend": self.name, "model": model or self.model, **extra}
+
+    async def embed(self, request: EmbedRequest) -> EmbedResult:
+        """One vector per input; -32601 where the backend cannot embed."""
+        raise BackendError(
+            protocol.METHOD_NOT_FOUND,
+            f"embed is not supported by the {self.name} backend",
+            self.error_data(request.model),
+        )
+
+    async def count_tokens(self, model: str, messages: list[Message]) -> int:
+        """The prompt's tokens with the model's chat template, as ``chat`` would
+        send it; -32601 where the backend cannot tell."""
+        raise BackendError(
+            protocol.METHOD_NOT_FOUND,
+            f"count_tokens is not supported by the {self.name} backend",
+            self.error_data(model),
+        )
+
+    def unsupported(self, field: str, why: str) -> BackendError:
+        """-32602 for a request field this backend cannot honour (never ignored)."""
+        return BackendError(
+            protocol.INVALID_PARAMS,
+            f"invalid params: '{field}' is not supported by the {self.name} backend: {why}",
+            self.error_data(field=field),
+        )
+
+    def native_sampling(
+        self, sampling: Sampling, names: dict[str, str], why_not: dict[str, str]
+    ) -> dict[str, Any]:
+        """The sampling controls the request set, under the backend's own names
+        (``names``: wire name -> native name); -32602 for the first one the
+        backend has no name for, saying ``why_not`` it."""
+        native: dict[str, Any] = {}
+        for control, value in sampling.given().items():
+            if control not in names:
+                raise self.unsupported(
+                    control, why_not.get(control, "it has no such sampling control")
+                )
+            native[names[control]] = value
+        return native
+
+    def refuse_dimensions(self, request: EmbedRequest, size: int) -> None:
+        """In-process models have one embedding size: ``dimensions`` may only repeat it."""
+        if request.dimensions not in (0, size):
+            raise self.unsupported(
+                "dimensions",
+                f"model {self.model!r} makes embeddings of {size} values and cannot "
+                "shorten them; leave dimensions at 0",
+            )
+
+
+class StopFilter:
+    """Streamed text cut before the first stop string, for engines that stop
+    only after one (transformers' ``stop_strings``) or not at all (echo).
+
+    ``feed`` returns what may go out now: a tail that could be the start of
+    a stop string is held back until the next piece tells. Once a stop
+    string appeared, ``stopped`` is set and nothing more goes out.
+    """
+
+    def __init__(self, stops: tuple[str, ...]) -> None:
+        self._stops = stops
+        self._held = ""
+        self.stopped = False
+
+    def feed(self, text: str) -> str:
+        if self.stopped:
+            return ""
+        held = self._held + text
+        cut = min((i for i in (held.find(s) for s in self._stops) if i >= 0), default=-1)
+        if cut >= 0:
+            self.stopped = True
+            self._held = ""
+            return held[:cut]
+        keep = max(
+            (n for s in self._stops for n in range(1, len(s)) if held.endswith(s[:n])),
+            default=0,
+        )
+        self._held = held[len(held) - keep :]
+        return held[: len(held) - keep]
+
+    def flush(self) -> str:
+        """The held-back tail, at the end of the stream (no stop string came)."""
+        tail, self._held = self._held, ""
+        return tail
+
+
+def is_vector(value: Any) -> bool:
+    """A list of numbers (an embedding, as a backend sent it)."""
+    return isinstance(value, list) and all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) for x in value
+    )
 
 
 def make_tool_call(call_id: str, name: str, arguments: Any) -> ToolCall:

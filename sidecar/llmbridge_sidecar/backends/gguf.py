@@ -7,6 +7,13 @@ for their turn wait on the event loop (a cancelled one leaves the line without
 running); tokens travel to the loop through ``loop.call_soon_threadsafe``; a
 cancel sets a flag that the worker checks between tokens.
 
+Sampling controls are ``create_chat_completion`` keywords of the same name;
+``response_format`` becomes a llama.cpp grammar (built before generating, so
+a schema it cannot convert is -32602 at once). Embeddings (``embed``) come
+from the same file loaded a second time on first use, with ``embedding=True``
+and mean pooling over the input's tokens; ``count_tokens`` runs the model's
+own chat handler up to the point where it would generate.
+
 Tools (``complete`` with ``use_tools``) are not supported: -32602. llama-cpp-
 python renders a model's own chat template but never parses tool calls out of
 the generated text; its one handler that does, ``chatml-function-calling``
@@ -21,8 +28,10 @@ does emit a well-formed call (``add({"a": 2, "b": 3})`` for "What is 2 plus
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib.util
+import json
 import logging
 import os
 import threading
@@ -32,7 +41,15 @@ from typing import Any
 
 from .. import model_details, protocol
 from ..errors import BackendError
-from .base import Backend, ChatDone, ChatEvent, ChatRequest, TextDelta
+from .base import (
+    Backend,
+    ChatDone,
+    ChatEvent,
+    ChatRequest,
+    EmbedRequest,
+    EmbedResult,
+    TextDelta,
+)
 from .worker import ModelWorker
 
 log = logging.getLogger(__name__)
@@ -56,9 +73,12 @@ SAMPLING_OPTIONS = frozenset(
         "frequency_penalty",
     }
 )
-# ``options.logit_bias`` ({token_id: bias}) is applied by the sidecar's own
-# logits processor: llama-cpp-python 0.3.36 drops any logits_processor when
-# logit_bias is also given (it assigns the None that list.extend returns).
+# The typed sampling controls: create_chat_completion keywords of the same
+# name. ``logit_bias`` ({token_id: bias}, typed or in ``options``) is applied
+# by the sidecar's own logits processor: llama-cpp-python 0.3.36 drops any
+# logits_processor when logit_bias is also given (it assigns the None that
+# list.extend returns).
+SAMPLING_NAMES = {name: name for name in protocol.SAMPLING_FIELDS}
 # Llama() constructor keywords ``init`` may pass in ``options``.
 LOAD_OPTIONS = frozenset({"n_ctx", "n_threads", "n_batch", "n_gpu_layers", "seed"})
 
@@ -114,6 +134,48 @@ class _Generation:
     sampled_tokens: int = 0
 
 
+class _PromptReady(Exception):
+    """Leaves a chat handler with the prompt it built (see prompt_token_count)."""
+
+    def __init__(self, tokens: list[int]) -> None:
+        super().__init__("prompt built")
+        self.tokens = tokens
+
+
+class _PromptCapture:
+    """Stands in for a ``Llama`` in its own chat handler: the handler renders
+    the model's chat template and tokenizes the prompt exactly as
+    ``create_chat_completion`` does, then hands the tokens to
+    ``create_completion``, which here stops it instead of generating."""
+
+    def __init__(self, llm: Any) -> None:
+        self._llm = llm
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._llm, name)
+
+    def create_completion(self, prompt: list[int], **kwargs: Any) -> Any:
+        raise _PromptReady(list(prompt))
+
+
+def prompt_token_count(llm: Any, messages: list[dict[str, str]]) -> int:
+    """The tokens of the prompt ``llm.create_chat_completion(messages)`` would
+    evaluate: the same chat handler it picks, on the same messages."""
+    from llama_cpp import llama_chat_format
+
+    # Any: the capture stands in for the Llama the handler's type names.
+    handler: Any = (
+        llm.chat_handler
+        or llm._chat_handlers.get(llm.chat_format)
+        or llama_chat_format.get_chat_completion_handler(llm.chat_format)
+    )
+    try:
+        handler(llama=_PromptCapture(llm), messages=messages)
+    except _PromptReady as ready:
+        return len(ready.tokens)
+    raise RuntimeError("the chat handler returned without building a prompt")
+
+
 class GgufBackend(Backend):
     name = "gguf"
 
@@ -122,6 +184,9 @@ class GgufBackend(Backend):
         self._options = options
         self.model_path = ""
         self._llm: Any = None
+        # The same file loaded for embeddings (embedding=True, mean pooling),
+        # on first use.
+        self._embedder: Any = None
         self._worker = ModelWorker("gguf")
 
     async def start(self) -> None:
@@ -171,29 +236,66 @@ class GgufBackend(Backend):
 
     async def aclose(self) -> None:
         llm, self._llm = self._llm, None
-        # After the running generation (if any) leaves llama.cpp: free it, stop the thread.
-        await self._worker.aclose(llm.close if llm is not None else None)
+        embedder, self._embedder = self._embedder, None
 
-    async def chat(self, request: ChatRequest) -> AsyncGenerator[ChatEvent, None]:
+        def free() -> None:
+            for model in (llm, embedder):
+                if model is not None:
+                    model.close()
+
+        # After the running generation (if any) leaves llama.cpp: free it, stop the thread.
+        await self._worker.aclose(free)
+
+    def _loaded(self, model: str) -> Any:
+        """The loaded Llama, when ``model`` names it (or nothing)."""
         if self._llm is None:
             raise BackendError(
                 protocol.INTERNAL_ERROR, "gguf model is not loaded", self.error_data()
             )
-        if request.model and request.model not in (
-            self.model,
-            self.model_path,
-            *DEFAULT_MODEL_ALIASES,
-        ):
+        if model and model not in (self.model, self.model_path, *DEFAULT_MODEL_ALIASES):
             raise BackendError(
                 protocol.MODEL_NOT_FOUND,
-                f"model {request.model!r} is not loaded: this gguf sidecar serves "
+                f"model {model!r} is not loaded: this gguf sidecar serves "
                 f"{self.model!r}; start another sidecar (init) for another file",
-                self.error_data(request.model),
+                self.error_data(model),
             )
-        bias = _parse_logit_bias(request.options.get("logit_bias"), self.error_data())
+        return self._llm
+
+    def _grammar(self, fmt: protocol.ResponseFormat | None) -> Any:
+        """The grammar that constrains the answer to ``fmt``, built now, so a
+        schema llama-cpp-python cannot convert fails before generating."""
+        if fmt is None:
+            return None
+        from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
+
+        if fmt.schema is None:
+            return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
+        try:
+            return LlamaGrammar.from_json_schema(json.dumps(fmt.schema), verbose=False)
+        except Exception as e:  # the converter raises bare Exceptions; reported, not swallowed
+            raise self.unsupported(
+                "response_format.json_schema.schema",
+                f"llama-cpp-python cannot turn this schema into a grammar: {e}",
+            ) from e
+
+    async def chat(self, request: ChatRequest) -> AsyncGenerator[ChatEvent, None]:
+        llm = self._loaded(request.model)
+        sampling = self.native_sampling(request.sampling, SAMPLING_NAMES, {})
+        bias = sampling.pop("logit_bias", None) or _parse_logit_bias(
+            request.options.get("logit_bias"), self.error_data()
+        )  # typed wins over options
+        vocabulary = llm.n_vocab()
+        outside = sorted(t for t in bias if t >= vocabulary)
+        if outside:
+            raise self.unsupported(
+                "logit_bias",
+                f"token id {outside[0]} is outside model {self.model!r}'s vocabulary of "
+                f"{vocabulary} tokens",
+            )
+        grammar = self._grammar(request.response_format)
 
         def generate(emit: Callable[[ChatEvent], None], cancelled: threading.Event) -> None:
-            self._generate(request, bias, emit, cancelled)
+            self._generate(request, sampling, grammar, bias, emit, cancelled)
 
         async with contextlib.aclosing(self._worker.stream(generate)) as events:
             async for event in events:
@@ -202,6 +304,8 @@ class GgufBackend(Backend):
     def _generate(
         self,
         request: ChatRequest,
+        sampling: dict[str, Any],
+        grammar: Any,
         bias: dict[int, float],
         emit: Callable[[ChatEvent], None],
         cancelled: threading.Event,
@@ -209,9 +313,20 @@ class GgufBackend(Backend):
         """Runs on the worker thread: emits the TextDeltas, then the ChatDone
         (none when cancelled)."""
         kwargs: dict[str, Any] = {k: v for k, v in request.options.items() if k in SAMPLING_OPTIONS}
+        kwargs.update(sampling)  # typed controls win over options
         if request.temperature is not None:
             kwargs["temperature"] = request.temperature
+        if grammar is not None:
+            kwargs["grammar"] = grammar
         gen = _Generation()
+        llm = self._llm
+        if llm is None:
+            return  # closed while this request waited: its consumer is gone
+        if "seed" in kwargs:
+            # A seeded sample repeats only from the same evaluation: a prompt
+            # found in llama.cpp's cache is evaluated differently (its last
+            # token alone), which moves the logits enough to change samples.
+            llm.reset()
 
         def count_tokens(input_ids: Any, scores: Any) -> Any:
             # A logits processor sees the context once per sampled token: the
@@ -225,9 +340,6 @@ class GgufBackend(Backend):
                     scores[token] += value
             return scores
 
-        llm = self._llm
-        if llm is None:
-            return  # closed while this request waited: its consumer is gone
         from llama_cpp import LogitsProcessorList
 
         stream = llm.create_chat_completion(
@@ -265,4 +377,47 @@ class GgufBackend(Backend):
                 finish_reason=finish_reason or "stop",
                 model=self.model,
             )
+        )
+
+    async def count_tokens(self, model: str, messages: list[protocol.Message]) -> int:
+        llm = self._loaded(model)
+        chat = [m.to_chat() for m in messages]
+        # Off the event loop, beside a running generation: tokenizing only
+        # reads the vocabulary, which never changes once loaded.
+        return await asyncio.to_thread(prompt_token_count, llm, chat)
+
+    async def embed(self, request: EmbedRequest) -> EmbedResult:
+        self._loaded(request.model)
+        return await self._worker.call(lambda: self._embed(request))
+
+    def _embed(self, request: EmbedRequest) -> EmbedResult:
+        """Runs on the worker thread, in turn with the generations."""
+        if self._embedder is None:
+            import llama_cpp
+
+            n_ctx = int(self._options.get("n_ctx") or DEFAULT_N_CTX)
+            kwargs = {k: v for k, v in self._options.items() if k in LOAD_OPTIONS}
+            # One whole input per batch: pooled embeddings need every token of
+            # a sequence in one micro-batch.
+            kwargs.update(n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx)
+            log.info("loading GGUF model %s for embeddings", self.model_path)
+            self._embedder = llama_cpp.Llama(
+                model_path=self.model_path,
+                embedding=True,
+                pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN,
+                verbose=False,
+                **kwargs,
+            )
+        embedder = self._embedder
+        self.refuse_dimensions(request, embedder.n_embd())
+        for i, text in enumerate(request.inputs):
+            tokens = len(embedder.tokenize(text.encode()))
+            if tokens > embedder.n_batch:
+                raise self.unsupported(
+                    f"inputs[{i}]",
+                    f"{tokens} tokens, over the model's context of {embedder.n_batch}; shorten it",
+                )
+        vectors, count = embedder.embed(list(request.inputs), truncate=False, return_count=True)
+        return EmbedResult(
+            embeddings=[list(v) for v in vectors], model=self.model, input_tokens=count
         )

@@ -11,14 +11,21 @@ that a ``StoppingCriteria`` checks after every token, so the worker leaves
 ``generate`` at the next token.
 
 Device: CUDA when ``torch.cuda.is_available()``, else CPU; ``options.device``
-overrides. Tools (``use_tools``) are not supported (-32602): a template may
-render tools into the prompt, but the calls in the generated text come in a
-format of each model's own, which this backend does not parse. torch and
+overrides. Typed sampling controls become generate() arguments (``stop`` ->
+``stop_strings``, ``repeat_penalty`` -> ``repetition_penalty``,
+``logit_bias`` -> ``sequence_bias``; ``seed`` seeds torch); it has no presence
+or frequency penalty and no constrained decoding, so those and
+``response_format`` are -32602. Embeddings (``embed``) are the mean of the
+last hidden state over the input's tokens. Tools (``use_tools``) are not
+supported (-32602): a template may render tools into the prompt, but the
+calls in the generated text come in a format of each model's own, which this
+backend does not parse. torch and
 transformers are the ``[transformers]`` extra.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -28,7 +35,16 @@ from typing import Any
 
 from .. import model_details, protocol
 from ..errors import BackendError
-from .base import Backend, ChatDone, ChatEvent, ChatRequest, TextDelta
+from .base import (
+    Backend,
+    ChatDone,
+    ChatEvent,
+    ChatRequest,
+    EmbedRequest,
+    EmbedResult,
+    StopFilter,
+    TextDelta,
+)
 from .worker import ModelWorker
 
 log = logging.getLogger(__name__)
@@ -38,6 +54,26 @@ DEFAULT_MAX_TOKENS = 256
 GENERATE_OPTIONS = frozenset(
     {"top_p", "top_k", "min_p", "repetition_penalty", "min_new_tokens", "no_repeat_ngram_size"}
 )
+# The typed sampling controls as generate() arguments (``stop`` and
+# ``logit_bias`` change shape on the way: stop_strings, sequence_bias; the
+# seed seeds torch instead).
+SAMPLING_NAMES = {
+    "stop": "stop_strings",
+    "seed": "seed",
+    "top_p": "top_p",
+    "top_k": "top_k",
+    "min_p": "min_p",
+    "repeat_penalty": "repetition_penalty",
+    "logit_bias": "sequence_bias",
+}
+SAMPLING_WHY_NOT = {
+    "presence_penalty": "generate() has no presence penalty (repeat_penalty is its "
+    "repetition_penalty)",
+    "frequency_penalty": "generate() has no frequency penalty (repeat_penalty is its "
+    "repetition_penalty)",
+}
+# Controls that only act when generate() samples.
+SAMPLERS = frozenset({"top_p", "top_k", "min_p"})
 
 
 def _missing_engine(e: ImportError) -> BackendError:
@@ -144,12 +180,14 @@ class TransformersBackend(Backend):
         await self._worker.aclose()
 
     def _generate_kwargs(self, request: ChatRequest) -> dict[str, Any]:
+        if request.response_format is not None:
+            raise self.unsupported(
+                "response_format",
+                "transformers has no constrained decoding here; use the gguf, ollama, "
+                "llama.cpp or vllm backend for JSON output",
+            )
         kwargs: dict[str, Any] = {k: v for k, v in request.options.items() if k in GENERATE_OPTIONS}
         kwargs["max_new_tokens"] = request.max_tokens or DEFAULT_MAX_TOKENS
-        if request.temperature is not None:
-            kwargs["do_sample"] = request.temperature > 0
-            if request.temperature > 0:
-                kwargs["temperature"] = request.temperature
         stop = request.options.get("stop")
         if stop is not None:
             if isinstance(stop, str):
@@ -157,25 +195,52 @@ class TransformersBackend(Backend):
             if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
                 raise protocol.invalid_params("options.stop", "must be a string or strings")
             kwargs["stop_strings"] = stop
-            kwargs["tokenizer"] = self._tokenizer
+        typed = self.native_sampling(request.sampling, SAMPLING_NAMES, SAMPLING_WHY_NOT)
+        typed.pop("seed", None)  # seeds torch (see chat)
+        if "sequence_bias" in typed:
+            vocabulary = len(self._tokenizer)
+            outside = sorted(t for t in typed["sequence_bias"] if t >= vocabulary)
+            if outside:
+                raise self.unsupported(
+                    "logit_bias",
+                    f"token id {outside[0]} is outside model {self.model!r}'s vocabulary of "
+                    f"{vocabulary} tokens",
+                )
+            typed["sequence_bias"] = {(t,): b for t, b in typed["sequence_bias"].items()}
+        kwargs.update(typed)  # typed controls win over options
+        if "stop_strings" in kwargs:
+            kwargs["tokenizer"] = self._tokenizer  # stop_strings needs it
+        if request.temperature is not None:
+            kwargs["do_sample"] = request.temperature > 0
+            if request.temperature > 0:
+                kwargs["temperature"] = request.temperature
+        elif SAMPLERS & kwargs.keys():
+            # top_p / top_k / min_p act only when sampling; greedy would ignore them.
+            kwargs["do_sample"] = True
         return kwargs
 
-    async def chat(self, request: ChatRequest) -> AsyncGenerator[ChatEvent, None]:
+    def _check_loaded(self, model: str) -> None:
+        """Raises unless the model is loaded and ``model`` names it (or nothing)."""
         if self._model is None:
             raise BackendError(
                 protocol.INTERNAL_ERROR, "transformers model is not loaded", self.error_data()
             )
-        if request.model and request.model not in (self.model, os.path.expanduser(self.model)):
+        if model and model not in (self.model, os.path.expanduser(self.model)):
             raise BackendError(
                 protocol.MODEL_NOT_FOUND,
-                f"model {request.model!r} is not loaded: this transformers sidecar serves "
+                f"model {model!r} is not loaded: this transformers sidecar serves "
                 f"{self.model!r}; start another sidecar (init) for another model",
-                self.error_data(request.model),
+                self.error_data(model),
             )
+
+    async def chat(self, request: ChatRequest) -> AsyncGenerator[ChatEvent, None]:
+        self._check_loaded(request.model)
         kwargs = self._generate_kwargs(request)
         seed = request.options.get("seed")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise protocol.invalid_params("options.seed", "must be an integer")
+        if request.sampling.seed is not None:
+            seed = request.sampling.seed  # typed wins over options
 
         def generate(emit: Callable[[ChatEvent], None], cancelled: threading.Event) -> None:
             self._generate(request, kwargs, seed, emit, cancelled)
@@ -221,12 +286,18 @@ class TransformersBackend(Backend):
             def __call__(self, input_ids: Any, scores: Any, **kw: Any) -> Any:
                 return cancelled.is_set()
 
+        # generate() stops after a stop string; the answer ends before it.
+        stops = StopFilter(tuple(kwargs.get("stop_strings") or ()))
+
         class EmitText(transformers.TextStreamer):
             """Decodes tokens as generate() makes them; hands out each finished piece."""
 
             def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
-                if text:
-                    emit(TextDelta(text))
+                piece = stops.feed(text)
+                if stream_end:
+                    piece += stops.flush()
+                if piece:
+                    emit(TextDelta(piece))
 
         streamer: Any = EmitText(tokenizer, skip_prompt=True, skip_special_tokens=True)
         if seed is not None:
@@ -242,7 +313,9 @@ class TransformersBackend(Backend):
         if cancelled.is_set():
             return
         output = int(output_ids.shape[-1]) - prompt_tokens
-        finish_reason = "length" if output >= kwargs["max_new_tokens"] else "stop"
+        finish_reason = (
+            "length" if output >= kwargs["max_new_tokens"] and not stops.stopped else "stop"
+        )
         if finish_reason == "stop" and output > 0:
             eos = model.generation_config.eos_token_id
             eos_ids = set(eos) if isinstance(eos, list) else {eos}
@@ -256,3 +329,51 @@ class TransformersBackend(Backend):
                 model=self.model,
             )
         )
+
+    async def count_tokens(self, model: str, messages: list[protocol.Message]) -> int:
+        self._check_loaded(model)
+        tokenizer = self._tokenizer
+        chat = [m.to_chat() for m in messages]
+
+        def count() -> int:
+            # The same call _generate makes, so the count is its input_tokens.
+            encoded = tokenizer.apply_chat_template(
+                chat, add_generation_prompt=True, tokenize=True, return_dict=True
+            )
+            return len(encoded["input_ids"])
+
+        # Off the event loop, beside a running generation: a fast tokenizer
+        # encodes concurrently with the model's thread.
+        return await asyncio.to_thread(count)
+
+    async def embed(self, request: EmbedRequest) -> EmbedResult:
+        self._check_loaded(request.model)
+        return await self._worker.call(lambda: self._embed(request))
+
+    def _embed(self, request: EmbedRequest) -> EmbedResult:
+        """Runs on the worker thread: the mean of the last hidden state over
+        each input's tokens (one input at a time: no padding to mask)."""
+        import torch
+
+        model, tokenizer = self._model, self._tokenizer
+        if model is None:
+            raise BackendError(
+                protocol.INTERNAL_ERROR, "transformers model is not loaded", self.error_data()
+            )
+        self.refuse_dimensions(request, int(model.config.hidden_size))
+        limit = int(getattr(model.config, "max_position_embeddings", 0) or 0)
+        vectors: list[list[float]] = []
+        tokens = 0
+        with torch.inference_mode():
+            for i, text in enumerate(request.inputs):
+                encoded = tokenizer(text, return_tensors="pt").to(self.device)
+                count = int(encoded["input_ids"].shape[-1])
+                if limit and count > limit:
+                    raise self.unsupported(
+                        f"inputs[{i}]",
+                        f"{count} tokens, over the model's context of {limit}; shorten it",
+                    )
+                hidden = model(**encoded, output_hidden_states=True).hidden_states[-1][0]
+                vectors.append(hidden.float().mean(dim=0).tolist())
+                tokens += count
+        return EmbedResult(embeddings=vectors, model=self.model, input_tokens=tokens)

@@ -357,6 +357,44 @@ class HttpBackend(Backend):
             await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
             delay = min(delay * 2, 1.0)
 
+    async def post(self, model: str, path: str, body: dict[str, Any]) -> tuple[int, bytes]:
+        """POST ``body`` and read the whole answer: (status, body). -32003 when
+        the server cannot be reached."""
+        try:
+            async with self.client().post(
+                self.base_url + path,
+                data=jsonio.dumps(body),
+                headers=JSON_HEADERS,
+                proxy=self._proxy,
+            ) as resp:
+                return resp.status, await resp.read()
+        except TRANSPORT_ERRORS as e:
+            raise self.unreachable(model, e) from e
+
+    async def post_json(
+        self, model: str, path: str, body: dict[str, Any], missing: BackendError | None = None
+    ) -> dict[str, Any]:
+        """POST ``body``: the JSON object of a 200 answer; ``missing`` for a 404
+        when given (the server lacks the endpoint), else ``http_error`` for any
+        other status; -32000 for a 200 that is not a JSON object."""
+        status, raw = await self.post(model, path, body)
+        if status == 404 and missing is not None:
+            raise missing
+        if status != 200:
+            raise self.http_error(model, status, raw)
+        try:
+            answer = jsonio.loads(raw)
+        except (ValueError, RecursionError):
+            answer = None
+        if not isinstance(answer, dict):
+            raise BackendError(
+                protocol.BACKEND_ERROR,
+                f"{self.product} at {self.base_url} answered POST {path} with a body that is "
+                f"not a JSON object: {_text(raw[:200])!r}",
+                self.error_data(model, http_status=status),
+            )
+        return answer
+
     async def stream(self, model: str, path: str, body: dict[str, Any]) -> LineStream:
         """POST ``body``; the 200 streaming answer as a ``LineStream``.
 

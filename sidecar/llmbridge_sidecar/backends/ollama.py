@@ -27,9 +27,12 @@ from .base import (
     ChatDone,
     ChatEvent,
     ChatRequest,
+    EmbedRequest,
+    EmbedResult,
     HealthReport,
     ModelInfo,
     TextDelta,
+    is_vector,
     make_tool_call,
 )
 from .http import HttpBackend, error_text
@@ -37,6 +40,9 @@ from .http import HttpBackend, error_text
 log = logging.getLogger(__name__)
 
 DEFAULT_HOST = "localhost:11434"
+# The typed sampling controls: Ollama options of the same name (but one).
+SAMPLING_NAMES = {name: name for name in protocol.SAMPLING_FIELDS if name != "logit_bias"}
+SAMPLING_WHY_NOT = {"logit_bias": "Ollama's API has no logit bias option"}
 
 
 def model_matches(wanted: str, served: str) -> bool:
@@ -113,7 +119,12 @@ class OllamaBackend(HttpBackend):
         )
 
     def build_body(self, request: ChatRequest) -> dict[str, Any]:
-        options: dict[str, Any] = {**self._init_options, **request.options}
+        # Typed controls win over the same keys in init and request options.
+        options: dict[str, Any] = {
+            **self._init_options,
+            **request.options,
+            **self.native_sampling(request.sampling, SAMPLING_NAMES, SAMPLING_WHY_NOT),
+        }
         if request.temperature is not None:
             options["temperature"] = request.temperature
         if request.max_tokens > 0:
@@ -125,9 +136,40 @@ class OllamaBackend(HttpBackend):
         }
         if request.tools:
             body["tools"] = [t.to_openai() for t in request.tools]
+        if request.response_format is not None:
+            # "json", or the schema itself (Ollama constrains to it by grammar).
+            body["format"] = request.response_format.schema or "json"
         if options:
             body["options"] = options
         return body
+
+    async def embed(self, request: EmbedRequest) -> EmbedResult:
+        body: dict[str, Any] = {"model": request.model, "input": list(request.inputs)}
+        if request.dimensions:
+            body["dimensions"] = request.dimensions
+        answer = await self.post_json(request.model, "/api/embed", body)
+        vectors = answer.get("embeddings")
+        if not isinstance(vectors, list) or not all(is_vector(v) for v in vectors):
+            raise BackendError(
+                protocol.BACKEND_ERROR,
+                f"Ollama at {self.base_url} answered /api/embed without an embeddings "
+                f"array of numbers for model {request.model!r}",
+                self.error_data(request.model, http_status=200),
+            )
+        return EmbedResult(
+            embeddings=vectors,
+            model=str(answer.get("model") or request.model),
+            input_tokens=int(answer.get("prompt_eval_count") or 0),
+        )
+
+    async def count_tokens(self, model: str, messages: list[protocol.Message]) -> int:
+        raise BackendError(
+            protocol.METHOD_NOT_FOUND,
+            "count_tokens is not supported by the ollama backend: Ollama's API has no "
+            "tokenize endpoint; usage.input_tokens of a completion reports the count after "
+            "the fact",
+            self.error_data(model),
+        )
 
     async def chat(self, request: ChatRequest) -> AsyncGenerator[ChatEvent, None]:
         model = request.model

@@ -44,9 +44,12 @@ from .base import (
     ChatDone,
     ChatEvent,
     ChatRequest,
+    EmbedRequest,
+    EmbedResult,
     HealthReport,
     ModelInfo,
     TextDelta,
+    is_vector,
     make_tool_call,
 )
 from .http import HttpBackend, error_text
@@ -59,17 +62,32 @@ CHAT_PATH = "/v1/chat/completions"
 RESERVED_FIELDS = frozenset({"model", "messages", "stream", "stream_options"})
 
 
+EMBEDDINGS_PATH = "/v1/embeddings"
+# The typed sampling controls both servers take as body fields of their own
+# name; the repeat penalty's name differs (Flavor).
+COMMON_SAMPLING_NAMES = {
+    name: name for name in protocol.SAMPLING_FIELDS if name != "repeat_penalty"
+}
+
+
 @dataclass(frozen=True)
 class Flavor:
-    """How to name a server in messages and how to tell users to start it."""
+    """What differs between the servers: names in messages, how to start
+    them, the repeat penalty's field, and how they count a prompt's tokens."""
 
     product: str
     start_hint: str
+    repeat_penalty_field: str
+    # llama.cpp: POST /apply-template, then POST /tokenize the prompt; vLLM:
+    # POST /tokenize with the messages.
+    template_then_tokenize: bool
 
 
 FLAVORS = {
-    "llama.cpp": Flavor("llama.cpp server", "`llama-server -m MODEL.gguf --port PORT`"),
-    "vllm": Flavor("vLLM", "`vllm serve MODEL --port PORT`"),
+    "llama.cpp": Flavor(
+        "llama.cpp server", "`llama-server -m MODEL.gguf --port PORT`", "repeat_penalty", True
+    ),
+    "vllm": Flavor("vLLM", "`vllm serve MODEL --port PORT`", "repetition_penalty", False),
 }
 
 
@@ -89,9 +107,13 @@ class OpenAICompatBackend(HttpBackend):
     def __init__(self, params: InitParams) -> None:
         super().__init__(params.model, params.host, DEFAULT_HOST, params)
         self.name = params.backend
-        flavor = FLAVORS[params.backend]
-        self.product = flavor.product
-        self.start_hint = flavor.start_hint
+        self.flavor = FLAVORS[params.backend]
+        self.product = self.flavor.product
+        self.start_hint = self.flavor.start_hint
+        self._sampling_names = {
+            **COMMON_SAMPLING_NAMES,
+            "repeat_penalty": self.flavor.repeat_penalty_field,
+        }
         # Init options are request fields for every request (top_p, seed, ...).
         self._init_options = params.options
 
@@ -202,13 +224,20 @@ class OpenAICompatBackend(HttpBackend):
             raise protocol.invalid_params(
                 f"options.{clash[0]}", "is set by the sidecar; use the request's own field"
             )
+        sampling = self.native_sampling(request.sampling, self._sampling_names, {})
+        if "logit_bias" in sampling:
+            # JSON object keys are strings: {"token id": bias}, as OpenAI's.
+            sampling["logit_bias"] = {str(k): v for k, v in sampling["logit_bias"].items()}
         body: dict[str, Any] = {
             "model": request.model,
             "messages": [_message(m) for m in request.messages],
             "stream": True,
             "stream_options": {"include_usage": True},
             **options,
+            **sampling,  # typed controls win over the same keys in options
         }
+        if request.response_format is not None:
+            body["response_format"] = self._response_format(request.response_format)
         if request.tools:
             body["tools"] = [t.to_openai() for t in request.tools]
         if request.max_tokens > 0:
@@ -216,6 +245,94 @@ class OpenAICompatBackend(HttpBackend):
         if request.temperature is not None:
             body["temperature"] = request.temperature
         return body
+
+    def _response_format(self, fmt: protocol.ResponseFormat) -> dict[str, Any]:
+        if fmt.schema is None:
+            return {"type": "json_object"}
+        if self.flavor.template_then_tokenize:
+            # The shape both llama-server and llama-cpp-python's server turn
+            # into a grammar (the latter ignores type "json_schema").
+            return {"type": "json_object", "schema": fmt.schema}
+        spec: dict[str, Any] = {"name": fmt.name or "response", "schema": fmt.schema}
+        if fmt.strict:
+            spec["strict"] = True
+        return {"type": "json_schema", "json_schema": spec}
+
+    async def embed(self, request: EmbedRequest) -> EmbedResult:
+        body: dict[str, Any] = {
+            "model": request.model,
+            "input": list(request.inputs),
+            "encoding_format": "float",
+        }
+        if request.dimensions:
+            body["dimensions"] = request.dimensions
+        answer = await self.post_json(request.model, EMBEDDINGS_PATH, body)
+        data = answer.get("data")
+        entries = data if isinstance(data, list) else []
+        by_index = {
+            e.get("index", i): e.get("embedding")
+            for i, e in enumerate(entries)
+            if isinstance(e, dict)
+        }
+        vectors = [by_index.get(i) for i in range(len(request.inputs))]
+        if len(entries) != len(request.inputs) or not all(is_vector(v) for v in vectors):
+            raise BackendError(
+                protocol.BACKEND_ERROR,
+                f"{self.product} at {self.base_url} answered {EMBEDDINGS_PATH} without one "
+                f"embedding per input for model {request.model!r}",
+                self.error_data(request.model, http_status=200),
+            )
+        usage = answer.get("usage")
+        tokens = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+        return EmbedResult(
+            embeddings=[v for v in vectors if isinstance(v, list)],
+            model=str(answer.get("model") or request.model),
+            input_tokens=tokens if isinstance(tokens, int) else 0,
+        )
+
+    async def count_tokens(self, model: str, messages: list[protocol.Message]) -> int:
+        chat = [_message(m) for m in messages]
+        if not self.flavor.template_then_tokenize:
+            answer = await self._post_or_unsupported(
+                model,
+                "/tokenize",
+                {"model": model, "messages": chat, "add_generation_prompt": True},
+            )
+            count = answer.get("count")
+        else:
+            rendered = await self._post_or_unsupported(model, "/apply-template", {"messages": chat})
+            prompt = rendered.get("prompt")
+            if not isinstance(prompt, str):
+                raise self._malformed(model, "/apply-template", "a prompt")
+            # As llama-server tokenizes a chat prompt: special tokens added and parsed.
+            answer = await self._post_or_unsupported(
+                model, "/tokenize", {"content": prompt, "add_special": True, "parse_special": True}
+            )
+            tokens = answer.get("tokens")
+            count = len(tokens) if isinstance(tokens, list) else None
+        if not isinstance(count, int) or isinstance(count, bool):
+            raise self._malformed(model, "/tokenize", "a token count")
+        return count
+
+    async def _post_or_unsupported(
+        self, model: str, path: str, body: dict[str, Any]
+    ) -> dict[str, Any]:
+        """``post_json``, with a server that lacks ``path`` (404) meaning -32601."""
+        missing = BackendError(
+            protocol.METHOD_NOT_FOUND,
+            f"count_tokens is not supported by this {self.product} at {self.base_url}: "
+            f"it has no POST {path} (llama.cpp's llama-server and vLLM have one; "
+            "llama-cpp-python's server does not)",
+            self.error_data(model, http_status=404),
+        )
+        return await self.post_json(model, path, body, missing)
+
+    def _malformed(self, model: str, path: str, what: str) -> BackendError:
+        return BackendError(
+            protocol.BACKEND_ERROR,
+            f"{self.product} at {self.base_url} answered POST {path} without {what}",
+            self.error_data(model, http_status=200),
+        )
 
     async def chat(self, request: ChatRequest) -> AsyncGenerator[ChatEvent, None]:
         model = request.model

@@ -161,6 +161,9 @@ class PoolCore : public std::enable_shared_from_this<PoolCore> {
     std::shared_ptr<Sidecar> sidecar;  // set while kReady
     int failures = 0;  // consecutive failed starts and quick deaths
     Clock::time_point ready_at;
+    // A call ended well on this sidecar since it became ready: its death
+    // is then not part of a crash loop, however soon it comes.
+    bool served = false;
     // Events for the keeper, from the sidecar's threads.
     bool closed = false;
     bool stalled = false;
@@ -496,7 +499,12 @@ void PoolCore::OnReplied(const std::shared_ptr<PoolCall>& call,
     call->cancel_when_sent.reset();
     scheduler_.Cancel(std::exchange(call->deadline_timer, 0));
     if (call->request.admission && call->slot >= 0) {
-      --slots_[static_cast<size_t>(call->slot)].in_flight;
+      Slot& slot = slots_[static_cast<size_t>(call->slot)];
+      --slot.in_flight;
+      if (reply.ok() && slot.sidecar != nullptr &&
+          slot.sidecar == call->sidecar.lock()) {
+        slot.served = true;
+      }
     }
     last_activity_ = Clock::now();
     next = Plan();
@@ -863,6 +871,7 @@ void PoolCore::Keep(int index) {
     slot.backend_ok = true;
     slot.health_message = "ready";
     slot.ready_at = Clock::now();
+    slot.served = false;
     init_ = sidecar->init_result();
     std::vector<Dispatch> waiting = Plan();
     lock.unlock();
@@ -880,7 +889,8 @@ void PoolCore::Keep(int index) {
     const bool crashed =
         end == End::kExited || end == End::kStalled || end == End::kUnresponsive;
     if (crashed) {
-      const bool quick = Clock::now() - slot.ready_at < policy.quick_failure;
+      const bool quick =
+          !slot.served && Clock::now() - slot.ready_at < policy.quick_failure;
       slot.failures = quick ? slot.failures + 1 : 0;
       slot.state = SlotState::kStarting;  // calls wait for the replacement
     } else {

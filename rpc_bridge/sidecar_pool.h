@@ -47,8 +47,10 @@ namespace llmbridge::rpc {
 
 // When a sidecar is started again after it failed.
 struct RestartPolicy {
-  // A sidecar that dies within this time of becoming ready counts as a
-  // quick failure; one that ran longer restarts at once with a clean slate.
+  // A sidecar that dies within this time of becoming ready, before any
+  // call ended well on it, counts as a quick failure; one that ran longer
+  // or served a call restarts at once with a clean slate (a kill mid-stream
+  // is not a crash loop).
   std::chrono::milliseconds quick_failure{10000};
   // Consecutive failures (failed starts, quick deaths) back off: the first
   // restart is immediate, then initial_backoff, doubling, up to max_backoff.

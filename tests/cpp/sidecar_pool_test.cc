@@ -386,6 +386,26 @@ TEST(SidecarPoolTest, OnDemandStartAndKeepAliveUnload) {
 }
 
 
+// Deaths of sidecars that served calls are not a crash loop: more kills in
+// a row than max_quick_failures never make the pool refuse calls.
+TEST(SidecarPoolTest, KillsOfServingSidecarsNeverLookLikeACrashLoop) {
+  StateWaiter waiter;
+  ClientOptions options;
+  options.pool.observer = &waiter;
+  Client client(FakeConfig("echo"), options);
+  for (int i = 0; i < options.pool.restart.max_quick_failures + 2; ++i) {
+    auto served = client.Complete(Ask(absl::StrCat("call ", i)));
+    ASSERT_TRUE(served.ok()) << "call " << i << ": " << served.status();
+    const pid_t pid = client.SidecarPid();
+    ASSERT_GT(pid, 0);
+    ::kill(pid, SIGKILL);
+    ASSERT_TRUE(waiter.WaitUntil(client, [pid](const PoolStatus& s) {
+      return s.slots[0].state == SlotState::kReady && s.slots[0].pid != pid;
+    })) << "kill " << i << ": state " << SlotStateName(client.Status().slots[0].state);
+  }
+  EXPECT_TRUE(client.Complete(Ask("after the kills")).ok());
+}
+
 // A model loaded on demand, sharing `gate` with others.
 ClientOptions OnDemandBehind(LoadGate& gate, StateWaiter& waiter) {
   ClientOptions options;

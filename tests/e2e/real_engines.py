@@ -284,4 +284,4 @@ def llama_server(gguf: str, port: int | None = None) -> EngineProcess:
             "--host", "127.0.0.1", "--port", str(port), "--ctx-size", "4096",
             "--parallel", "2", "--threads", str(ENGINE_THREADS), "--slots", "--metrics"]
     # It answers HTTP while it loads the model (503); this line comes after.
-    return EngineProcess("llama-server", argv, engine_env(), port, r"main: model loaded")
+    return EngineProcess("llama-server", argv, engine_env(), port, r": model loaded$")

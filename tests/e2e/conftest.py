@@ -1,5 +1,6 @@
 """Fixtures for end-to-end tests: the real server binary, the real sidecar,
-real models or a protocol-faithful Ollama fake, and a real gRPC client.
+real models, real engines (Ollama, llama.cpp's llama-server: see
+real_engines.py) or protocol-faithful fakes, and a real gRPC client.
 
 Nothing here sleeps to wait: each process is awaited on the line it prints
 when it is ready.
@@ -25,6 +26,9 @@ from types import ModuleType
 import grpc
 import pytest
 from grpc_tools import protoc
+
+import real_engines
+from real_engines import EngineProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 # LLMBRIDGE_SERVER_BINARY picks another build (e.g. one made with -c opt).
@@ -184,20 +188,13 @@ def fake_openai() -> Iterator[str]:
     process.wait(timeout=10)
 
 
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def llama_cpp_server(smollm2_path: str) -> Iterator[str]:
     """A real llama.cpp server (llama-cpp-python's OpenAI-compatible server)
     running SmolLM2 under the model name "smollm2"; yields host:port."""
     if importlib.util.find_spec("uvicorn") is None:
         pytest.fail("llama_cpp.server needs the sidecar's [server] extra: run scripts/setup")
-    port = _free_port()
+    port = real_engines.free_port()
     process, _, _ = _start([sys.executable, "-m", "llama_cpp.server", "--model", smollm2_path,
                             "--model_alias", "smollm2", "--host", "127.0.0.1",
                             "--port", str(port), "--n_ctx", "1024",
@@ -221,3 +218,58 @@ def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     subprocess.run([sys.executable, str(TINY_LLAMA), str(path)], check=True,
                    stdout=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     return str(path)
+
+
+def require_built(binary: Path) -> None:
+    if not binary.exists():
+        pytest.fail(f"{binary} is missing: run scripts/setup (with the test extra it builds "
+                    "Ollama and llama-server once and caches them)")
+
+
+@pytest.fixture(scope="session")
+def real_ollama(tmp_path_factory: pytest.TempPathFactory,
+                smollm2_path: str) -> Iterator[EngineProcess]:
+    """A real `ollama serve` (built by scripts/setup) with SmolLM2 imported
+    from its GGUF as "smollm2", in a models folder of its own."""
+    require_built(real_engines.OLLAMA_BINARY)
+    root = tmp_path_factory.mktemp("ollama")
+    ollama = real_engines.ollama_serve(home=root, models=root / "models")
+    ollama.start()
+    try:
+        real_engines.ollama_create(ollama, real_engines.MODEL, smollm2_path, root)
+        yield ollama
+    finally:
+        ollama.stop()
+
+
+@pytest.fixture
+def restartable_ollama(real_ollama: EngineProcess, tmp_path: Path) -> Iterator[EngineProcess]:
+    """A second `ollama serve` over real_ollama's models folder, which a test
+    may stop and start again (on the same port)."""
+    ollama = real_engines.ollama_serve(home=tmp_path,
+                                      models=Path(real_ollama.env["OLLAMA_MODELS"]))
+    ollama.start()
+    try:
+        yield ollama
+    finally:
+        ollama.stop()
+
+
+@pytest.fixture(scope="session")
+def real_llama_server(smollm2_path: str) -> Iterator[EngineProcess]:
+    """llama.cpp's own llama-server (built by scripts/setup from the
+    pinned llama-cpp-python's llama.cpp) serving SmolLM2 as "smollm2".
+    Opt-in: its build costs about 25 CPU-minutes, so scripts/setup builds it
+    only with LLMBRIDGE_LLAMA_SERVER=1; without it these tests are skipped
+    (the same protocol is tested against llama-cpp-python's own server)."""
+    if not real_engines.LLAMA_SERVER_BINARY.exists():
+        if os.environ.get("LLMBRIDGE_LLAMA_SERVER") == "1":
+            require_built(real_engines.LLAMA_SERVER_BINARY)  # asked for: a failure
+        pytest.skip("llama-server is not built: LLMBRIDGE_LLAMA_SERVER=1 scripts/setup "
+                    "builds it (about 25 CPU-minutes, cached)")
+    server = real_engines.llama_server(smollm2_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

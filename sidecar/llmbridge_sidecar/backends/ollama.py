@@ -43,6 +43,9 @@ DEFAULT_HOST = "localhost:11434"
 # The typed sampling controls: Ollama options of the same name (but one).
 SAMPLING_NAMES = {name: name for name in protocol.SAMPLING_FIELDS if name != "logit_bias"}
 SAMPLING_WHY_NOT = {"logit_bias": "Ollama's API has no logit bias option"}
+# The end of Ollama's HTTP 400 error when tools are offered to a model whose
+# template has none: "<registry>/<model>:<tag> does not support tools".
+NO_TOOLS_SUFFIX = "does not support tools"
 
 
 def model_matches(wanted: str, served: str) -> bool:
@@ -64,7 +67,7 @@ class OllamaBackend(HttpBackend):
         return {"in_process": False}
 
     def tools_unsupported(self) -> str | None:
-        return None  # a model without tool support makes Ollama answer 400, reported as is
+        return None  # Ollama answers 400 for a model without tool support (http_error)
 
     async def start(self) -> None:
         """Ollama is reachable and, when init names a model, has pulled it."""
@@ -200,6 +203,16 @@ class OllamaBackend(HttpBackend):
                 protocol.MODEL_NOT_FOUND,
                 f'model "{model}" not found at Ollama {self.base_url}: run `ollama pull {model}`',
                 data,
+            )
+        if status == 400 and upstream.endswith(NO_TOOLS_SUFFIX):
+            # The model's chat template has no tools section: the request is
+            # what has to change, so it is the caller's field that is named.
+            return BackendError(
+                protocol.INVALID_PARAMS,
+                f"invalid params: 'use_tools' cannot be true for model {model!r}: Ollama at "
+                f"{self.base_url} answers that it {NO_TOOLS_SUFFIX} (its chat template has "
+                "no tools section); send use_tools=false, or use a model that supports tools",
+                {**data, "field": "use_tools"},
             )
         return BackendError(
             protocol.BACKEND_ERROR,

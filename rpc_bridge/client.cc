@@ -190,6 +190,10 @@ PoolCallRequest Client::CompleteRequest(CompleteParams params, bool stream,
   PoolCallRequest request;
   request.method = kMethodComplete;
   request.params = params;
+  // The stream carries the text and stream.done ends the call here, so the
+  // response after it need not repeat the whole answer (the sidecar would
+  // encode it and the reader parse it, only for it to be dropped).
+  if (stream) request.params["result_content"] = false;
   request.admission = true;
   request.deadline = call.deadline.value_or(Clock::now() + config_.request_timeout);
   request.send_timeout = true;

@@ -18,7 +18,9 @@ JSON-RPC 2.0, one JSON object per line on stdin/stdout. Methods:
   CompleteResult; with ``stream: true`` it first sends ``stream.chunk``
   notifications (and ``stream.tool_call`` / ``stream.tool_result`` around each
   MCP tool call), then ``stream.done``, each carrying ``request_id``. See
-  ``tool_loop`` for the tool-calling loop.
+  ``tool_loop`` for the tool-calling loop. ``result_content: false`` with
+  ``stream: true`` leaves the streamed text out of the response (the bridge
+  sends it: the chunks already carried the text).
   Typed sampling controls (all optional): ``stop`` [str], ``seed``,
   ``top_p``, ``top_k``, ``min_p``, ``presence_penalty``,
   ``frequency_penalty``, ``repeat_penalty``, ``logit_bias`` {"token id":
@@ -264,6 +266,9 @@ class CompleteParams:
     use_tools: bool = False
     max_tool_iterations: int = DEFAULT_MAX_TOOL_ITERATIONS
     tool_timeout_s: float = DEFAULT_TOOL_TIMEOUT_S
+    # False: the response to a streamed request leaves out "content" (the
+    # stream carried it; the bridge asks for this to save re-sending it).
+    result_content: bool = True
     # The caller's remaining deadline (the bridge sends its gRPC deadline):
     # past it the backend's work is stopped and the request fails.
     timeout_s: float | None = None
@@ -449,6 +454,7 @@ def parse_complete(raw: Any) -> CompleteParams:
         stream=stream,
         options=_opt_object(params, "options"),
         use_tools=_opt_bool(params, "use_tools"),
+        result_content=params.get("result_content") is not False,
         max_tool_iterations=iterations,
         tool_timeout_s=_positive_seconds(
             params.get("tool_timeout_s"), DEFAULT_TOOL_TIMEOUT_S, "tool_timeout_s"

@@ -567,7 +567,7 @@ class Server:
                 )
             )
         result: dict[str, Any] = {
-            "content": "".join(parts),
+            "content": "".join(parts) if params.result_content or not stream else "",
             "model": done.model,
             "finish_reason": finish_reason,
             "raw_finish_reason": raw_finish_reason,

@@ -151,3 +151,30 @@ def test_stream_chunk_line_matches_the_generic_encoding(rid: Any, text: str) -> 
         separators=(",", ":"),
     )
     assert protocol.stream_chunk_line(rid, text) == generic.encode() + b"\n"
+
+
+async def test_a_streamed_answer_is_not_repeated_in_the_response_when_asked(
+    sidecar: SidecarProcess,
+) -> None:
+    await init_echo(sidecar)
+    for result_content, expected in ((None, "one two"), (False, "")):
+        params: dict[str, Any] = {"messages": user("one two"), "stream": True}
+        if result_content is not None:
+            params["result_content"] = result_content
+        rid = sidecar.next_id()
+        await sidecar.send_raw(
+            json.dumps(
+                {"jsonrpc": "2.0", "id": rid, "method": "complete", "params": params}
+            ).encode()
+            + b"\n"
+        )
+        streamed = ""
+        while True:
+            msg = await sidecar.read()
+            if msg.get("method") == "stream.chunk":
+                streamed += msg["params"]["content"]
+            elif "method" not in msg:
+                break
+        assert streamed == "one two"
+        assert msg["result"]["content"] == expected
+        assert msg["result"]["usage"]["output_tokens"] == 2

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import ROOT, SERVER_BINARY, _free_port
+from conftest import ROOT, SERVER_BINARY
+from real_engines import free_port
 from test_complete_e2e import TIMEOUT_S, user
 from test_examples import examples_ready  # noqa: F401  (a fixture)
 from test_service_e2e import wait_serving
@@ -204,7 +205,7 @@ def test_max_connection_age_moves_a_pick_first_client_to_a_new_replica(pb, start
     # address comes first but nothing listens there yet, so the client
     # connects to the old replica and, without a maximum connection age,
     # would stay there for good.
-    new_port = _free_port()
+    new_port = free_port()
     old = start_server("--backend=echo", "--max_connection_age=2s",
                        "--max_connection_age_grace=30s")
     wait_serving(old)

@@ -12,7 +12,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from conftest import ROOT, SERVER_BINARY, SIDECAR, _free_port
+from conftest import ROOT, SERVER_BINARY, SIDECAR
+from real_engines import free_port
 from test_service_e2e import MODEL, error_details, ollama  # noqa: F401 (a fixture)
 
 COMPLETE = "/llmbridge.v1.LocalLLM/Complete"
@@ -116,7 +117,7 @@ def test_a_stalled_stderr_does_not_stall_requests(pb):
     the pipe's 64 KiB were full (about 200 calls) requests stopped. Now the
     lines that do not fit are dropped and counted, and reported once the
     reader is back."""
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         [str(SERVER_BINARY), f"--listen=127.0.0.1:{port}", f"--python={sys.executable}",
          f"--sidecar={SIDECAR}", "--backend=echo", "--log_prompts"],

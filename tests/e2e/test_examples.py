@@ -170,7 +170,10 @@ def test_grpcurl_script_lists_describes_streams_and_shows_the_error_details(addr
 
     messages = json_messages(parts["Complete (streaming)"])
     assert "".join(m.get("content", "") for m in messages) == STREAMED_TEXT, output
-    assert [m.get("done", False) for m in messages] == [False] * 4 + [True], output
+    # Text deltas, then one done message (deltas may be merged while the
+    # client is busy, so their count is not fixed).
+    assert [m.get("done", False) for m in messages] == [False] * (len(messages) - 1) + [True]
+    assert 1 <= len(messages) - 1 <= 4, output
     assert messages[-1]["usage"] == {"input_tokens": 12, "output_tokens": 4,
                                      "total_tokens": 16}, output
     assert messages[-1]["finish_reason"] == "stop", output

@@ -162,7 +162,12 @@ def test_real_ollama_typed_seed_and_stop_are_honoured(pb, start_server, real_oll
     again = "".join(r.content for r in complete(pb, server, **ask))
     # Ollama's own sampler, seeded through the typed field: the same text.
     assert first == again and first
-    # A stop string ends the answer before it (Ollama's options.stop).
-    stopped = complete(pb, server, **{**ask, "stop": [","]})
+    # A stop string (Ollama's options.stop) ends the same seeded answer just
+    # before the stop string's first place in it.
+    words = first.split()
+    assert len(words) >= 3, first
+    stop = words[2]
+    stopped = complete(pb, server, **{**ask, "stop": [stop]})
     text = "".join(r.content for r in stopped)
-    assert "," not in text and stopped[-1].finish_reason == "stop", text
+    assert text == first[:first.index(stop)], (stop, first, text)
+    assert stopped[-1].finish_reason == "stop"

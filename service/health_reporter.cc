@@ -9,9 +9,12 @@ HealthReporter::HealthReporter(grpc::HealthCheckServiceInterface* health,
     : health_(health), router_(router) {
   // Nothing is served before Start.
   std::lock_guard<std::mutex> lock(mu_);
-  std::vector<std::string> services = {"", kServiceName};
-  for (const auto& m : router_->models()) services.push_back(ServiceFor(m->entry.name));
-  for (const std::string& service : services) {
+  health_->SetServingStatus("", false);  // liveness
+  health_->SetServingStatus(kServiceName, false);
+  published_[""] = false;
+  published_[kServiceName] = false;
+  for (const auto& m : router_->models()) {
+    const std::string service = ServiceFor(m->entry.name);
     health_->SetServingStatus(service, false);
     published_[service] = false;
   }

@@ -33,6 +33,8 @@ using std::chrono::seconds;
 using ::testing::HasSubstr;
 
 using testing::Ask;
+using testing::CountEntries;
+using testing::ProcessGone;
 using testing::FakeConfig;
 using testing::FakeSidecarPath;
 using testing::kWait;
@@ -69,20 +71,6 @@ struct Collected {
     return out;
   }
 };
-
-int CountEntries(const char* dir) {
-  int n = 0;
-  DIR* d = ::opendir(dir);
-  if (d == nullptr) return -1;
-  while (::readdir(d) != nullptr) ++n;
-  ::closedir(d);
-  return n;
-}
-
-bool ProcessGone(pid_t pid) {
-  // A zombie counts as alive: it was not reaped.
-  return ::kill(pid, 0) != 0 && errno == ESRCH;
-}
 
 TEST(ClientTest, ManyConcurrentStreamsShareOneSidecar) {
   Client client(FakeConfig("echo"));

@@ -4,6 +4,10 @@
 #ifndef LLMBRIDGE_TESTS_CPP_FAKE_SIDECAR_H_
 #define LLMBRIDGE_TESTS_CPP_FAKE_SIDECAR_H_
 
+#include <dirent.h>
+#include <signal.h>
+
+#include <cerrno>
 #include <chrono>
 #include <cstdlib>
 #include <map>
@@ -43,6 +47,21 @@ inline CompleteParams Ask(const std::string& text) {
   CompleteParams p;
   p.messages = {{"user", text, ""}};
   return p;
+}
+
+// Entries of a /proc directory (fds, threads), to compare before and after.
+inline int CountEntries(const char* dir) {
+  int n = 0;
+  DIR* d = ::opendir(dir);
+  if (d == nullptr) return -1;
+  while (::readdir(d) != nullptr) ++n;
+  ::closedir(d);
+  return n;
+}
+
+// A zombie counts as alive: it was not reaped.
+inline bool ProcessGone(pid_t pid) {
+  return ::kill(pid, 0) != 0 && errno == ESRCH;
 }
 
 }  // namespace llmbridge::rpc::testing

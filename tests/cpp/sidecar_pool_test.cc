@@ -30,6 +30,8 @@ using std::chrono::seconds;
 using ::testing::HasSubstr;
 
 using testing::Ask;
+using testing::CountEntries;
+using testing::ProcessGone;
 using testing::FakeConfig;
 using testing::FakeSidecarPath;
 using testing::kWait;
@@ -129,19 +131,6 @@ int CountReady(const PoolStatus& s) {
   int n = 0;
   for (const SlotStatus& slot : s.slots) n += slot.state == SlotState::kReady;
   return n;
-}
-
-int CountEntries(const char* dir) {
-  int n = 0;
-  DIR* d = ::opendir(dir);
-  if (d == nullptr) return -1;
-  while (::readdir(d) != nullptr) ++n;
-  ::closedir(d);
-  return n;
-}
-
-bool ProcessGone(pid_t pid) {
-  return ::kill(pid, 0) != 0 && errno == ESRCH;
 }
 
 TEST(SidecarPoolTest, AdmissionRefusesPastConcurrencyAndQueueAtOnce) {

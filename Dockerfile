@@ -60,8 +60,13 @@ RUN --mount=type=cache,target=/root/.cache/llmbridge \
 # its libraries, which the package never loads: it loads llama_cpp/lib/),
 # and, as wheels cannot hold symlinks, three identical copies of each library
 # (libllama.so, .so.0, .so.0.5.0). Drop the tree; keep one copy, link the rest.
+# Also dropped: the packages' own test suites (numpy's: 8 MB) and the debug
+# sections some wheels ship (aiohttp's extensions: 9 MB in all). Libraries
+# that auditwheel vendored (*.libs/) are left alone: patchelf rewrote them.
 RUN site=/opt/llmbridge/.venv/lib/python3.11/site-packages \
  && rm -rf "$site/lib" "$site/include" \
+ && find "$site" -type d -name tests -prune -exec rm -rf {} + \
+ && find "$site" -name '*.so*' -type f -not -path '*.libs/*' -exec strip --strip-debug {} + \
  && cd "$site/llama_cpp/lib" \
  && for so in lib*.so; do \
       real=$(ls -1 "$so".* | sort | tail -n 1); \
@@ -79,7 +84,8 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       python3 libgrpc++1.51 libprotobuf32 libabsl20220623 libgomp1 ca-certificates \
       libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0 \
- && rm -rf /var/lib/apt/lists/* \
+ && apt-get clean \
+ && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin \
  && groupadd --system --gid 10001 llmbridge \
  && useradd --system --uid 10001 --gid llmbridge --no-create-home \
       --home-dir /nonexistent --shell /usr/sbin/nologin llmbridge

@@ -458,18 +458,18 @@ def run_case(
     for g in (*groups, fake):
         g.start()
     peak_rss = {g.name: 0 for g in groups}
-    argv = [
-        sys.executable,
-        __file__,
-        "--client",
+    common = [
         f"--path={path}",
         f"--target={target}",
         f"--c={c}",
         f"--chunks={chunks}",
         f"--seconds={args.seconds}",
-        f"--gen-dir={args.gen_dir}",
         f"--channels={args.channels}",
     ]
+    if args.client_binary:
+        argv = [args.client_binary, *common]
+    else:
+        argv = [sys.executable, __file__, "--client", f"--gen-dir={args.gen_dir}", *common]
     client = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
     while client.poll() is None:
         for g in groups:
@@ -505,6 +505,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--channels", type=int, default=1, help="gRPC channels of the client")
     parser.add_argument("--json-out", default="", help="also write every result here")
+    parser.add_argument(
+        "--client-binary",
+        default="",
+        help="the C++ load client (//bench:load_client) instead of the Python one, "
+        "for every path (bench/e2e --client=cpp)",
+    )
     # Internal: one client process.
     parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--path", help=argparse.SUPPRESS)
@@ -557,7 +563,9 @@ def main() -> None:
             )
         if "litellm" in paths:
             groups["litellm"] = [Tracked("litellm", tree(proxy.pid))]
+        client = args.client_binary or "Python (grpc.aio for gRPC, aiohttp for HTTP)"
         print(f"machine: {os.cpu_count()} CPUs, load average at start: {loadavg()}", flush=True)
+        print(f"client: {client}", flush=True)
         results: dict[tuple[int, int, str], list[dict[str, Any]]] = {}
         cases = [(k, c) for k in sizes for c in levels]
         for r in range(args.rounds):

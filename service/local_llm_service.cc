@@ -275,6 +275,15 @@ class CompleteReactor : public grpc::ServerWriteReactor<CompleteResponse> {
       queue_.pop_front();
       unsent_bytes_ -= std::min(unsent_bytes_, current_.content().size());
       writing_ = true;
+      if (queue_.empty() && end_.has_value() && end_->ok()) {
+        // The last message and the status go out in one batch: one
+        // completion less per call (no OnWriteDone), and gRPC can send the
+        // final DATA frame and the trailers together.
+        finished_ = true;
+        observer_.Finish(final_status_.code());
+        StartWriteAndFinish(&current_, grpc::WriteOptions(), *end_);
+        return;
+      }
       StartWrite(&current_);
       return;
     }

@@ -187,9 +187,17 @@ def test_admission_refuses_the_fifth_call_at_once_and_queued_calls_time_out(pb, 
 
 # --- the pool --------------------------------------------------------------------
 
+def wait_both_sidecars_ready(server) -> None:
+    """SERVING means one sidecar is ready; on a loaded machine the second one
+    can still be loading the model, and both calls would then run on the
+    first, one after the other."""
+    for _ in range(2):
+        server.stderr.wait_for(r'"event":"sidecar_ready"')
+
 def test_two_gguf_sidecars_generate_at_the_same_time(pb, start_server, smollm2_path):
     server = start_server("--backend=gguf", "--sidecars=2")
     wait_health(server, SERVING)
+    wait_both_sidecars_ready(server)
     marks: dict[int, dict[str, float]] = {0: {}, 1: {}}
 
     def run(i: int) -> None:
@@ -213,7 +221,12 @@ def test_two_gguf_sidecars_generate_at_the_same_time(pb, start_server, smollm2_p
 def test_killing_one_gguf_sidecar_fails_only_its_call(pb, start_server, smollm2_path):
     server = start_server("--backend=gguf", "--sidecars=2")
     wait_health(server, SERVING)
-    calls = [stream(pb, server, "Count from one to two hundred.", max_tokens=256)
+    wait_both_sidecars_ready(server)
+    # No end-of-text (SmolLM2's <|endoftext|> 0 and <|im_end|> 2): both
+    # calls surely still generate when the kill lands, however slow the
+    # machine and however short the model's own answer.
+    calls = [stream(pb, server, "Count from one to two hundred.", max_tokens=256,
+                    logit_bias={0: -100.0, 2: -100.0})
              for _ in range(2)]
     firsts = [next(c) for c in calls]  # both are generating now
     assert all(f.content for f in firsts)

@@ -31,6 +31,9 @@ struct AsyncLineWriter::State {
   std::deque<std::string> queue ABSL_GUARDED_BY(mu);
   size_t queued_bytes ABSL_GUARDED_BY(mu) = 0;
   bool writing ABSL_GUARDED_BY(mu) = false;  // a batch is in write(2)
+  // The writer waits for a first line (Write must wake it), not lingering.
+  bool idle ABSL_GUARDED_BY(mu) = false;
+  bool flush_wanted ABSL_GUARDED_BY(mu) = false;
   bool stop ABSL_GUARDED_BY(mu) = false;
   bool exited ABSL_GUARDED_BY(mu) = false;
   uint64_t written ABSL_GUARDED_BY(mu) = 0;
@@ -57,13 +60,25 @@ struct AsyncLineWriter::State {
     }
   }
 
+  bool BatchFull() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    return queue.size() >= limits.batch_lines || queued_bytes >= 64 * 1024;
+  }
+
   void Run() {
     while (true) {
       std::deque<std::string> batch;
       uint64_t lost = 0;
       {
         std::unique_lock<std::mutex> lock(mu);
+        idle = true;
         wake.wait(lock, [this] { return stop || !queue.empty(); });
+        idle = false;
+        if (limits.linger.count() > 0) {
+          wake.wait_for(lock, limits.linger, [this] {
+            return stop || flush_wanted || BatchFull();
+          });
+        }
+        flush_wanted = false;
         if (queue.empty()) {  // stop, and nothing left
           exited = true;
           drained.notify_all();
@@ -129,12 +144,15 @@ bool AsyncLineWriter::Write(std::string line) {
   }
   state_->queued_bytes += line.size();
   state_->queue.push_back(std::move(line));
-  state_->wake.notify_one();
+  // A lingering writer is woken only by a full batch (or its timeout).
+  if (state_->idle || state_->BatchFull()) state_->wake.notify_one();
   return true;
 }
 
 bool AsyncLineWriter::Flush(std::chrono::milliseconds timeout) {
   std::unique_lock<std::mutex> lock(state_->mu);
+  state_->flush_wanted = true;
+  state_->wake.notify_one();
   return state_->drained.wait_for(lock, timeout, [this] {
     return state_->exited || (state_->queue.empty() && !state_->writing);
   });

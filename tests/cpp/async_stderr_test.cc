@@ -3,8 +3,10 @@
 // caller.
 #include "rpc_bridge/async_stderr.h"
 
+#include <poll.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <string>
 #include <thread>
 
@@ -32,6 +34,23 @@ class Pipe {
 
   std::string ReadAll() { return ReadUntil(std::string(1, '\0')); }
 
+  // Reads until `needle` has arrived, or end of file, or `limit` passed
+  // with nothing to read (a failure bound, not a wait: the data's arrival
+  // ends it).
+  std::string ReadUntilWithin(const std::string& needle,
+                              std::chrono::milliseconds limit) {
+    std::string got;
+    char buf[65536];
+    while (got.find(needle) == std::string::npos) {
+      pollfd p{fds_[0], POLLIN, 0};
+      if (::poll(&p, 1, static_cast<int>(limit.count())) <= 0) break;
+      ssize_t n = ::read(fds_[0], buf, sizeof(buf));
+      if (n <= 0) break;
+      got.append(buf, static_cast<size_t>(n));
+    }
+    return got;
+  }
+
   // Reads until `needle` has arrived, or end of file.
   std::string ReadUntil(const std::string& needle) {
     std::string got;
@@ -58,6 +77,34 @@ TEST(AsyncLineWriterTest, WritesLinesInOrderWithNewlines) {
   EXPECT_TRUE(writer.Flush(std::chrono::seconds(10)));
   EXPECT_EQ(writer.written_lines(), 3u);
   EXPECT_EQ(writer.dropped_lines(), 0u);
+}
+
+// The writer lingers for more lines before writing (one hand-off per batch,
+// not per line), but never past a Flush or a full batch.
+AsyncLineWriter::Limits LingeringForAnHour() {
+  AsyncLineWriter::Limits limits;
+  limits.linger = std::chrono::hours(1);
+  limits.batch_lines = 8;
+  return limits;
+}
+
+TEST(AsyncLineWriterTest, FlushWritesAtOnceDespiteTheLinger) {
+  Pipe pipe;
+  AsyncLineWriter writer(pipe.write_fd(), LingeringForAnHour());
+  EXPECT_TRUE(writer.Write("first"));
+  EXPECT_TRUE(writer.Flush(std::chrono::seconds(30)));
+  EXPECT_EQ(pipe.ReadUntilWithin("first\n", std::chrono::seconds(30)), "first\n");
+}
+
+TEST(AsyncLineWriterTest, AFullBatchIsWrittenWithoutWaitingForTheLinger) {
+  Pipe pipe;
+  AsyncLineWriter writer(pipe.write_fd(), LingeringForAnHour());
+  std::string expected;
+  for (int i = 0; i < 8; ++i) {
+    EXPECT_TRUE(writer.Write(absl::StrCat("line ", i)));
+    expected += absl::StrCat("line ", i, "\n");
+  }
+  EXPECT_EQ(pipe.ReadUntilWithin("line 7\n", std::chrono::seconds(30)), expected);
 }
 
 TEST(AsyncLineWriterTest, StalledReaderDropsAndCountsInsteadOfBlocking) {

@@ -164,15 +164,22 @@ class HttpWorker {
 
   std::optional<Sample> Call(std::string* error) {
     const Clock::time_point t0 = Clock::now();
+    // A kept-alive connection the server closed while it was idle (uvicorn,
+    // LiteLLM's server, closes them after 5 s) fails before any byte of an
+    // answer: send again once on a new one, as HTTP clients do.
+    const bool reused = fd_ >= 0;
     if (fd_ < 0 && !Connect(error)) return std::nullopt;
-    if (!SendAll(request_)) return Fail("send failed", error);
-    // Status line and headers.
-    size_t header_end;
-    while ((header_end = buffer_.find("\r\n\r\n")) == std::string::npos) {
-      if (!ReadMore()) return Fail("connection closed before the headers", error);
+    std::optional<size_t> header_end = SendAndReadHeaders();
+    if (!header_end.has_value() && reused && buffer_.empty()) {
+      Close();
+      if (!Connect(error)) return std::nullopt;
+      header_end = SendAndReadHeaders();
     }
-    const std::string headers = buffer_.substr(0, header_end);
-    buffer_.erase(0, header_end + 4);
+    if (!header_end.has_value()) {
+      return Fail("connection closed before the headers", error);
+    }
+    const std::string headers = buffer_.substr(0, *header_end);
+    buffer_.erase(0, *header_end + 4);
     if (headers.compare(0, 12, "HTTP/1.1 200") != 0) {
       return Fail(absl::StrCat("HTTP: ", headers.substr(0, 200)), error);
     }
@@ -298,6 +305,16 @@ class HttpWorker {
     Close();
     *error = std::move(why);
     return std::nullopt;
+  }
+
+  // The request sent and the answer's headers received: where they end.
+  std::optional<size_t> SendAndReadHeaders() {
+    if (!SendAll(request_)) return std::nullopt;
+    size_t end;
+    while ((end = buffer_.find("\r\n\r\n")) == std::string::npos) {
+      if (!ReadMore()) return std::nullopt;
+    }
+    return end;
   }
 
   bool SendAll(const std::string& data) {

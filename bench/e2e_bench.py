@@ -468,6 +468,8 @@ def run_case(
     ]
     if args.client_binary:
         argv = [args.client_binary, *common]
+        if args.honour_retry_info:
+            argv.append("--honour_retry_info")
     else:
         argv = [sys.executable, __file__, "--client", f"--gen-dir={args.gen_dir}", *common]
     client = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
@@ -511,6 +513,12 @@ def main() -> None:
         help="the C++ load client (//bench:load_client) instead of the Python one, "
         "for every path (bench/e2e --client=cpp)",
     )
+    parser.add_argument(
+        "--honour-retry-info",
+        action="store_true",
+        help="with the C++ client: a worker refused with a RetryInfo waits its delay "
+        "before its next call (a well-behaved client) instead of resending at once",
+    )
     # Internal: one client process.
     parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--path", help=argparse.SUPPRESS)
@@ -523,6 +531,8 @@ def main() -> None:
         client_main(args)
         return
     extra = [a for a in extra if a != "--"]
+    if args.honour_retry_info and not args.client_binary:
+        parser.error("--honour-retry-info needs the C++ client (bench/e2e --client=cpp)")
     paths = args.paths.split(",")
     if "litellm" in paths and not args.litellm:
         paths.remove("litellm")

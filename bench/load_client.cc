@@ -39,6 +39,8 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "google/rpc/error_details.pb.h"
+#include "google/rpc/status.pb.h"
 #include "grpcpp/grpcpp.h"
 #include "nlohmann/json.hpp"
 #include "llmbridge/v1/llmbridge.grpc.pb.h"
@@ -50,6 +52,10 @@ ABSL_FLAG(int, chunks, 1, "content chunks per answer (max_tokens)");
 ABSL_FLAG(double, seconds, 3.0, "measured seconds");
 ABSL_FLAG(double, warmup_s, 0.5, "unmeasured warm-up seconds before");
 ABSL_FLAG(int, channels, 1, "gRPC channels the workers share (--path=llmbridge)");
+ABSL_FLAG(bool, honour_retry_info, false,
+          "after a refusal that carries a google.rpc.RetryInfo (llmbridge's "
+          "OVERLOADED), wait its retry_delay before the worker's next call, as a "
+          "well-behaved client does; default: resend at once");
 
 namespace {
 
@@ -102,8 +108,8 @@ class GrpcWorker {
     request_.set_max_tokens(chunks);
   }
 
-  // One call; a sample, or an error message.
-  std::optional<Sample> Call(std::string* error) {
+  // One call; a sample, or an error message. `until`: the phase's end.
+  std::optional<Sample> Call(std::string* error, Clock::time_point until) {
     const Clock::time_point t0 = Clock::now();
     grpc::ClientContext context;
     context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
@@ -124,6 +130,7 @@ class GrpcWorker {
     if (!status.ok()) {
       *error = absl::StrCat("gRPC ", status.error_code(), ": ",
                             status.error_message().substr(0, 300));
+      if (absl::GetFlag(FLAGS_honour_retry_info)) WaitRetryDelay(status, until);
       return std::nullopt;
     }
     if (got != chunks_ || !done) {
@@ -135,6 +142,26 @@ class GrpcWorker {
   }
 
  private:
+  // Sleeps the RetryInfo's retry_delay of a refused call, if it has one,
+  // but not past `until`.
+  static void WaitRetryDelay(const grpc::Status& status, Clock::time_point until) {
+    google::rpc::Status details;
+    if (status.error_details().empty() ||
+        !details.ParseFromString(status.error_details())) {
+      return;
+    }
+    for (const auto& any : details.details()) {
+      google::rpc::RetryInfo retry;
+      if (any.UnpackTo(&retry)) {
+        const Clock::time_point wake =
+            Clock::now() + std::chrono::seconds(retry.retry_delay().seconds()) +
+            std::chrono::nanoseconds(retry.retry_delay().nanos());
+        std::this_thread::sleep_until(std::min(wake, until));
+        return;
+      }
+    }
+  }
+
   std::unique_ptr<llmbridge::v1::LocalLLM::Stub> stub_;
   llmbridge::v1::CompleteRequest request_;
   const int chunks_;
@@ -162,7 +189,7 @@ class HttpWorker {
   }
   ~HttpWorker() { Close(); }
 
-  std::optional<Sample> Call(std::string* error) {
+  std::optional<Sample> Call(std::string* error, Clock::time_point /*until*/) {
     const Clock::time_point t0 = Clock::now();
     // A kept-alive connection the server closed while it was idle (uvicorn,
     // LiteLLM's server, closes them after 5 s) fails before any byte of an
@@ -363,7 +390,7 @@ void RunPhase(std::vector<std::unique_ptr<Worker>>& workers, Clock::time_point u
       std::vector<std::string> errors;
       std::string error;
       while (Clock::now() < until) {
-        std::optional<Sample> s = worker->Call(&error);
+        std::optional<Sample> s = worker->Call(&error, until);
         if (s.has_value()) {
           samples.push_back(*s);
         } else {

@@ -210,29 +210,32 @@ class HttpWorker {
     if (headers.compare(0, 12, "HTTP/1.1 200") != 0) {
       return Fail(absl::StrCat("HTTP: ", headers.substr(0, 200)), error);
     }
-    const bool chunked = Contains(headers, "transfer-encoding: chunked");
-    std::optional<size_t> length;
+    const std::string lower = Lowercase(headers);
+    const bool chunked = lower.find("transfer-encoding: chunked") != std::string::npos;
+    size_t body_left = 0;  // without chunked framing: the content-length
     if (!chunked) {
-      size_t at = Lowercase(headers).find("content-length:");
+      size_t at = lower.find("content-length:");
       size_t n = 0;
       if (at == std::string::npos ||
           !absl::SimpleAtoi(headers.substr(at + 15, headers.find("\r\n", at) - at - 15), &n)) {
         return Fail("neither chunked nor a content-length", error);
       }
-      length = n;
+      body_left = n;
     }
     // The body, decoded as it arrives, SSE events parsed line by line.
     int got = 0;
     bool done_seen = false;
     double ttfc = 0;
     std::string events;  // decoded body not yet split into lines
-    size_t body_left = length.value_or(0);
     while (true) {
       bool finished = false;
       if (chunked) {
         size_t eol = buffer_.find("\r\n");
         if (eol != std::string::npos) {
-          size_t size = std::stoul(buffer_.substr(0, eol), nullptr, 16);
+          size_t size = 0;
+          if (!absl::SimpleHexAtoi(buffer_.substr(0, eol), &size)) {
+            return Fail("a malformed chunk size", error);
+          }
           if (buffer_.size() >= eol + 2 + size + 2) {
             events.append(buffer_, eol + 2, size);
             buffer_.erase(0, eol + 2 + size + 2);
@@ -292,9 +295,6 @@ class HttpWorker {
   static std::string Lowercase(std::string s) {
     for (char& ch : s) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
     return s;
-  }
-  static bool Contains(const std::string& headers, const char* lower) {
-    return Lowercase(headers).find(lower) != std::string::npos;
   }
 
   bool Connect(std::string* error) {

@@ -183,20 +183,26 @@ absl::Status Client::EnsureStarted() {
   return pool_->WaitReady(config_.startup_timeout + std::chrono::seconds(5));
 }
 
+PoolCallRequest Client::AdmittedRequest(const std::string& method, Json params,
+                                        const CallOptions& call) const {
+  PoolCallRequest request;
+  request.method = method;
+  request.params = std::move(params);
+  request.admission = true;
+  request.deadline = call.deadline.value_or(Clock::now() + config_.request_timeout);
+  request.send_timeout = true;
+  return request;
+}
+
 PoolCallRequest Client::CompleteRequest(CompleteParams params, bool stream,
                                         const CallOptions& call) const {
   params.stream = stream;
   params.timeout_s.reset();  // set from the deadline when it is sent
-  PoolCallRequest request;
-  request.method = kMethodComplete;
-  request.params = params;
+  PoolCallRequest request = AdmittedRequest(kMethodComplete, params, call);
   // The stream carries the text and stream.done ends the call here, so the
   // response after it need not repeat the whole answer (the sidecar would
   // encode it and the reader parse it, only for it to be dropped).
   if (stream) request.params["result_content"] = false;
-  request.admission = true;
-  request.deadline = call.deadline.value_or(Clock::now() + config_.request_timeout);
-  request.send_timeout = true;
   return request;
 }
 
@@ -271,12 +277,7 @@ StreamHandle Client::CallAdmitted(
     on_reply(config_status_);
     return StreamHandle();
   }
-  PoolCallRequest request;
-  request.method = method;
-  request.params = std::move(params);
-  request.admission = true;
-  request.deadline = call.deadline.value_or(Clock::now() + config_.request_timeout);
-  request.send_timeout = true;
+  PoolCallRequest request = AdmittedRequest(method, std::move(params), call);
   request.handlers.on_reply = std::move(on_reply);
   return StreamHandle(pool_->Submit(std::move(request)));
 }

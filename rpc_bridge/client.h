@@ -190,6 +190,10 @@ class Client {
 
  private:
   class StartCounter;
+  // A call that goes through admission control, sent with the time left as
+  // "timeout_s" and ended at call.deadline (default: the request timeout).
+  PoolCallRequest AdmittedRequest(const std::string& method, Json params,
+                                  const CallOptions& call) const;
   PoolCallRequest CompleteRequest(CompleteParams params, bool stream,
                                   const CallOptions& call) const;
 

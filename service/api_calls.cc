@@ -175,6 +175,17 @@ class SidecarCallReactor : public grpc::ServerUnaryReactor {
   std::optional<rpc::StreamHandle> handle_ ABSL_GUARDED_BY(mu_);
 };
 
+// A FillResponse that stores `convert(result)` in `*response`.
+template <typename Response, typename Convert>
+FillResponse StoreIn(Response* response, Convert convert) {
+  return [response, convert](const rpc::Json& result) -> absl::Status {
+    absl::StatusOr<Response> converted = convert(result);
+    if (!converted.ok()) return converted.status();
+    *response = *std::move(converted);
+    return absl::OkStatus();
+  };
+}
+
 RequestLimits LimitsOf(const ServiceOptions& options) {
   RequestLimits limits;
   limits.max_request_bytes = options.max_request_bytes;
@@ -190,13 +201,9 @@ grpc::ServerUnaryReactor* LocalLLMService::Embed(
   const int inputs = request->inputs_size();
   reactor->Start(*router_, request->model(), rpc::kMethodEmbed,
                  ToEmbedParams(*request, LimitsOf(options_)), Admission::kAdmitted,
-                 [response, inputs](const rpc::Json& result) {
-                   absl::StatusOr<llmbridge::v1::EmbedResponse> converted =
-                       ToEmbedResponse(result, inputs);
-                   if (!converted.ok()) return converted.status();
-                   *response = *std::move(converted);
-                   return absl::OkStatus();
-                 });
+                 StoreIn(response, [inputs](const rpc::Json& result) {
+                   return ToEmbedResponse(result, inputs);
+                 }));
   return reactor;
 }
 
@@ -206,13 +213,8 @@ grpc::ServerUnaryReactor* LocalLLMService::CountTokens(
     llmbridge::v1::CountTokensResponse* response) {
   auto* reactor = new SidecarCallReactor(this, context, options_.metrics, "CountTokens");
   reactor->Start(*router_, request->model(), rpc::kMethodCountTokens,
-                 ToCountTokensParams(*request, LimitsOf(options_)), Admission::kWaitForReady, [response](const rpc::Json& result) {
-                   absl::StatusOr<llmbridge::v1::CountTokensResponse> converted =
-                       ToCountTokensResponse(result);
-                   if (!converted.ok()) return converted.status();
-                   *response = *std::move(converted);
-                   return absl::OkStatus();
-                 });
+                 ToCountTokensParams(*request, LimitsOf(options_)),
+                 Admission::kWaitForReady, StoreIn(response, ToCountTokensResponse));
   return reactor;
 }
 

@@ -279,9 +279,7 @@ class CompleteReactor : public grpc::ServerWriteReactor<CompleteResponse> {
         // The last message and the status go out in one batch: one
         // completion less per call (no OnWriteDone), and gRPC can send the
         // final DATA frame and the trailers together.
-        finished_ = true;
-        observer_.Finish(final_status_.code());
-        StartWriteAndFinish(&current_, grpc::WriteOptions(), *end_);
+        FinishLocked(&current_);
         return;
       }
       StartWrite(&current_);
@@ -290,12 +288,18 @@ class CompleteReactor : public grpc::ServerWriteReactor<CompleteResponse> {
     if (end_.has_value()) FinishLocked();
   }
 
-  // Counted before the client can see the status, so that a scrape right
-  // after a call ended includes it.
-  void FinishLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+  // Ends the call with *end_, after `last` when given. Counted before the
+  // client can see the status, so that a scrape right after a call ended
+  // includes it.
+  void FinishLocked(const CompleteResponse* last = nullptr)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     finished_ = true;
     observer_.Finish(final_status_.code());
-    Finish(*end_);
+    if (last != nullptr) {
+      StartWriteAndFinish(last, grpc::WriteOptions(), *end_);
+    } else {
+      Finish(*end_);
+    }
   }
 
   LocalLLMService* const service_;

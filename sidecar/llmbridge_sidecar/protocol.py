@@ -277,8 +277,7 @@ class CompleteParams:
 
     def chat_messages(self) -> list[Message]:
         """Messages with ``system_prompt`` as a leading system message."""
-        lead = [Message("system", self.system_prompt)] if self.system_prompt else []
-        return lead + list(self.messages)
+        return _with_system_prompt(self.system_prompt, self.messages)
 
 
 @dataclass(frozen=True)
@@ -298,8 +297,12 @@ class CountTokensParams:
 
     def chat_messages(self) -> list[Message]:
         """As ``CompleteParams.chat_messages``: what the model would be sent."""
-        lead = [Message("system", self.system_prompt)] if self.system_prompt else []
-        return lead + list(self.messages)
+        return _with_system_prompt(self.system_prompt, self.messages)
+
+
+def _with_system_prompt(system_prompt: str, messages: tuple[Message, ...]) -> list[Message]:
+    lead = [Message("system", system_prompt)] if system_prompt else []
+    return lead + list(messages)
 
 
 def invalid_params(field: str, why: str) -> BackendError:
@@ -552,24 +555,21 @@ def _parse_sampling(params: dict[str, Any]) -> Sampling:
     )
 
 
+RESPONSE_FORMAT_SHAPE = 'must be {"json_object": {}} or {"json_schema": {"schema": {...}}}'
+
+
 def _parse_response_format(raw: Any) -> ResponseFormat | None:
     if raw is None:
         return None
     if not isinstance(raw, dict) or len(raw) != 1:
-        raise invalid_params(
-            "response_format",
-            'must be {"json_object": {}} or {"json_schema": {"schema": {...}}}',
-        )
+        raise invalid_params("response_format", RESPONSE_FORMAT_SHAPE)
     if "json_object" in raw:
         if raw["json_object"] not in (None, {}):
             raise invalid_params("response_format.json_object", "must be an empty object")
         return ResponseFormat()
     spec = raw.get("json_schema")
     if not isinstance(spec, dict):
-        raise invalid_params(
-            "response_format",
-            'must be {"json_object": {}} or {"json_schema": {"schema": {...}}}',
-        )
+        raise invalid_params("response_format", RESPONSE_FORMAT_SHAPE)
     schema = spec.get("schema")
     if not isinstance(schema, dict):
         raise invalid_params("response_format.json_schema.schema", "must be a JSON object")

@@ -61,7 +61,7 @@ RUN --mount=type=cache,target=/root/.cache/llmbridge \
 # and, as wheels cannot hold symlinks, three identical copies of each library
 # (libllama.so, .so.0, .so.0.5.0). Drop the tree; keep one copy, link the rest.
 # Also dropped: the packages' own test suites (numpy's: 8 MB) and the debug
-# sections some wheels ship (aiohttp's extensions: 9 MB in all). Libraries
+# sections some wheels ship (9 MB in all, when aiohttp was in the venv). Libraries
 # that auditwheel vendored (*.libs/) are left alone: patchelf rewrote them.
 RUN site=/opt/llmbridge/.venv/lib/python3.11/site-packages \
  && rm -rf "$site/lib" "$site/include" \

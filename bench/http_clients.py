@@ -38,7 +38,7 @@ from collections.abc import Callable
 from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-CLIENTS = ("httpx-close", "httpx", "httpcore", "aiohttp")
+CLIENTS = ("httpx-close", "httpx", "httpcore", "aiohttp", "http1")
 try:  # uvloop is not one of the project's dependencies: `pip install uvloop` to compare it
     import uvloop  # noqa: F401
 
@@ -58,6 +58,30 @@ def body_bytes(chunks: int, dumps: Callable[[Any], bytes]) -> bytes:
             "max_tokens": chunks,
         }
     )
+
+
+class SseCounter:
+    """Splits raw body bytes into SSE lines and parses each ``data:`` event up
+    to ``[DONE]`` (for the clients that hand over bytes, not lines)."""
+
+    def __init__(self, loads: Callable[[Any], Any]) -> None:
+        self._loads = loads
+        self._buf = b""
+        self.events = 0
+        self.done = False
+
+    def feed(self, part: bytes) -> None:
+        self._buf += part
+        *lines, self._buf = self._buf.split(b"\n")
+        for line in lines:
+            if not line.startswith(b"data:"):
+                continue
+            payload = line[5:].strip()
+            if payload == b"[DONE]":
+                self.done = True
+                return
+            self._loads(payload)
+            self.events += 1
 
 
 # ---- one client per function: returns a coroutine function doing one request ----
@@ -102,26 +126,13 @@ def make_httpcore(url: str, body: bytes, loads: Callable[[Any], Any]) -> Any:
     headers = [(b"content-type", b"application/json"), (b"host", url.split("/")[2].encode())]
 
     async def one() -> int:
-        events = 0
-        buf = b""
-        done = False
+        sse = SseCounter(loads)
         async with pool.stream("POST", url, headers=headers, content=body) as resp:
             assert resp.status == 200
             async for part in resp.aiter_stream():
-                if done:
-                    continue  # read to the end
-                buf += part
-                *lines, buf = buf.split(b"\n")
-                for line in lines:
-                    if not line.startswith(b"data:"):
-                        continue
-                    payload = line[5:].strip()
-                    if payload == b"[DONE]":
-                        done = True
-                        break
-                    loads(payload)
-                    events += 1
-        return events
+                if not sse.done:  # else read to the end
+                    sse.feed(part)
+        return sse.events
 
     return one, pool.aclose
 
@@ -153,6 +164,36 @@ def make_aiohttp(url: str, body: bytes, loads: Callable[[Any], Any]) -> Any:
     return one, session.close
 
 
+def make_http1(url: str, body: bytes, loads: Callable[[Any], Any]) -> Any:
+    """The sidecar's own client (sidecar/llmbridge_sidecar/backends/http1.py),
+    read the way its LineStream reads: whatever is buffered, split into lines."""
+    sys.path.insert(0, os.path.join(HERE, "..", "sidecar"))
+    from llmbridge_sidecar.backends import http1
+
+    base, path = url.rsplit("/v1/", 1)
+    pool = http1.Pool(
+        base,
+        limit=POOL,
+        keepalive_s=4.0,
+        connect_timeout_s=10.0,
+        pool_timeout_s=30.0,
+        read_timeout_s=30.0,
+    )
+    headers = {"Content-Type": "application/json"}
+
+    async def one() -> int:
+        sse = SseCounter(loads)
+        async with await pool.request("POST", "/v1/" + path, body, headers) as resp:
+            assert resp.status == 200
+            while not sse.done and (part := await resp.read_some()):
+                sse.feed(part)
+            await resp.read()  # the rest: back to the pool
+            resp.release()
+        return sse.events
+
+    return one, pool.aclose
+
+
 async def run_case(args: argparse.Namespace) -> dict[str, Any]:
     if args.json == "orjson":
         import orjson
@@ -170,6 +211,8 @@ async def run_case(args: argparse.Namespace) -> dict[str, Any]:
         one, close = make_httpx(url, body, loads, read_to_end=True)
     elif args.client == "httpcore":
         one, close = make_httpcore(url, body, loads)
+    elif args.client == "http1":
+        one, close = make_http1(url, body, loads)
     else:
         one, close = make_aiohttp(url, body, loads)
     latencies: list[float] = []

@@ -6,14 +6,33 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
+import uvloop
 
 sys.path.insert(0, os.path.dirname(__file__))
 
 from fake_ollama import FakeOllama
+
+BOTH_EVENT_LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "both_event_loops: run each async test on asyncio's loop and on uvloop"
+    )
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]] | None:
+    """Tests marked ``both_event_loops`` run twice; the rest on asyncio's loop."""
+    if item.get_closest_marker("both_event_loops") is not None:
+        return BOTH_EVENT_LOOPS
+    return {"asyncio": asyncio.new_event_loop}
+
 
 SIDECAR_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIDECAR_SCRIPT = os.path.join(SIDECAR_DIR, "sidecar.py")

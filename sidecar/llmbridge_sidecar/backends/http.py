@@ -7,11 +7,12 @@ The rule for errors, the same for Ollama and the OpenAI-compatible servers:
   model is -32001), otherwise -32000 carrying ``http_status``;
 * the connection broke or went silent after streaming began -> -32002.
 
-The client: one ``aiohttp`` session per backend, alive as long as the backend,
-with a pool of up to ``max_connections`` keep-alive connections (init option
-``max_connections``, default 1024). It was chosen over httpx and httpcore by
-bench/http_clients.py (see BENCHMARKS.md): several times less CPU per request
-and no collapse at high concurrency. Connections are reused: a stream is read
+The client: one ``http1.Pool`` per backend, alive as long as the backend,
+with up to ``max_connections`` keep-alive connections (init option
+``max_connections``, default 1024). ``http1`` is the sidecar's own small
+HTTP/1.1 client, chosen over aiohttp, httpx and httpcore by
+bench/http_clients.py (see BENCHMARKS.md): the least CPU per request and no
+collapse at high concurrency. Connections are reused: a stream is read
 to its end (``LineStream.finish``) before the answer completes, and error
 bodies are read whole. A cancelled stream closes its connection instead:
 HTTP/1.1 has no other way to tell the server to stop generating. Idle
@@ -36,11 +37,10 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
-import aiohttp
-
 from .. import jsonio, protocol
 from ..errors import BackendError
 from ..protocol import InitParams
+from . import http1
 from .base import Backend
 
 log = logging.getLogger(__name__)
@@ -63,9 +63,9 @@ MAX_LINE_BYTES = 16 * 1024 * 1024
 # Cap on how much of an upstream error body is copied into a message.
 MAX_ERROR_TEXT = 2000
 JSON_HEADERS = {"Content-Type": "application/json"}
-# Errors of the HTTP client that mean "the connection failed" (timeouts included:
-# aiohttp's are asyncio.TimeoutError subclasses).
-TRANSPORT_ERRORS = (aiohttp.ClientError, TimeoutError)
+# Errors of the HTTP client that mean "the connection failed" (TimeoutError:
+# a probe's overall deadline).
+TRANSPORT_ERRORS = (http1.TransportError, TimeoutError)
 
 
 def normalize_host(host: str | None, default: str) -> str:
@@ -128,11 +128,10 @@ class LineStream:
     (an error, a cancel) closes the connection, which tells the server to stop.
     """
 
-    def __init__(self, backend: HttpBackend, model: str, resp: aiohttp.ClientResponse) -> None:
+    def __init__(self, backend: HttpBackend, model: str, resp: http1.Response) -> None:
         self._backend = backend
         self._model = model
         self._resp = resp
-        self._content = resp.content
         self._buffer = b""
         self._start = 0  # where the next line starts in _buffer
         self._eof = False
@@ -183,12 +182,12 @@ class LineStream:
 
     async def _read(self) -> bytes:
         try:
-            return await self._content.readany()
-        except TimeoutError as e:  # aiohttp's read timeout: the server went silent
+            return await self._resp.read_some()
+        except http1.ReadTimeout as e:  # the server went silent
             raise self._backend.stream_broken(
                 self._model, f"sent nothing for {self._backend.read_timeout_s:g} s"
             ) from e
-        except aiohttp.ClientError as e:
+        except http1.TransportError as e:
             raise self._backend.stream_broken(
                 self._model, f"dropped the connection ({type(e).__name__}: {e})"
             ) from e
@@ -198,7 +197,7 @@ class LineStream:
         left = FINISH_MAX_BYTES
         try:
             async with asyncio.timeout(FINISH_TIMEOUT_S):
-                while left >= 0 and (data := await self._content.readany()):
+                while left >= 0 and (data := await self._resp.read_some()):
                     left -= len(data)
         except TRANSPORT_ERRORS:
             return  # __aexit__ closes the connection
@@ -223,30 +222,29 @@ class HttpBackend(Backend):
         # evaluating a long prompt, which takes minutes on CPU.
         self.read_timeout_s = params.read_timeout_s
         self.max_connections = params.max_connections
-        self._proxy = environment_proxy(self.base_url)
-        self._session: aiohttp.ClientSession | None = None
-
-    def client(self) -> aiohttp.ClientSession:
-        """The backend's one session (made on first use: it needs the running loop)."""
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(
-                    limit=self.max_connections, limit_per_host=0, keepalive_timeout=KEEPALIVE_S
-                ),
-                timeout=aiohttp.ClientTimeout(
-                    total=None,
-                    connect=POOL_TIMEOUT_S + CONNECT_TIMEOUT_S,  # a free connection, then connect
-                    sock_connect=CONNECT_TIMEOUT_S,
-                    sock_read=self.read_timeout_s,
-                ),
-                cookie_jar=aiohttp.DummyCookieJar(),  # backends set no cookies we need
+        try:
+            self._pool = http1.Pool(
+                self.base_url,
+                limit=self.max_connections,
+                keepalive_s=KEEPALIVE_S,
+                connect_timeout_s=CONNECT_TIMEOUT_S,
+                pool_timeout_s=POOL_TIMEOUT_S,
+                read_timeout_s=self.read_timeout_s,
+                proxy=environment_proxy(self.base_url),
             )
-        return self._session
+        except ValueError as e:
+            raise protocol.invalid_params("host", f"is not a usable server address: {e}") from e
 
     async def aclose(self) -> None:
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
+        await self._pool.aclose()
+
+    async def _request(self, method: str, path: str, body: dict[str, Any] | None) -> http1.Response:
+        return await self._pool.request(
+            method,
+            path,
+            jsonio.dumps(body) if body is not None else None,
+            JSON_HEADERS if body is not None else None,
+        )
 
     @abstractmethod
     def http_error(self, model: str, status: int, body: bytes) -> BackendError:
@@ -319,16 +317,8 @@ class HttpBackend(Backend):
         self, method: str, path: str, body: dict[str, Any] | None, model: str
     ) -> tuple[int, Any]:
         try:
-            async with self.client().request(
-                method,
-                self.base_url + path,
-                data=jsonio.dumps(body) if body is not None else None,
-                headers=JSON_HEADERS if body is not None else None,
-                proxy=self._proxy,
-                timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S),
-            ) as resp:
-                raw = await resp.read()  # read whole: the connection is reused
-                status = resp.status
+            async with asyncio.timeout(PROBE_TIMEOUT_S):
+                status, raw = await self._whole(method, path, body)
         except TRANSPORT_ERRORS as e:
             raise self.unreachable(model or self.model, e) from e
         try:
@@ -361,15 +351,18 @@ class HttpBackend(Backend):
         """POST ``body`` and read the whole answer: (status, body). -32003 when
         the server cannot be reached."""
         try:
-            async with self.client().post(
-                self.base_url + path,
-                data=jsonio.dumps(body),
-                headers=JSON_HEADERS,
-                proxy=self._proxy,
-            ) as resp:
-                return resp.status, await resp.read()
+            return await self._whole("POST", path, body)
         except TRANSPORT_ERRORS as e:
             raise self.unreachable(model, e) from e
+
+    async def _whole(
+        self, method: str, path: str, body: dict[str, Any] | None
+    ) -> tuple[int, bytes]:
+        """(status, body) of an answer read whole, so its connection is reused."""
+        async with await self._request(method, path, body) as resp:
+            raw = await resp.read()
+            resp.release()
+            return resp.status, raw
 
     async def post_json(
         self, model: str, path: str, body: dict[str, Any], missing: BackendError | None = None
@@ -403,19 +396,16 @@ class HttpBackend(Backend):
         connection is reused).
         """
         try:
-            resp = await self.client().post(
-                self.base_url + path,
-                data=jsonio.dumps(body),
-                headers=JSON_HEADERS,
-                proxy=self._proxy,
-            )
+            resp = await self._request("POST", path, body)
         except TRANSPORT_ERRORS as e:
             raise self.unreachable(model, e) from e
         if resp.status != 200:
             try:
                 raw = await resp.read()
+                resp.release()
             except TRANSPORT_ERRORS as e:
-                resp.close()
                 raise self.unreachable(model, e) from e
+            finally:
+                resp.close()  # no-op once released
             raise self.http_error(model, resp.status, raw)
         return LineStream(self, model, resp)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -15,6 +16,25 @@ import uvloop
 sys.path.insert(0, os.path.dirname(__file__))
 
 from fake_ollama import FakeOllama
+
+
+def assert_relayed_in_order(contents: list[str], chunks: Sequence[str]) -> None:
+    """``contents`` (the stream.chunk texts) relay ``chunks`` in order, whole:
+    consecutive chunks may arrive merged into one piece (the sidecar relays
+    what the backend sent together as one), but none is split or reordered."""
+    assert contents and all(contents), contents
+    assert "".join(contents) == "".join(chunks)
+    chunk_ends = set(itertools.accumulate(len(c) for c in chunks))
+    assert set(itertools.accumulate(len(c) for c in contents)) <= chunk_ends, contents
+
+
+def stream_chunks(notes: list[dict[str, Any]], rid: Any) -> list[str]:
+    """The texts of ``notes``, which must all be ``rid``'s stream.chunk notifications."""
+    for note in notes:
+        assert note["method"] == "stream.chunk", note
+        assert note["params"]["request_id"] == rid and note["params"]["done"] is False, note
+    return [n["params"]["content"] for n in notes]
+
 
 BOTH_EVENT_LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
 

@@ -81,6 +81,7 @@ first stdout line, then serves until killed.
 from __future__ import annotations
 
 import argparse
+import io
 import itertools
 import json
 import re
@@ -102,6 +103,8 @@ MIDSTREAM_ERROR_MARKER = "[[midstream-error]]"
 MIDSTREAM_ERROR = "fake mid-stream failure"
 DISCONNECT_MARKER = "[[disconnect]]"
 FLAT_ERROR_MARKER = "[[flat-error]]"
+# The whole streamed answer in one write (a server ahead of its reader).
+BURST_MARKER = "[[burst]]"
 FLAT_ERROR = "fake flat error"
 HTTP_MARKER = re.compile(r"\[\[http-(\d{3})\]\]")
 FINISH_MARKER = re.compile(r"\[\[finish:(\w+)\]\]")
@@ -308,6 +311,9 @@ class _Handler(FakeHandler):
                 self._data("[DONE]")
                 self._end()
                 return
+            burst = io.BytesIO()
+            if BURST_MARKER in last:
+                real_wfile, self.wfile = self.wfile, burst
             for i, text in enumerate(chunks):
                 self._event(_chunk(model, {"content": text}, None))
                 if i == 0 and HOLD_MARKER in last:
@@ -323,6 +329,10 @@ class _Handler(FakeHandler):
                 self._event(event)
             self._data("[DONE]")
             self._end()
+            if BURST_MARKER in last:
+                self.wfile = real_wfile
+                self.wfile.write(burst.getvalue())
+                self.wfile.flush()
         except (BrokenPipeError, ConnectionResetError):
             self._disconnected()
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from conftest import TESTS_DIR, SidecarProcess, mcp_test_server
+from conftest import TESTS_DIR, SidecarProcess, assert_relayed_in_order, mcp_test_server
 from fake_ollama import PROMPT_EVAL_COUNT, FakeOllama
 from fake_openai import FakeOpenAI
 
@@ -292,11 +292,11 @@ async def test_ollama_loop_runs_the_tool_and_feeds_the_result_back(
         ],
     }
     call = {"id": "call_1", "server": "test", "name": "add"}
-    assert notes == [
+    chunks = [n for n in notes if n["method"] == "stream.chunk"]
+    assert_relayed_in_order([n["content"] for n in chunks], ["Tool results: ", "5"])
+    assert [n for n in notes if n["method"] != "stream.chunk"] == [
         {"method": "stream.tool_call", **call, "arguments": {"a": 2, "b": 3}},
         {"method": "stream.tool_result", **call, "content": "5", "is_error": False},
-        {"method": "stream.chunk", "content": "Tool results: ", "done": False},
-        {"method": "stream.chunk", "content": "5", "done": False},
         {
             "method": "stream.done",
             "usage": {
@@ -510,7 +510,8 @@ async def test_openai_loop_with_colliding_names_and_streamed_arguments(
             "is_error": False,
         },
     ]
-    assert [n["method"] for n in notes[4:]] == ["stream.chunk", "stream.chunk", "stream.done"]
+    assert [n["method"] for n in notes[4:-1]] in (["stream.chunk"], ["stream.chunk"] * 2)
+    assert notes[-1]["method"] == "stream.done"
     result = reply["result"]
     assert result["content"] == "Tool results: hi | The sum of 1 and 2 is 3."
     assert result["finish_reason"] == "stop"

@@ -9,7 +9,7 @@ import sys
 import time
 from typing import Any
 
-from conftest import SidecarProcess
+from conftest import SidecarProcess, assert_relayed_in_order, stream_chunks
 from fake_ollama import CHUNKS, MODEL_FACTS, MODIFIED_AT, PROMPT_EVAL_COUNT, FakeOllama
 
 FAKE_OLLAMA_SCRIPT = os.path.join(os.path.dirname(__file__), "fake_ollama.py")
@@ -80,11 +80,8 @@ async def test_streamed_complete(sidecar: SidecarProcess, fake_ollama: FakeOllam
             "options": {"seed": 7, "temperature": 0.5, "num_predict": 100},
         }
     ]
-    chunks = [n for n in notes if n["method"] == "stream.chunk"]
-    assert [n["method"] for n in notes] == ["stream.chunk"] * len(CHUNKS) + ["stream.done"]
-    assert [c["params"] for c in chunks] == [
-        {"request_id": rid, "content": text, "done": False} for text in CHUNKS
-    ]
+    assert notes[-1]["method"] == "stream.done"
+    assert_relayed_in_order(stream_chunks(notes[:-1], rid), CHUNKS)
     assert all("id" not in n for n in notes)
     assert notes[-1]["params"] == {
         "request_id": rid,
@@ -369,7 +366,7 @@ async def test_disconnect_midstream_is_a_stream_error(
         {"messages": [{"role": "user", "content": "[[disconnect]]"}], "stream": True},
     )
     notes, reply = await sidecar.read_until_reply(rid)
-    assert [n["params"]["content"] for n in notes] == list(CHUNKS[:2])
+    assert_relayed_in_order([n["params"]["content"] for n in notes], CHUNKS[:2])
     err = error_of(reply)
     assert err["code"] == -32002
     assert err["data"]["http_status"] == 200
@@ -383,7 +380,7 @@ async def test_midstream_error(sidecar: SidecarProcess, fake_ollama: FakeOllama)
         {"messages": [{"role": "user", "content": "[[midstream-error]]"}], "stream": True},
     )
     notes, reply = await sidecar.read_until_reply(rid)
-    assert [n["params"]["content"] for n in notes] == list(CHUNKS[:2])
+    assert_relayed_in_order([n["params"]["content"] for n in notes], CHUNKS[:2])
     err = error_of(reply)
     assert err["code"] == -32002
     assert "fake mid-stream failure" in err["message"]
@@ -472,11 +469,11 @@ async def test_seed_stream_start_notification(
 ) -> None:
     await init_ollama(sidecar, fake_ollama.host)
     await sidecar.notify("stream.start", {"messages": USER})
-    notes = [await sidecar.read() for _ in range(len(CHUNKS) + 1)]
-    assert [n["params"] for n in notes[:-1]] == [
-        {"content": text, "done": False} for text in CHUNKS
-    ]
-    assert notes[-1]["method"] == "stream.done"
+    notes = [await sidecar.read()]
+    while notes[-1]["method"] != "stream.done":
+        notes.append(await sidecar.read())
+    assert all(n["method"] == "stream.chunk" and n["params"]["done"] is False for n in notes[:-1])
+    assert_relayed_in_order([n["params"]["content"] for n in notes[:-1]], CHUNKS)
     assert "request_id" not in notes[-1]["params"]
     assert notes[-1]["params"]["usage"]["output_tokens"] == len(CHUNKS)
     assert all("id" not in n for n in notes)

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import SidecarProcess
+from conftest import SidecarProcess, assert_relayed_in_order, stream_chunks
 from fake_openai import (
     CHUNKS,
     FLAT_ERROR,
@@ -83,10 +83,8 @@ async def test_streamed_complete(sidecar: SidecarProcess, fake: FakeOpenAI, back
     notes, reply = await sidecar.read_until_reply(rid)
 
     assert fake.requests == [expected_body()]
-    assert [n["method"] for n in notes] == ["stream.chunk"] * len(CHUNKS) + ["stream.done"]
-    assert [n["params"] for n in notes[:-1]] == [
-        {"request_id": rid, "content": text, "done": False} for text in CHUNKS
-    ]
+    assert notes[-1]["method"] == "stream.done"
+    assert_relayed_in_order(stream_chunks(notes[:-1], rid), CHUNKS)
     usage = {
         "input_tokens": PROMPT_TOKENS,
         "output_tokens": len(CHUNKS),
@@ -106,6 +104,21 @@ async def test_streamed_complete(sidecar: SidecarProcess, fake: FakeOpenAI, back
         "raw_finish_reason": "stop",
         "usage": usage,
     }
+
+
+async def test_a_burst_of_events_is_relayed_as_one_chunk(
+    sidecar: SidecarProcess, fake: FakeOpenAI
+) -> None:
+    """Events that arrive together (a server ahead of the sidecar) become one
+    stream.chunk with their text in order; the usage still counts every token."""
+    await init_ok(sidecar, "vllm", fake.host)
+    rid = await sidecar.request(
+        "complete", {"messages": [{"role": "user", "content": "[[burst]]"}], "stream": True}
+    )
+    notes, reply = await sidecar.read_until_reply(rid)
+    assert stream_chunks(notes[:-1], rid) == ["".join(CHUNKS)]
+    assert notes[-1]["params"]["usage"]["output_tokens"] == len(CHUNKS)
+    assert reply["result"]["content"] == "".join(CHUNKS)
 
 
 async def test_request_fields_and_options_reach_the_server(
@@ -300,7 +313,7 @@ async def test_error_paths(
     assert text in err["message"]
     assert err["data"]["backend"] == "vllm" and err["data"]["model"] == "fake-model"
     if code == -32002:
-        assert [n["params"]["content"] for n in notes] == list(CHUNKS[:2])
+        assert_relayed_in_order([n["params"]["content"] for n in notes], CHUNKS[:2])
     else:
         assert notes == [] and err["data"]["upstream_error"] == text
 

@@ -120,7 +120,12 @@ def _text(raw: bytes) -> str:
 
 
 class LineStream:
-    """A 200 streaming answer, read line by line (``async for line in stream``).
+    """A 200 streaming answer, read as batches of lines (``async for lines in stream``).
+
+    Each batch is every complete, non-blank line received so far (at least
+    one), without line endings: a server that is ahead of the sidecar (a
+    fast engine, a burst after a stall) is relayed as fewer, larger pieces,
+    and a server that sends one line at a time as one line per batch.
 
     Use as ``async with backend.stream(...) as stream``. After the last line
     the backend expects, ``await stream.finish()`` reads the response to its
@@ -132,8 +137,7 @@ class LineStream:
         self._backend = backend
         self._model = model
         self._resp = resp
-        self._buffer = b""
-        self._start = 0  # where the next line starts in _buffer
+        self._partial = bytearray()  # the start of a line whose end has not arrived
         self._eof = False
 
     async def __aenter__(self) -> LineStream:
@@ -151,34 +155,37 @@ class LineStream:
     def __aiter__(self) -> LineStream:
         return self
 
-    async def __anext__(self) -> bytes:
-        """The next non-blank line, without its line ending."""
-        while True:
-            end = self._buffer.find(b"\n", self._start)
-            if end >= 0:
-                line = self._buffer[self._start : end]
-                self._start = end + 1
-                if line.endswith(b"\r"):
-                    line = line[:-1]
-                if line.strip():
-                    return line
-                continue
-            if self._eof:
-                rest, self._buffer, self._start = self._buffer[self._start :], b"", 0
-                if rest.strip():
-                    return rest.rstrip(b"\r")
-                raise StopAsyncIteration
-            if len(self._buffer) - self._start > MAX_LINE_BYTES:
-                raise self._backend.stream_broken(
-                    self._model, f"sent a line longer than {MAX_LINE_BYTES} bytes"
-                )
+    async def __anext__(self) -> list[bytes]:
+        """The next batch of non-blank lines."""
+        partial = self._partial
+        while not self._eof:
             data = await self._read()
             if not data:
                 self._eof = True
-            self._buffer = (
-                self._buffer[self._start :] + data if self._start else self._buffer + data
-            )
-            self._start = 0
+                last = bytes(partial).rstrip(b"\r")
+                partial.clear()
+                if last.strip():
+                    return [last]
+                break
+            searched = len(partial)  # what is already buffered holds no line end
+            partial += data
+            end = partial.rfind(b"\n", searched)
+            if end < 0:
+                if len(partial) > MAX_LINE_BYTES:
+                    raise self._backend.stream_broken(
+                        self._model, f"sent a line longer than {MAX_LINE_BYTES} bytes"
+                    )
+                continue
+            complete = bytes(partial[:end])
+            del partial[: end + 1]
+            lines = [
+                line[:-1] if line.endswith(b"\r") else line
+                for line in complete.split(b"\n")
+                if line.strip()
+            ]
+            if lines:
+                return lines
+        raise StopAsyncIteration
 
     async def _read(self) -> bytes:
         try:
@@ -270,7 +277,7 @@ class HttpBackend(Backend):
         """One streamed JSON object (an NDJSON line, an SSE event's data); anything
         else is a -32002 stream error, since the stream can no longer be trusted."""
         try:
-            obj = jsonio.loads(raw)
+            obj = jsonio.loads_event(raw)
         except (ValueError, RecursionError) as e:
             raise BackendError(
                 protocol.STREAM_ERROR,

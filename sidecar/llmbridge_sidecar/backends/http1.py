@@ -49,6 +49,7 @@ MAX_CHUNK_LINE_BYTES = 4096
 HIGH_WATER = 4 * 1024 * 1024
 LOW_WATER = 1024 * 1024
 USER_AGENT = b"llmbridge-sidecar"
+HEX_DIGITS = b"0123456789abcdefABCDEF"
 
 
 class TransportError(Exception):
@@ -171,16 +172,19 @@ class _Connection(asyncio.Protocol):
 
     def consume(self, n: int) -> bytes:
         """The first ``n`` buffered bytes, removed from the buffer."""
+        data = bytes(self.buffer) if n >= len(self.buffer) else bytes(self.buffer[:n])
+        self.discard(n)
+        return data
+
+    def discard(self, n: int) -> None:
+        """Remove the first ``n`` buffered bytes."""
         if n >= len(self.buffer):
-            data = bytes(self.buffer)
             self.buffer.clear()
         else:
-            data = bytes(self.buffer[:n])
             del self.buffer[:n]
         if self._paused and len(self.buffer) < LOW_WATER and self.transport is not None:
             self._paused = False
             self.transport.resume_reading()
-        return data
 
     def close(self) -> None:
         self.closed = True
@@ -288,50 +292,58 @@ class Response:
             if conn.closed:
                 raise conn.closed_error()
             return b""
-        parts: list[bytes] = []
-        while True:  # chunked: as many whole or partial chunks as are buffered
-            if body.left:
-                if not buf:
-                    break
-                data = conn.consume(min(body.left, len(buf)))
-                body.left -= len(data)
-                parts.append(data)
-                body.need_crlf = body.left == 0
-                continue
-            if body.need_crlf:
-                head = bytes(buf[:2])
-                if not b"\r\n".startswith(head):
-                    raise ProtocolError("a chunk's data is not followed by CRLF")
-                if len(head) < 2:
-                    break
-                del buf[:2]
-                body.need_crlf = False
-            end = buf.find(b"\r\n")
-            if end < 0:
-                if len(buf) > MAX_CHUNK_LINE_BYTES:
-                    raise ProtocolError("a chunk size line is too long")
-                break
-            size_text = bytes(buf[:end]).split(b";", 1)[0].strip()
-            try:
-                size = int(size_text, 16)
-            except ValueError:
-                raise ProtocolError(f"bad chunk size {size_text[:40]!r}") from None
-            if size < 0:
-                raise ProtocolError(f"bad chunk size {size_text[:40]!r}")
-            if size == 0:
-                trailer_end = _trailer_end(buf, end)
-                if trailer_end < 0:
-                    break
-                del buf[:trailer_end]
-                self._end()
-                break
-            del buf[: end + 2]
-            body.left = size
-        if parts or self.at_end:
-            return b"".join(parts)
+        data, used = self._decode_chunks(buf)
+        if used:
+            conn.discard(used)
+        if data or self.at_end:
+            return data
         if conn.closed:
             raise conn.closed_error()
         return b""
+
+    def _decode_chunks(self, buf: bytearray) -> tuple[bytes, int]:
+        """The chunked body's data decodable from ``buf``, and how many bytes of
+        ``buf`` that used (the caller removes them: one move per read, not per chunk)."""
+        body = self._body
+        parts: list[bytearray] = []
+        pos = 0
+        size_of_buf = len(buf)
+        while True:
+            if body.left:
+                if pos == size_of_buf:
+                    break
+                take = min(body.left, size_of_buf - pos)
+                parts.append(buf[pos : pos + take])
+                pos += take
+                body.left -= take
+                body.need_crlf = body.left == 0
+                continue
+            if body.need_crlf:
+                crlf = bytes(buf[pos : pos + 2])
+                if not b"\r\n".startswith(crlf):
+                    raise ProtocolError("a chunk's data is not followed by CRLF")
+                if len(crlf) < 2:
+                    break
+                pos += 2
+                body.need_crlf = False
+            end = buf.find(b"\r\n", pos)
+            if end < 0:
+                if size_of_buf - pos > MAX_CHUNK_LINE_BYTES:
+                    raise ProtocolError("a chunk size line is too long")
+                break
+            size_text = bytes(buf[pos:end]).split(b";", 1)[0].strip()
+            if not size_text or size_text.strip(HEX_DIGITS):
+                raise ProtocolError(f"bad chunk size {size_text[:40]!r}")
+            size = int(size_text, 16)
+            if size == 0:
+                trailer_end = _trailer_end(buf, end)
+                if trailer_end >= 0:
+                    pos = trailer_end
+                    self._end()
+                break
+            pos = end + 2
+            body.left = size
+        return b"".join(parts), pos
 
     def _end(self) -> None:
         self.at_end = True

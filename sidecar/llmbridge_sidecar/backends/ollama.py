@@ -179,12 +179,24 @@ class OllamaBackend(HttpBackend):
         calls: list[protocol.ToolCall] = []
         done: ChatDone | None = None
         async with await self.stream(model, "/api/chat", self.build_body(request)) as lines:
-            async for line in lines:
-                for event in self._parse_line(model, line, calls):
-                    if isinstance(event, TextDelta):
-                        yield event
-                    else:
-                        done = event
+            async for batch in lines:
+                # The batch's text is relayed as one piece (one stream.chunk).
+                texts: list[str] = []
+                try:
+                    for line in batch:
+                        for event in self._parse_line(model, line, calls):
+                            if isinstance(event, TextDelta):
+                                texts.append(event.text)
+                            else:
+                                done = event
+                        if done is not None:
+                            break
+                except BackendError:
+                    if texts:  # what came before the bad line still reaches the caller
+                        yield TextDelta("".join(texts))
+                    raise
+                if texts:
+                    yield TextDelta("".join(texts))
                 if done is not None:
                     break
             else:

@@ -201,6 +201,9 @@ class LineStream:
 
     async def finish(self) -> None:
         """Read what is left of the response (normally nothing), releasing the connection."""
+        if self._resp.at_end:  # the usual case: the end arrived with the last event
+            self._resp.release()
+            return
         left = FINISH_MAX_BYTES
         try:
             async with asyncio.timeout(FINISH_TIMEOUT_S):

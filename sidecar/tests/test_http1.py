@@ -509,6 +509,26 @@ async def test_https_directly_and_through_a_connect_proxy(
         proxy_server.close()
 
 
+async def test_proxy_refusing_the_tunnel_is_a_connect_error_and_closes_it() -> None:
+    hung_up = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\n\r\n")
+        await reader.read()  # EOF: the client closed the connection
+        hung_up.set()
+
+    server = Server(handler)
+    async with server:
+        p = pool("https://backend.invalid:8443", proxy=server.url)
+        with pytest.raises(http1.ConnectError, match=r"refused CONNECT backend\.invalid:8443: 407"):
+            await get(p)
+        await hung_up.wait()
+        assert p.open_connections == 0
+        assert server.requests[0].startswith(b"CONNECT backend.invalid:8443 HTTP/1.1\r\n")
+        await p.aclose()
+
+
 def test_unusable_urls_are_refused() -> None:
     with pytest.raises(ValueError, match="only http:// and https://"):
         pool("ftp://host")

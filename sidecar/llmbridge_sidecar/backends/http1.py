@@ -539,23 +539,28 @@ class Pool:
         try:
             async with asyncio.timeout(self.pool_timeout_s):
                 conn = await waiter
-        except TimeoutError:
-            raise ConnectError(
-                f"all {self.limit} connections stayed busy for {self.pool_timeout_s:g} s"
-            ) from None
-        except BaseException:
-            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
-                given = waiter.result()
-                if given is not None:
-                    self._put_back(given)  # handed over as we were cancelled: pass it on
-                else:
-                    self._slot_freed()
-            elif waiter in self._waiters:
-                self._waiters.remove(waiter)
+        except BaseException as e:
+            self._abandon(waiter)
+            if isinstance(e, TimeoutError):
+                raise ConnectError(
+                    f"all {self.limit} connections stayed busy for {self.pool_timeout_s:g} s"
+                ) from None
             raise
         if conn is not None:
             return conn
         return await self._connect()  # a slot was handed over: open a connection in it
+
+    def _abandon(self, waiter: asyncio.Future[_Connection | None]) -> None:
+        """A waiter gives up (timed out, cancelled): leave the line, or pass on
+        what it was handed in the meantime so no connection or slot is lost."""
+        if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+            given = waiter.result()
+            if given is not None:
+                self._put_back(given)
+            else:
+                self._slot_freed()
+        elif waiter in self._waiters:
+            self._waiters.remove(waiter)
 
     def _reusable(self) -> _Connection | None:
         now = asyncio.get_running_loop().time()
@@ -573,6 +578,7 @@ class Pool:
         loop = asyncio.get_running_loop()
         through = self.proxy or self.origin
         direct_tls = self.proxy is None and self.origin.scheme == "https"
+        conn: _Connection | None = None
         try:
             async with asyncio.timeout(self.connect_timeout_s):
                 _, conn = await loop.create_connection(
@@ -584,22 +590,23 @@ class Pool:
                 )
                 if self.proxy is not None and self.origin.scheme == "https":
                     await self._tunnel(loop, conn)
-        except TimeoutError:
+        except BaseException as e:
+            if conn is not None:
+                conn.close()  # connected, but the tunnel failed or was cancelled
             self._slot_freed()
-            raise ConnectError(
-                f"connecting to {through.host}:{through.port} took over "
-                f"{self.connect_timeout_s:g} s"
-            ) from None
-        except OSError as e:
-            self._slot_freed()
-            raise ConnectError(f"{type(e).__name__}: {e}") from e
-        except BaseException:
-            self._slot_freed()
+            if isinstance(e, TimeoutError):
+                raise ConnectError(
+                    f"connecting to {through.host}:{through.port} took over "
+                    f"{self.connect_timeout_s:g} s"
+                ) from None
+            if isinstance(e, OSError):
+                raise ConnectError(f"{type(e).__name__}: {e}") from e
             raise
         return conn
 
     async def _tunnel(self, loop: asyncio.AbstractEventLoop, conn: _Connection) -> None:
-        """CONNECT through the proxy, then TLS to the origin inside the tunnel."""
+        """CONNECT through the proxy, then TLS to the origin inside the tunnel.
+        On failure the caller closes ``conn``."""
         assert conn.transport is not None
         target = f"{self.origin.host}:{self.origin.port}".encode()
         head = [b"CONNECT " + target + b" HTTP/1.1\r\nHost: " + target + b"\r\n"]
@@ -608,16 +615,13 @@ class Pool:
         conn.transport.write(b"".join(head) + b"\r\n")
         while (end := conn.buffer.find(b"\r\n\r\n")) < 0:
             if len(conn.buffer) > MAX_HEAD_BYTES:
-                conn.close()
                 raise ProtocolError("the proxy's CONNECT answer is too long")
             try:
                 await conn.receive(self.connect_timeout_s)
             except TransportError as e:
-                conn.close()
                 raise ConnectError(f"the proxy did not answer CONNECT: {e}") from e
         status, reason, _, _ = _parse_head(conn.consume(end + 4)[:end])
         if status != 200:
-            conn.close()
             raise ConnectError(f"the proxy refused CONNECT {target.decode()}: {status} {reason}")
         tls = await loop.start_tls(
             conn.transport, conn, self._ssl_context(), server_hostname=self.origin.host

@@ -674,7 +674,7 @@ def _parse_head(raw: bytes) -> tuple[int, str, str, dict[str, str]]:
     status_line = lines[0].decode("latin-1")
     version, _, rest = status_line.partition(" ")
     code, _, reason = rest.partition(" ")
-    if not version.startswith("HTTP/1.") or len(code) != 3 or not code.isdigit():
+    if not version.startswith("HTTP/1.") or len(code) != 3 or not _is_decimal(code):
         raise ProtocolError(f"not an HTTP/1.x status line: {status_line[:80]!r}")
     headers: dict[str, str] = {}
     for line in lines[1:]:
@@ -699,11 +699,16 @@ def _body_of(method: str, status: int, headers: dict[str, str]) -> _Body:
     length = headers.get("content-length")
     if length is not None:
         values = {v.strip() for v in length.split(",")}
-        if len(values) != 1 or not next(iter(values)).isdigit():
+        if len(values) != 1 or not _is_decimal(next(iter(values))):
             raise ProtocolError(f"bad Content-Length {length[:40]!r}")
         n = int(next(iter(values)))
         return _Body("length", left=n) if n else _Body("none")
     return _Body("close")
+
+
+def _is_decimal(text: str) -> bool:
+    """ASCII digits only (``str.isdigit`` also takes "²" and other digits int() refuses)."""
+    return text.isascii() and text.isdigit()
 
 
 def _keeps_alive(version: str, headers: dict[str, str]) -> bool:

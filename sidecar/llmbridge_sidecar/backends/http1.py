@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
+import re
 import ssl
 from dataclasses import dataclass
 from types import TracebackType
@@ -49,7 +50,8 @@ MAX_CHUNK_LINE_BYTES = 4096
 HIGH_WATER = 4 * 1024 * 1024
 LOW_WATER = 1024 * 1024
 USER_AGENT = b"llmbridge-sidecar"
-HEX_DIGITS = b"0123456789abcdefABCDEF"
+# A chunk's size line: hex digits (at most 16: 64 bits), optional extensions.
+_CHUNK_SIZE_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?\r\n")
 
 
 class TransportError(Exception):
@@ -308,6 +310,7 @@ class Response:
         parts: list[bytearray] = []
         pos = 0
         size_of_buf = len(buf)
+        size_line = _CHUNK_SIZE_LINE.match
         while True:
             if body.left:
                 if pos == size_of_buf:
@@ -316,32 +319,34 @@ class Response:
                 parts.append(buf[pos : pos + take])
                 pos += take
                 body.left -= take
-                body.need_crlf = body.left == 0
-                continue
+                if body.left:
+                    break  # the rest of this chunk has not arrived
+                body.need_crlf = True
             if body.need_crlf:
-                crlf = bytes(buf[pos : pos + 2])
-                if not b"\r\n".startswith(crlf):
-                    raise ProtocolError("a chunk's data is not followed by CRLF")
-                if len(crlf) < 2:
+                if size_of_buf - pos < 2:
+                    if bytes(buf[pos:]) not in (b"", b"\r"):
+                        raise ProtocolError("a chunk's data is not followed by CRLF")
                     break
+                if buf[pos] != 13 or buf[pos + 1] != 10:
+                    raise ProtocolError("a chunk's data is not followed by CRLF")
                 pos += 2
                 body.need_crlf = False
-            end = buf.find(b"\r\n", pos)
-            if end < 0:
+            line = size_line(buf, pos)
+            if line is None:
+                end = buf.find(b"\r\n", pos)
+                if end >= 0:
+                    raise ProtocolError(f"bad chunk size line {bytes(buf[pos:end])[:40]!r}")
                 if size_of_buf - pos > MAX_CHUNK_LINE_BYTES:
                     raise ProtocolError("a chunk size line is too long")
-                break
-            size_text = bytes(buf[pos:end]).split(b";", 1)[0].strip()
-            if not size_text or size_text.strip(HEX_DIGITS):
-                raise ProtocolError(f"bad chunk size {size_text[:40]!r}")
-            size = int(size_text, 16)
+                break  # the size line has not all arrived
+            size = int(line.group(1), 16)
             if size == 0:
-                trailer_end = _trailer_end(buf, end)
+                trailer_end = _trailer_end(buf, line.end() - 2)
                 if trailer_end >= 0:
                     pos = trailer_end
                     self._end()
                 break
-            pos = end + 2
+            pos = line.end()
             body.left = size
         return b"".join(parts), pos
 

@@ -425,6 +425,15 @@ async def test_connections_are_reused(
     assert fake.connections == 2  # the cancelled stream's connection was closed
 
 
+async def test_a_host_that_is_not_http_is_refused_at_init(
+    sidecar: SidecarProcess, fake: FakeOpenAI
+) -> None:
+    bad = error_of(await init(sidecar, "vllm", "ftp://" + fake.host))
+    assert bad["code"] == -32602 and bad["data"]["field"] == "host"
+    assert "only http:// and https://" in bad["message"]
+    await init_ok(sidecar, "vllm", "http://" + fake.host)  # the sidecar is still usable
+
+
 async def test_max_connections_is_the_sidecars_own_option(
     sidecar: SidecarProcess, fake: FakeOpenAI
 ) -> None:

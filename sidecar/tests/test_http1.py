@@ -408,7 +408,7 @@ async def test_keepalive_zero_never_reuses(keep_alive_server: Server) -> None:
     await get(p)
     await get(p)
     assert keep_alive_server.connections == 2
-    assert p.open_connections <= 1
+    assert p.open_connections == 0
     await p.aclose()
 
 
@@ -527,6 +527,113 @@ async def test_proxy_refusing_the_tunnel_is_a_connect_error_and_closes_it() -> N
         assert p.open_connections == 0
         assert server.requests[0].startswith(b"CONNECT backend.invalid:8443 HTTP/1.1\r\n")
         await p.aclose()
+
+
+async def test_bytes_sent_to_an_idle_connection_are_never_read_as_an_answer() -> None:
+    """A server that sends more than its answer (here a whole second
+    response, after the client has read the first): the connection is
+    dropped, not reused, so every request still gets its own answer."""
+    stray_sent = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if server.connections == 1:
+            head = await server.read_request(reader)
+            writer.write(ok(head.split(b" ")[1]))
+            await writer.drain()
+            await first_read.wait()
+            writer.write(ok(b"STRAY"))
+            await writer.drain()
+            stray_sent.set()
+        while head := await server.read_request(reader):
+            writer.write(ok(head.split(b" ")[1]))
+
+    first_read = asyncio.Event()
+    server = Server(handler)
+    async with server:
+        p = pool(server.url)
+        assert await get(p, "/a") == (200, b"/a")
+        first_read.set()
+        await stray_sent.wait()
+        for _ in range(10_000):  # let the loop deliver the stray bytes (no timing involved)
+            if p.open_connections == 0:
+                break
+            await asyncio.sleep(0)
+        assert p.open_connections == 0  # the idle connection that got them was dropped
+        assert await get(p, "/b") == (200, b"/b")
+        assert await get(p, "/c") == (200, b"/c")
+        assert server.connections == 2
+        await p.aclose()
+
+
+async def test_connections_closed_right_after_each_answer_lose_no_request() -> None:
+    """The server closes every connection just after answering (no
+    Connection: close); with one connection for three callers, a caller is
+    often handed a connection that is already closing. Each request is sent
+    again on a new connection, never failed."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await server.read_request(reader)
+        writer.write(ok(head.split(b" ")[1]))
+        await writer.drain()
+
+    server = Server(handler)
+    async with server:
+        p = pool(server.url, limit=1)
+        for round_ in range(5):
+            paths = [f"/r{round_}-{i}" for i in range(3)]
+            answers = await asyncio.gather(*(get(p, path) for path in paths))
+            assert answers == [(200, path.encode()) for path in paths]
+        assert p.open_connections <= 1 and p.waiting_requests == 0
+        await p.aclose()
+
+
+async def test_both_transfer_encoding_and_content_length_is_not_reused() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await server.read_request(reader):
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
+                b"3\r\nabc\r\n0\r\n\r\n"
+            )
+
+    server = Server(handler)
+    async with server:
+        p = pool(server.url)
+        assert await get(p) == (200, b"abc")  # framed by Transfer-Encoding
+        assert await get(p) == (200, b"abc")
+        assert server.connections == 2
+        await p.aclose()
+
+
+async def test_endless_interim_answers_are_a_protocol_error() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n" * 50)
+        await reader.read()
+
+    server = Server(handler)
+    async with server:
+        p = pool(server.url)
+        with pytest.raises(http1.ProtocolError, match="interim"):
+            await get(p)
+        await p.aclose()
+
+
+async def test_a_host_name_that_cannot_be_encoded_is_a_connect_error() -> None:
+    p = pool("http://" + "x" * 64 + ".invalid")  # a DNS label is at most 63 bytes
+    with pytest.raises(http1.ConnectError):
+        await get(p)
+    assert p.open_connections == 0
+    await p.aclose()
+
+
+def test_unusable_proxies_are_refused() -> None:
+    with pytest.raises(http1.UnusableProxy, match="proxy 'socks5://proxy:1080'"):
+        pool("http://backend:8000", proxy="socks5://proxy:1080")
+    with pytest.raises(http1.UnusableProxy, match="only http:// proxies"):
+        pool("http://backend:8000", proxy="https://proxy:3128")
+    assert pool("http://backend:8000", proxy="proxy:3128").proxy == http1.Origin(
+        "http", "proxy", 3128, ""
+    )
 
 
 def test_unusable_urls_are_refused() -> None:

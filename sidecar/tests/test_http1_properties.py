@@ -19,6 +19,7 @@ from llmbridge_sidecar.backends import http1
 
 def _response(conn: http1._Connection, kind: str, left: int = 0) -> http1.Response:
     pool: Any = None  # the body parser never touches the pool
+    conn.busy = True  # a request is out: what arrives is its answer
     return http1.Response(pool, conn, 200, "OK", {}, http1._Body(kind, left=left), True)
 
 
@@ -88,8 +89,10 @@ def test_any_bytes_decode_or_fail_with_a_transport_error(data: bytes, kind: str)
         return
     if kind == "close":
         assert decoded == data
-    else:
-        assert len(decoded) <= len(data)
+    elif kind == "length":
+        assert decoded == data[:100]  # exactly Content-Length bytes, the rest left unread
+    # chunked: what a valid encoding decodes to is the test above; here only
+    # that garbage ends in a TransportError or a (short) body, nothing else
 
 
 @settings(max_examples=500, deadline=None)
@@ -102,7 +105,7 @@ def test_any_head_parses_or_is_a_protocol_error(head: bytes) -> None:
         http1._body_of("GET", status, headers)
     except http1.ProtocolError:
         return
-    assert 0 <= status <= 999 and version.startswith("HTTP/1.")
+    assert head.startswith(version.encode("latin-1") + b" %03d" % status)
 
 
 @given(

@@ -61,8 +61,12 @@ def test_real_transformers_tiny_llama_streams(pb, start_server, tiny_llama_dir):
     server = start_server("--backend=transformers", f"--model={tiny_llama_dir}",
                           "--startup_timeout=120s")
     responses = complete(pb, server, messages=user(pb, "Tell me about the sea."),
-                         max_tokens=12)
+                         max_tokens=48)
 
+    # Streamed in pieces. Text that arrives while a write is in flight is
+    # merged into the next message, so the count of messages depends on
+    # timing; with 12 tokens the test failed once under load: 48 leave room
+    # for merging and still prove streaming.
     assert len([r for r in responses if r.content]) >= 3
     last = responses[-1]
     assert last.done

@@ -270,6 +270,16 @@ class StopFilter:
         return tail
 
 
+def token_count(value: Any) -> int:
+    """A count a backend reported (usage fields): a non-negative integer, or 0
+    for anything else (a count is informational; a wrong type never fails a call)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0
+    if value != value or value in (float("inf"), float("-inf")):
+        return 0
+    return max(0, int(value))
+
+
 def is_vector(value: Any) -> bool:
     """A list of numbers (an embedding, as a backend sent it)."""
     return isinstance(value, list) and all(

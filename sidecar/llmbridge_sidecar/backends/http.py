@@ -62,6 +62,11 @@ FINISH_MAX_BYTES = 64 * 1024
 MAX_LINE_BYTES = 16 * 1024 * 1024
 # Cap on how much of an upstream error body is copied into a message.
 MAX_ERROR_TEXT = 2000
+# How much of an error body is read (the rest is dropped with the connection).
+MAX_ERROR_BODY_BYTES = 64 * 1024
+# Largest whole answer read: probes (model lists) and POSTs (embeddings,
+# token counts). Past it the answer is refused as broken.
+MAX_BODY_BYTES = 256 * 1024 * 1024
 JSON_HEADERS = {"Content-Type": "application/json"}
 # Errors of the HTTP client that mean "the connection failed" (TimeoutError:
 # a probe's overall deadline).
@@ -178,6 +183,13 @@ class LineStream:
                 continue
             complete = bytes(partial[:end])
             del partial[: end + 1]
+            if len(partial) > MAX_LINE_BYTES or (
+                len(complete) > MAX_LINE_BYTES
+                and max(map(len, complete.split(b"\n"))) > MAX_LINE_BYTES
+            ):
+                raise self._backend.stream_broken(
+                    self._model, f"sent a line longer than {MAX_LINE_BYTES} bytes"
+                )
             lines = [
                 line[:-1] if line.endswith(b"\r") else line
                 for line in complete.split(b"\n")
@@ -204,6 +216,8 @@ class LineStream:
         if self._resp.at_end:  # the usual case: the end arrived with the last event
             self._resp.release()
             return
+        if not self._resp.reusable:
+            return  # ends only when the server closes: __aexit__ closes it now
         left = FINISH_MAX_BYTES
         try:
             async with asyncio.timeout(FINISH_TIMEOUT_S):
@@ -242,6 +256,12 @@ class HttpBackend(Backend):
                 read_timeout_s=self.read_timeout_s,
                 proxy=environment_proxy(self.base_url),
             )
+        except http1.UnusableProxy as e:
+            raise BackendError(
+                protocol.CONNECTION_ERROR,
+                f"cannot reach {self.base_url} through the environment's proxy: {e}; "
+                "fix HTTP_PROXY/HTTPS_PROXY, or name the host in NO_PROXY",
+            ) from e
         except ValueError as e:
             raise protocol.invalid_params("host", f"is not a usable server address: {e}") from e
 
@@ -370,8 +390,11 @@ class HttpBackend(Backend):
     ) -> tuple[int, bytes]:
         """(status, body) of an answer read whole, so its connection is reused."""
         async with await self._request(method, path, body) as resp:
-            raw = await resp.read()
-            resp.release()
+            if resp.status != 200:
+                raw = await resp.read_up_to(MAX_ERROR_BODY_BYTES)
+            else:
+                raw = await resp.read(MAX_BODY_BYTES)
+            resp.release()  # closes it instead when the error body was cut short
             return resp.status, raw
 
     async def post_json(
@@ -411,7 +434,7 @@ class HttpBackend(Backend):
             raise self.unreachable(model, e) from e
         if resp.status != 200:
             try:
-                raw = await resp.read()
+                raw = await resp.read_up_to(MAX_ERROR_BODY_BYTES)
                 resp.release()
             except TRANSPORT_ERRORS as e:
                 raise self.unreachable(model, e) from e

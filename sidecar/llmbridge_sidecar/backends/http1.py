@@ -45,6 +45,7 @@ from urllib.parse import unquote, urlsplit
 # Limits on what a server may send before the body.
 MAX_HEAD_BYTES = 64 * 1024
 MAX_CHUNK_LINE_BYTES = 4096
+MAX_INTERIM_HEADS = 8  # 1xx heads before the answer's own
 # Stop reading from the socket while this much is buffered and unread
 # (a fast server, a slow reader); resume below the low mark.
 HIGH_WATER = 4 * 1024 * 1024
@@ -72,6 +73,10 @@ class ConnectionClosed(TransportError):
 
 class ProtocolError(TransportError):
     """The server's bytes are not HTTP/1.1 as this client reads it."""
+
+
+class UnusableProxy(ValueError):
+    """The proxy URL (from the environment) is not one this client can use."""
 
 
 @dataclass(frozen=True)
@@ -112,6 +117,10 @@ class _Connection(asyncio.Protocol):
         self.idle_since = 0.0
         self.reused = False
         self.answered = False  # a byte of the current answer has arrived
+        # A request is out and its answer not yet wholly read. Bytes that
+        # arrive otherwise belong to no request: the connection is dropped,
+        # or they would be read as the next request's answer.
+        self.busy = False
         self._waiter: asyncio.Future[None] | None = None
         self._paused = False
 
@@ -121,6 +130,10 @@ class _Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
 
     def data_received(self, data: bytes) -> None:
+        if not self.busy:
+            self.close()
+            self._wake()
+            return
         self.answered = True
         self.buffer += data
         if len(self.buffer) > HIGH_WATER and not self._paused and self.transport is not None:
@@ -270,6 +283,16 @@ class Response:
                 raise ProtocolError(f"the body is longer than {limit} bytes")
         return b"".join(parts)
 
+    async def read_up_to(self, limit: int) -> bytes:
+        """The body, or its first ``limit`` bytes (then the connection cannot be
+        reused: ``release`` closes it)."""
+        parts: list[bytes] = []
+        size = 0
+        while size < limit and (data := await self.read_some()):
+            parts.append(data)
+            size += len(data)
+        return b"".join(parts)[:limit]
+
     def _take_buffered(self, conn: _Connection) -> bytes:
         """Body bytes decodable from the buffer without waiting (maybe b"").
 
@@ -361,10 +384,16 @@ class Response:
         conn, self._conn = self._conn, None
         if conn is None:
             return
-        if self.at_end and self._keep_alive and not conn.closed and not conn.buffer:
+        if self.at_end and self.reusable and not conn.closed and not conn.buffer:
+            conn.busy = False
             self._pool._put_back(conn)
         else:
             self._pool._discard(conn)
+
+    @property
+    def reusable(self) -> bool:
+        """Whether the connection can serve another request once the body is read."""
+        return self._keep_alive and self._body.kind != "close"
 
     def close(self) -> None:
         """Drop the connection (no-op after ``release``)."""
@@ -409,7 +438,9 @@ class Pool:
         if limit < 1:
             raise ValueError("a pool needs a limit of at least 1 connection")
         self.origin = Origin.parse(base_url)
-        self.proxy = Origin.parse(proxy) if proxy else None
+        if proxy and "://" not in proxy:
+            proxy = "http://" + proxy  # HTTP_PROXY=host:port, as curl reads it
+        self.proxy = _parse_proxy(proxy) if proxy else None
         self._proxy_auth = _proxy_authorization(proxy) if proxy else None
         self.limit = limit
         self.keepalive_s = keepalive_s
@@ -433,8 +464,9 @@ class Pool:
 
     @property
     def open_connections(self) -> int:
-        """Connections open or being opened, idle ones included."""
-        return self._open
+        """Connections open or being opened, idle ones included (not counting
+        idle ones the server has closed, which are dropped when next reached)."""
+        return self._open - sum(1 for conn in self._idle if conn.closed)
 
     @property
     def waiting_requests(self) -> int:
@@ -496,9 +528,10 @@ class Pool:
         self, conn: _Connection, method: str, head: bytes, body: bytes | None
     ) -> Response:
         try:
+            conn.answered = False
             if conn.closed or conn.transport is None:
                 raise conn.closed_error()
-            conn.answered = False
+            conn.busy = True
             conn.transport.write(head + body if body else head)
             return await self._read_head(conn, method)
         except BaseException:
@@ -506,6 +539,7 @@ class Pool:
             raise
 
     async def _read_head(self, conn: _Connection, method: str) -> Response:
+        interim = 0
         while True:
             end = conn.buffer.find(b"\r\n\r\n")
             if end < 0:
@@ -516,7 +550,15 @@ class Pool:
             raw = conn.consume(end + 4)
             status, reason, version, headers = _parse_head(raw[:end])
             if 100 <= status < 200:
-                continue  # 100 Continue, 103 Early Hints: the answer follows
+                interim += 1  # 100 Continue, 103 Early Hints: the answer follows
+                if interim > MAX_INTERIM_HEADS:
+                    raise ProtocolError(f"more than {MAX_INTERIM_HEADS} interim (1xx) answers")
+                continue
+            # Transfer-Encoding with Content-Length, or in HTTP/1.0, is framing
+            # a proxy may read differently (RFC 9112 6.1, 6.3): never reused.
+            suspect = "transfer-encoding" in headers and (
+                "content-length" in headers or version == "HTTP/1.0"
+            )
             return Response(
                 self,
                 conn,
@@ -524,7 +566,7 @@ class Pool:
                 reason,
                 headers,
                 _body_of(method, status, headers),
-                _keeps_alive(version, headers),
+                _keeps_alive(version, headers) and not suspect,
             )
 
     # ---- the pool ---------------------------------------------------------------
@@ -551,8 +593,12 @@ class Pool:
                     f"all {self.limit} connections stayed busy for {self.pool_timeout_s:g} s"
                 ) from None
             raise
-        if conn is not None:
+        if conn is not None and not fresh and not conn.closed:
             return conn
+        if conn is not None:
+            # Closed meanwhile, or a resend, which must not risk a reused
+            # connection: its slot serves a new one.
+            conn.close()
         return await self._connect()  # a slot was handed over: open a connection in it
 
     def _abandon(self, waiter: asyncio.Future[_Connection | None]) -> None:
@@ -604,7 +650,7 @@ class Pool:
                     f"connecting to {through.host}:{through.port} took over "
                     f"{self.connect_timeout_s:g} s"
                 ) from None
-            if isinstance(e, OSError):
+            if isinstance(e, (OSError, ValueError)):  # ValueError: e.g. a bad IDNA host name
                 raise ConnectError(f"{type(e).__name__}: {e}") from e
             raise
         return conn
@@ -613,10 +659,12 @@ class Pool:
         """CONNECT through the proxy, then TLS to the origin inside the tunnel.
         On failure the caller closes ``conn``."""
         assert conn.transport is not None
-        target = f"{self.origin.host}:{self.origin.port}".encode()
+        host = f"[{self.origin.host}]" if ":" in self.origin.host else self.origin.host
+        target = f"{host}:{self.origin.port}".encode()
         head = [b"CONNECT " + target + b" HTTP/1.1\r\nHost: " + target + b"\r\n"]
         if self._proxy_auth:
             head.append(b"Proxy-Authorization: " + self._proxy_auth + b"\r\n")
+        conn.busy = True  # the proxy's answer is expected
         conn.transport.write(b"".join(head) + b"\r\n")
         while (end := conn.buffer.find(b"\r\n\r\n")) < 0:
             if len(conn.buffer) > MAX_HEAD_BYTES:
@@ -632,6 +680,7 @@ class Pool:
             conn.transport, conn, self._ssl_context(), server_hostname=self.origin.host
         )
         conn.transport = cast(asyncio.Transport, tls)
+        conn.busy = False
 
     def _ssl_context(self) -> ssl.SSLContext:
         if self._ssl is None:
@@ -721,6 +770,16 @@ def _keeps_alive(version: str, headers: dict[str, str]) -> bool:
     if version == "HTTP/1.0":
         return "keep-alive" in tokens
     return "close" not in tokens
+
+
+def _parse_proxy(proxy: str) -> Origin:
+    try:
+        origin = Origin.parse(proxy)
+    except ValueError as e:
+        raise UnusableProxy(f"proxy {proxy!r}: {e}") from None
+    if origin.scheme != "http":
+        raise UnusableProxy(f"proxy {proxy!r}: only http:// proxies are supported")
+    return origin
 
 
 def _proxy_authorization(proxy: str) -> bytes | None:

@@ -34,6 +34,7 @@ from .base import (
     TextDelta,
     is_vector,
     make_tool_call,
+    token_count,
 )
 from .http import HttpBackend, error_text
 
@@ -162,7 +163,7 @@ class OllamaBackend(HttpBackend):
         return EmbedResult(
             embeddings=vectors,
             model=str(answer.get("model") or request.model),
-            input_tokens=int(answer.get("prompt_eval_count") or 0),
+            input_tokens=token_count(answer.get("prompt_eval_count")),
         )
 
     async def count_tokens(self, model: str, messages: list[protocol.Message]) -> int:
@@ -272,8 +273,8 @@ class OllamaBackend(HttpBackend):
             events.append(
                 ChatDone(
                     usage=protocol.Usage(
-                        input_tokens=int(obj.get("prompt_eval_count") or 0),
-                        output_tokens=int(obj.get("eval_count") or 0),
+                        input_tokens=token_count(obj.get("prompt_eval_count")),
+                        output_tokens=token_count(obj.get("eval_count")),
                     ),
                     finish_reason=str(obj.get("done_reason") or "stop"),
                     model=str(obj.get("model") or model),

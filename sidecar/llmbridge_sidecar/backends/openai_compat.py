@@ -51,6 +51,7 @@ from .base import (
     TextDelta,
     is_vector,
     make_tool_call,
+    token_count,
 )
 from .http import HttpBackend, error_text
 
@@ -361,8 +362,8 @@ class OpenAICompatBackend(HttpBackend):
                         raw_usage = obj.get("usage")
                         if isinstance(raw_usage, dict):
                             usage = protocol.Usage(
-                                input_tokens=int(raw_usage.get("prompt_tokens") or 0),
-                                output_tokens=int(raw_usage.get("completion_tokens") or 0),
+                                input_tokens=token_count(raw_usage.get("prompt_tokens")),
+                                output_tokens=token_count(raw_usage.get("completion_tokens")),
                             )
                         for choice in obj.get("choices") or []:
                             if not isinstance(choice, dict) or choice.get("index", 0) != 0:

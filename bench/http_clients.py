@@ -201,7 +201,7 @@ async def run_case(args: argparse.Namespace) -> dict[str, Any]:
         dumps: Callable[[Any], bytes] = orjson.dumps
         loads: Callable[[Any], Any] = orjson.loads
     else:
-        dumps = lambda o: json.dumps(o, separators=(",", ":")).encode()  # noqa: E731
+        dumps = lambda o: json.dumps(o, separators=(",", ":")).encode()
         loads = json.loads
     url = f"http://127.0.0.1:{args.port}/v1/chat/completions"
     body = body_bytes(args.chunks, dumps)

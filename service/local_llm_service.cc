@@ -375,12 +375,18 @@ bool LocalLLMService::CallStarted() {
   std::lock_guard<std::mutex> lock(drain_mu_);
   if (draining_) return false;
   ++in_flight_;
+  trim_policy_.OnStarted(in_flight_);
   return true;
 }
 
 void LocalLLMService::CallEnded() {
-  std::lock_guard<std::mutex> lock(drain_mu_);
-  if (--in_flight_ == 0) drain_cv_.notify_all();
+  bool trim;
+  {
+    std::lock_guard<std::mutex> lock(drain_mu_);
+    if (--in_flight_ == 0) drain_cv_.notify_all();
+    trim = trim_policy_.OnEnded(in_flight_);
+  }
+  if (trim) ReleaseFreeMemory();  // once per burst, outside the lock
 }
 
 bool LocalLLMService::draining() {

@@ -19,6 +19,7 @@
 #include "grpcpp/grpcpp.h"
 #include "llmbridge/v1/llmbridge.grpc.pb.h"
 #include "rpc_bridge/client.h"
+#include "service/memory_trim.h"
 #include "service/metrics.h"
 #include "service/model_router.h"
 
@@ -88,6 +89,7 @@ class LocalLLMService final : public llmbridge::v1::LocalLLM::CallbackService {
   std::condition_variable drain_cv_;
   int in_flight_ = 0;
   bool draining_ = false;
+  BurstTrimPolicy trim_policy_;  // guarded by drain_mu_
 };
 
 }  // namespace llmbridge::service

@@ -4,6 +4,7 @@
 #include <grpc/byte_buffer_reader.h>
 #include <grpc/grpc.h>
 
+#include <functional>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -26,10 +27,16 @@ using google::protobuf::UnknownField;
 using google::protobuf::UnknownFieldSet;
 using llmbridge::v1::CompleteRequest;
 using llmbridge::v1::CompleteResponse;
+using llmbridge::v1::CountTokensRequest;
+using llmbridge::v1::CountTokensResponse;
+using llmbridge::v1::EmbedRequest;
+using llmbridge::v1::EmbedResponse;
 
-// The generated code registers Complete as the service's method 0 (its
-// order in llmbridge.proto).
+// The generated code numbers the service's methods in their order in
+// llmbridge.proto.
 constexpr int kCompleteMethodIndex = 0;
+constexpr int kEmbedMethodIndex = 1;
+constexpr int kCountTokensMethodIndex = 2;
 
 // Strict UTF-8, as protobuf checks proto3 strings: no overlong forms, no
 // surrogates, nothing past U+10FFFF.
@@ -109,13 +116,53 @@ std::string ReadAll(grpc_byte_buffer* buffer) {
   return out;
 }
 
-// Ends the call at once with the decoding error.
+// Why gRPC could not decode `bytes` as a `method` request, logged.
+absl::Status ExplainUndecodable(grpc_byte_buffer* bytes, const Descriptor* descriptor,
+                                const char* method) {
+  absl::Status why = DescribeUndecodable(ReadAll(bytes), descriptor);
+  LogEvent("warn", "request_undecodable",
+           {{"method", method}, {"error", std::string(why.message())}});
+  return why;
+}
+
+// The requests gRPC could not decode, each by the empty request that stands
+// in for it on its way to the reactor getter, with why. Any thread.
+template <typename Request>
+class DecodeErrors {
+ public:
+  void Add(const Request* placeholder, absl::Status why) {
+    std::lock_guard<std::mutex> lock(mu_);
+    errors_[placeholder] = std::move(why);
+  }
+
+  std::optional<absl::Status> Take(const Request* request) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = errors_.find(request);
+    if (it == errors_.end()) return std::nullopt;
+    absl::Status why = std::move(it->second);
+    errors_.erase(it);
+    return why;
+  }
+
+ private:
+  std::mutex mu_;
+  std::map<const Request*, absl::Status> errors_ ABSL_GUARDED_BY(mu_);
+};
+
+// Ends a Complete call at once with the decoding error.
 class FailedWriteReactor final
     : public grpc::ServerWriteReactor<CompleteResponse> {
  public:
   explicit FailedWriteReactor(const absl::Status& why) {
     Finish(ToGrpcStatus(why));
   }
+  void OnDone() override { delete this; }
+};
+
+// Ends a unary call at once with the decoding error.
+class FailedUnaryReactor final : public grpc::ServerUnaryReactor {
+ public:
+  explicit FailedUnaryReactor(const absl::Status& why) { Finish(ToGrpcStatus(why)); }
   void OnDone() override { delete this; }
 };
 
@@ -127,7 +174,7 @@ class DecodeCheckingHandler final : public grpc::internal::MethodHandler {
       : inner_([this, service](grpc::CallbackServerContext* context,
                                const CompleteRequest* request)
                    -> grpc::ServerWriteReactor<CompleteResponse>* {
-          if (std::optional<absl::Status> why = TakeDecodeError(request)) {
+          if (std::optional<absl::Status> why = errors_.Take(request)) {
             return new FailedWriteReactor(*why);
           }
           return service->Complete(context, request);
@@ -147,19 +194,13 @@ class DecodeCheckingHandler final : public grpc::internal::MethodHandler {
     grpc_byte_buffer* copy = grpc_byte_buffer_copy(bytes);
     void* request = inner_.Deserialize(call, bytes, status, handler_data);
     if (request == nullptr) {
-      absl::Status why =
-          DescribeUndecodable(ReadAll(copy), CompleteRequest::descriptor());
-      LogEvent("warn", "request_undecodable",
-               {{"method", "Complete"}, {"error", std::string(why.message())}});
       // An empty request stands in, in gRPC's call arena like the one its
       // decoder made (the writer destroys it); the reactor getter sees it
-      // and answers with `why`.
+      // and answers with why.
       auto* placeholder = new (grpc_call_arena_alloc(call, sizeof(CompleteRequest)))
           CompleteRequest();
-      {
-        std::lock_guard<std::mutex> lock(mu_);
-        decode_errors_[placeholder] = why;
-      }
+      errors_.Add(placeholder,
+                  ExplainUndecodable(copy, CompleteRequest::descriptor(), "Complete"));
       *status = grpc::Status::OK;
       request = placeholder;
     }
@@ -168,20 +209,61 @@ class DecodeCheckingHandler final : public grpc::internal::MethodHandler {
   }
 
  private:
-  std::optional<absl::Status> TakeDecodeError(const CompleteRequest* request) {
-    std::lock_guard<std::mutex> lock(mu_);
-    auto it = decode_errors_.find(request);
-    if (it == decode_errors_.end()) return std::nullopt;
-    absl::Status why = std::move(it->second);
-    decode_errors_.erase(it);
-    return why;
-  }
-
+  DecodeErrors<CompleteRequest> errors_;
   grpc::internal::CallbackServerStreamingHandler<CompleteRequest, CompleteResponse>
       inner_;
-  std::mutex mu_;
-  std::map<const CompleteRequest*, absl::Status> decode_errors_
-      ABSL_GUARDED_BY(mu_);
+};
+
+// gRPC's own unary handler (Embed, CountTokens), plus a second look at the
+// bytes when it cannot decode them.
+template <typename Request, typename Response>
+class UnaryDecodeCheckingHandler final : public grpc::internal::MethodHandler {
+ public:
+  using ReactorGetter = std::function<grpc::ServerUnaryReactor*(
+      grpc::CallbackServerContext*, const Request*, Response*)>;
+
+  UnaryDecodeCheckingHandler(const char* method, ReactorGetter getter)
+      : method_(method),
+        inner_([this, getter = std::move(getter)](
+                   grpc::CallbackServerContext* context, const Request* request,
+                   Response* response) -> grpc::ServerUnaryReactor* {
+          if (std::optional<absl::Status> why = errors_.Take(request)) {
+            return new FailedUnaryReactor(*why);
+          }
+          return getter(context, request, response);
+        }) {}
+
+  void RunHandler(const HandlerParameter& param) override {
+    inner_.RunHandler(param);
+  }
+
+  void* Deserialize(grpc_call* call, grpc_byte_buffer* bytes,
+                    grpc::Status* status, void** handler_data) override {
+    if (bytes == nullptr) {
+      return inner_.Deserialize(call, bytes, status, handler_data);
+    }
+    grpc_byte_buffer* copy = grpc_byte_buffer_copy(bytes);
+    void* request = inner_.Deserialize(call, bytes, status, handler_data);
+    if (request == nullptr) {
+      // gRPC's unary handler keeps the request in the message holder it
+      // left in *handler_data (RunHandler takes it from there): emptied, it
+      // stands in, and the reactor getter answers with why.
+      auto* holder =
+          static_cast<grpc::MessageHolder<Request, Response>*>(*handler_data);
+      Request* placeholder = holder->request();
+      placeholder->Clear();
+      errors_.Add(placeholder, ExplainUndecodable(copy, Request::descriptor(), method_));
+      *status = grpc::Status::OK;
+      request = placeholder;
+    }
+    grpc_byte_buffer_destroy(copy);
+    return request;
+  }
+
+ private:
+  const char* const method_;
+  DecodeErrors<Request> errors_;
+  grpc::internal::CallbackUnaryHandler<Request, Response> inner_;
 };
 
 // grpc::Service::MarkMethodCallback is protected; a pointer to it formed
@@ -229,6 +311,21 @@ void AnswerUndecodableRequests(
     llmbridge::v1::LocalLLM::CallbackService* service) {
   ServiceAccess::SetCallbackHandler(service, kCompleteMethodIndex,
                                     new DecodeCheckingHandler(service));
+  ServiceAccess::SetCallbackHandler(
+      service, kEmbedMethodIndex,
+      new UnaryDecodeCheckingHandler<EmbedRequest, EmbedResponse>(
+          "Embed", [service](grpc::CallbackServerContext* context,
+                             const EmbedRequest* request, EmbedResponse* response) {
+            return service->Embed(context, request, response);
+          }));
+  ServiceAccess::SetCallbackHandler(
+      service, kCountTokensMethodIndex,
+      new UnaryDecodeCheckingHandler<CountTokensRequest, CountTokensResponse>(
+          "CountTokens",
+          [service](grpc::CallbackServerContext* context,
+                    const CountTokensRequest* request, CountTokensResponse* response) {
+            return service->CountTokens(context, request, response);
+          }));
 }
 
 }  // namespace llmbridge::service

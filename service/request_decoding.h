@@ -1,12 +1,13 @@
-// A Complete request whose bytes gRPC cannot decode gets INVALID_ARGUMENT
-// saying what is wrong, instead of gRPC's UNIMPLEMENTED with no message.
+// A Complete, Embed or CountTokens request whose bytes gRPC cannot decode
+// gets INVALID_ARGUMENT saying what is wrong, instead of gRPC's
+// UNIMPLEMENTED with no message.
 //
 // Why this exists: gRPC 1.51's callback handlers answer a request that
 // fails to parse (truncated bytes, invalid UTF-8 in a proto3 string field)
 // with UNIMPLEMENTED and an empty message
 // (grpcpp/impl/codegen/server_callback_handlers.h: "if deserialization or
-// reactor creator failed"); the service's code never sees the call. So the
-// Complete method's handler is replaced by one that wraps gRPC's own: it
+// reactor creator failed"); the service's code never sees the call. So these
+// methods' handlers are replaced by ones that wrap gRPC's own: each
 // lets gRPC decode as usual and, only when that fails, looks at the same
 // bytes again to name the problem (e.g. "messages[1].content: not valid
 // UTF-8") and answers with a reactor that finishes at once.
@@ -24,8 +25,8 @@
 
 namespace llmbridge::service {
 
-// Installs the handler on `service` (before the server is built). The
-// service keeps answering every decodable request through its Complete.
+// Installs the handlers on `service` (before the server is built). The
+// service keeps answering every decodable request through its own methods.
 void AnswerUndecodableRequests(llmbridge::v1::LocalLLM::CallbackService* service);
 
 // Why `bytes` do not parse as a `descriptor` message, as INVALID_ARGUMENT:

@@ -63,9 +63,40 @@ def test_invalid_utf8_names_the_field(pb, start_server, ollama):
     assert replies[-1].done
 
 
+def raw_unary(channel: grpc.Channel, method: str, payload: bytes) -> grpc.RpcError:
+    """Sends `payload` as a unary request's bytes, exactly; returns the error."""
+    call = channel.unary_unary(f"/llmbridge.v1.LocalLLM/{method}",
+                               request_serializer=None, response_deserializer=None)
+    with pytest.raises(grpc.RpcError) as err:
+        call(payload, timeout=30)
+    return err.value
+
+
+def test_undecodable_embed_and_count_tokens_are_invalid_argument(pb, start_server, ollama):
+    server = start_server("--backend=ollama", f"--host={ollama.host}", f"--model={MODEL}")
+    llmbridge_pb2, llmbridge_pb2_grpc = pb
+    embed = llmbridge_pb2.EmbedRequest(inputs=["first", "Hello"]).SerializeToString()
+    err = raw_unary(server.channel, "Embed", embed.replace(b"Hello", b"H\xffllo"))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err
+    assert err.details().startswith("inputs[1]: not valid UTF-8"), err.details()
+    assert error_details(err)[0].reason == "INVALID_REQUEST"
+
+    count = llmbridge_pb2.CountTokensRequest(
+        messages=[llmbridge_pb2.Message(role="user", content="Hello")]).SerializeToString()
+    err = raw_unary(server.channel, "CountTokens", count[:-2])
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err
+    assert "not a valid llmbridge.v1.CountTokensRequest" in err.details(), err.details()
+    assert ollama.requests == []
+
+    # Decodable requests still reach the service (here: Embed, answered by the fake).
+    reply = llmbridge_pb2_grpc.LocalLLMStub(server.channel).Embed(
+        llmbridge_pb2.EmbedRequest(inputs=["Hello"]), timeout=60)
+    assert len(reply.embeddings) == 1 and len(reply.embeddings[0].values) > 0
+
+
 def test_undecodable_unary_requests_still_get_grpcs_unimplemented(pb, start_server, ollama):
-    """Pinned limitation: only Complete is decoded by llmbridge itself.
-    GetCapabilities and ListTools take empty messages, so only bytes that are
+    """Pinned limitation: Complete, Embed and CountTokens are decoded by
+    llmbridge itself. GetCapabilities and ListTools take empty messages, so only bytes that are
     not protobuf at all fail there, and gRPC 1.51 answers those with
     UNIMPLEMENTED and no message (service/request_decoding.h)."""
     server = start_server("--backend=ollama", f"--host={ollama.host}", f"--model={MODEL}")

@@ -149,6 +149,31 @@ class DecodeErrors {
   std::map<const Request*, absl::Status> errors_ ABSL_GUARDED_BY(mu_);
 };
 
+// gRPC's decoder (`inner`'s Deserialize) on `bytes`; when it fails,
+// `stand_in()` gives the empty request that goes on in the undecodable one's
+// place, recorded in `errors` with why, and the call proceeds (status OK) so
+// that the reactor getter can answer it.
+template <typename Request, typename Handler, typename StandIn>
+void* DecodeOrStandIn(Handler& inner, DecodeErrors<Request>& errors, const char* method,
+                      grpc_call* call, grpc_byte_buffer* bytes, grpc::Status* status,
+                      void** handler_data, StandIn stand_in) {
+  if (bytes == nullptr) {
+    return inner.Deserialize(call, bytes, status, handler_data);
+  }
+  // gRPC's decoder consumes the buffer; a copy shares its slices (no bytes
+  // are copied) for the rare second look.
+  grpc_byte_buffer* copy = grpc_byte_buffer_copy(bytes);
+  void* request = inner.Deserialize(call, bytes, status, handler_data);
+  if (request == nullptr) {
+    Request* placeholder = stand_in();
+    errors.Add(placeholder, ExplainUndecodable(copy, Request::descriptor(), method));
+    *status = grpc::Status::OK;
+    request = placeholder;
+  }
+  grpc_byte_buffer_destroy(copy);
+  return request;
+}
+
 // Ends a Complete call at once with the decoding error.
 class FailedWriteReactor final
     : public grpc::ServerWriteReactor<CompleteResponse> {
@@ -186,26 +211,13 @@ class DecodeCheckingHandler final : public grpc::internal::MethodHandler {
 
   void* Deserialize(grpc_call* call, grpc_byte_buffer* bytes,
                     grpc::Status* status, void** handler_data) override {
-    if (bytes == nullptr) {
-      return inner_.Deserialize(call, bytes, status, handler_data);
-    }
-    // gRPC's decoder consumes the buffer; a copy shares its slices (no
-    // bytes are copied) for the rare second look.
-    grpc_byte_buffer* copy = grpc_byte_buffer_copy(bytes);
-    void* request = inner_.Deserialize(call, bytes, status, handler_data);
-    if (request == nullptr) {
-      // An empty request stands in, in gRPC's call arena like the one its
-      // decoder made (the writer destroys it); the reactor getter sees it
-      // and answers with why.
-      auto* placeholder = new (grpc_call_arena_alloc(call, sizeof(CompleteRequest)))
-          CompleteRequest();
-      errors_.Add(placeholder,
-                  ExplainUndecodable(copy, CompleteRequest::descriptor(), "Complete"));
-      *status = grpc::Status::OK;
-      request = placeholder;
-    }
-    grpc_byte_buffer_destroy(copy);
-    return request;
+    return DecodeOrStandIn(inner_, errors_, "Complete", call, bytes, status, handler_data,
+                           [call] {
+                             // In gRPC's call arena like the one its decoder
+                             // made (the writer destroys it).
+                             return new (grpc_call_arena_alloc(call, sizeof(CompleteRequest)))
+                                 CompleteRequest();
+                           });
   }
 
  private:
@@ -239,25 +251,17 @@ class UnaryDecodeCheckingHandler final : public grpc::internal::MethodHandler {
 
   void* Deserialize(grpc_call* call, grpc_byte_buffer* bytes,
                     grpc::Status* status, void** handler_data) override {
-    if (bytes == nullptr) {
-      return inner_.Deserialize(call, bytes, status, handler_data);
-    }
-    grpc_byte_buffer* copy = grpc_byte_buffer_copy(bytes);
-    void* request = inner_.Deserialize(call, bytes, status, handler_data);
-    if (request == nullptr) {
-      // gRPC's unary handler keeps the request in the message holder it
-      // left in *handler_data (RunHandler takes it from there): emptied, it
-      // stands in, and the reactor getter answers with why.
-      auto* holder =
-          static_cast<grpc::MessageHolder<Request, Response>*>(*handler_data);
-      Request* placeholder = holder->request();
-      placeholder->Clear();
-      errors_.Add(placeholder, ExplainUndecodable(copy, Request::descriptor(), method_));
-      *status = grpc::Status::OK;
-      request = placeholder;
-    }
-    grpc_byte_buffer_destroy(copy);
-    return request;
+    return DecodeOrStandIn(inner_, errors_, method_, call, bytes, status, handler_data,
+                           [handler_data] {
+                             // gRPC's unary handler keeps the request in the
+                             // message holder it left in *handler_data
+                             // (RunHandler takes it from there): emptied.
+                             Request* request = static_cast<grpc::MessageHolder<Request, Response>*>(
+                                                    *handler_data)
+                                                    ->request();
+                             request->Clear();
+                             return request;
+                           });
   }
 
  private:

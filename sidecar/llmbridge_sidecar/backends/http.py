@@ -32,7 +32,7 @@ import logging
 import time
 import urllib.request
 from abc import abstractmethod
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
@@ -198,6 +198,31 @@ class LineStream:
             if lines:
                 return lines
         raise StopAsyncIteration
+
+    async def texts(self, read_line: Callable[[bytes, list[str]], bool]) -> AsyncIterator[str]:
+        """The answer's text, one piece per batch of lines.
+
+        ``read_line(line, texts)`` reads one line, appends the text it
+        carries to ``texts`` and returns True at the last line the backend
+        sends (the batch's remaining lines are not read). Text read before a
+        line that raises ``BackendError`` is yielded before the error.
+        """
+        async for batch in self:
+            texts: list[str] = []
+            last = False
+            try:
+                for line in batch:
+                    if read_line(line, texts):
+                        last = True
+                        break
+            except BackendError:
+                if texts:
+                    yield "".join(texts)
+                raise
+            if texts:
+                yield "".join(texts)
+            if last:
+                return
 
     async def _read(self) -> bytes:
         try:

@@ -179,31 +179,23 @@ class OllamaBackend(HttpBackend):
         model = request.model
         calls: list[protocol.ToolCall] = []
         done: ChatDone | None = None
+
+        def read_line(line: bytes, texts: list[str]) -> bool:
+            nonlocal done
+            for event in self._parse_line(model, line, calls):
+                if isinstance(event, TextDelta):
+                    texts.append(event.text)
+                else:
+                    done = event
+            return done is not None
+
         async with await self.stream(model, "/api/chat", self.build_body(request)) as lines:
-            async for batch in lines:
-                # The batch's text is relayed as one piece (one stream.chunk).
-                texts: list[str] = []
-                try:
-                    for line in batch:
-                        for event in self._parse_line(model, line, calls):
-                            if isinstance(event, TextDelta):
-                                texts.append(event.text)
-                            else:
-                                done = event
-                        if done is not None:
-                            break
-                except BackendError:
-                    if texts:  # what came before the bad line still reaches the caller
-                        yield TextDelta("".join(texts))
-                    raise
-                if texts:
-                    yield TextDelta("".join(texts))
-                if done is not None:
-                    break
-            else:
+            # What arrived together is relayed as one piece (one stream.chunk).
+            async for text in lines.texts(read_line):
+                yield TextDelta(text)
+            if done is None:
                 raise self.stream_broken(model, "closed the stream before the final done line")
             await lines.finish()  # the connection goes back to the pool
-        assert done is not None  # the loop ends only by break once it is set
         yield dataclasses.replace(done, tool_calls=tuple(calls)) if calls else done
 
     def http_error(self, model: str, status: int, body: bytes) -> BackendError:

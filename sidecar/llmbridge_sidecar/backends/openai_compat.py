@@ -344,48 +344,43 @@ class OpenAICompatBackend(HttpBackend):
         # Tool calls by their index: [id, name, argument pieces].
         pending: dict[int, tuple[list[str], list[str], list[str]]] = {}
         ended = False  # data: [DONE] seen
+
+        def read_line(line: bytes, texts: list[str]) -> bool:
+            nonlocal reported_model, usage, finish_reason, deltas, ended
+            if not line.startswith(b"data:"):
+                return False  # SSE comments (":"), event:, id:, retry:
+            payload = line[5:].strip()
+            if payload == b"[DONE]":
+                ended = True
+                return True
+            obj = self._parse_event(model, payload)
+            if isinstance(obj.get("model"), str) and obj["model"]:
+                reported_model = obj["model"]
+            raw_usage = obj.get("usage")
+            if isinstance(raw_usage, dict):
+                usage = protocol.Usage(
+                    input_tokens=token_count(raw_usage.get("prompt_tokens")),
+                    output_tokens=token_count(raw_usage.get("completion_tokens")),
+                )
+            for choice in obj.get("choices") or []:
+                if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                    continue
+                delta = choice.get("delta")
+                content = delta.get("content") if isinstance(delta, dict) else None
+                if isinstance(content, str) and content:
+                    texts.append(content)
+                    deltas += 1
+                raw_calls = delta.get("tool_calls") if isinstance(delta, dict) else None
+                for raw in raw_calls if isinstance(raw_calls, list) else []:
+                    self._add_tool_call_piece(model, pending, raw)
+                if choice.get("finish_reason"):
+                    finish_reason = str(choice["finish_reason"])
+            return False
+
         async with await self.stream(model, CHAT_PATH, self.build_body(request)) as lines:
-            async for batch in lines:
-                # The batch's text is relayed as one piece (one stream.chunk).
-                texts: list[str] = []
-                try:
-                    for line in batch:
-                        if not line.startswith(b"data:"):
-                            continue  # SSE comments (":"), event:, id:, retry:
-                        payload = line[5:].strip()
-                        if payload == b"[DONE]":
-                            ended = True
-                            break
-                        obj = self._parse_event(model, payload)
-                        if isinstance(obj.get("model"), str) and obj["model"]:
-                            reported_model = obj["model"]
-                        raw_usage = obj.get("usage")
-                        if isinstance(raw_usage, dict):
-                            usage = protocol.Usage(
-                                input_tokens=token_count(raw_usage.get("prompt_tokens")),
-                                output_tokens=token_count(raw_usage.get("completion_tokens")),
-                            )
-                        for choice in obj.get("choices") or []:
-                            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
-                                continue
-                            delta = choice.get("delta")
-                            content = delta.get("content") if isinstance(delta, dict) else None
-                            if isinstance(content, str) and content:
-                                texts.append(content)
-                            raw_calls = delta.get("tool_calls") if isinstance(delta, dict) else None
-                            for raw in raw_calls if isinstance(raw_calls, list) else []:
-                                self._add_tool_call_piece(model, pending, raw)
-                            if choice.get("finish_reason"):
-                                finish_reason = str(choice["finish_reason"])
-                except BackendError:
-                    if texts:  # what came before the bad event still reaches the caller
-                        yield TextDelta("".join(texts))
-                    raise
-                if texts:
-                    deltas += len(texts)
-                    yield TextDelta("".join(texts))
-                if ended:
-                    break
+            # What arrived together is relayed as one piece (one stream.chunk).
+            async for text in lines.texts(read_line):
+                yield TextDelta(text)
             if not ended and not finish_reason:
                 raise self.stream_broken(model, "closed the stream before [DONE]")
             await lines.finish()  # the connection goes back to the pool

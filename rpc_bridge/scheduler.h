@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <unordered_map>
@@ -26,7 +27,10 @@ class Scheduler {
   using Clock = std::chrono::steady_clock;
 
   Scheduler();
-  // Drops callbacks that have not run yet.
+  // Drops callbacks that have not run yet. May run on the scheduler's own
+  // thread (a callback that held the last reference to the scheduler's
+  // owner): the thread is then left to end by itself once that callback
+  // returns, instead of joining itself.
   ~Scheduler();
 
   Scheduler(const Scheduler&) = delete;
@@ -39,14 +43,19 @@ class Scheduler {
 
  private:
   using Key = std::pair<Clock::time_point, uint64_t>;
-  void Loop();
+  // Shared with the thread, so that it can outlive the Scheduler when the
+  // destructor runs on it.
+  struct State {
+    std::mutex mu;
+    std::condition_variable cv;
+    std::map<Key, std::function<void()>> timers ABSL_GUARDED_BY(mu);
+    std::unordered_map<uint64_t, Clock::time_point> due ABSL_GUARDED_BY(mu);
+    uint64_t next_token ABSL_GUARDED_BY(mu) = 0;
+    bool stopping ABSL_GUARDED_BY(mu) = false;
+  };
+  static void Loop(const std::shared_ptr<State>& state);
 
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::map<Key, std::function<void()>> timers_ ABSL_GUARDED_BY(mu_);
-  std::unordered_map<uint64_t, Clock::time_point> due_ ABSL_GUARDED_BY(mu_);
-  uint64_t next_token_ ABSL_GUARDED_BY(mu_) = 0;
-  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::shared_ptr<State> state_;
   std::thread thread_;
 };
 

@@ -66,6 +66,10 @@ class StdioTransport : public Transport {
     if (idle) {
       pending_.clear();
       pending_begin_ = 0;
+      // The stall clock starts when there is something to write, not when
+      // the writer last looked: a line sent after a quiet minute has its
+      // whole write_timeout to drain.
+      last_progress_ = std::chrono::steady_clock::now();
     }
     pending_.append(line.data(), line.size());
     pending_.push_back('\n');
@@ -112,10 +116,12 @@ class StdioTransport : public Transport {
     while (pending_begin_ < pending_.size()) {
       ssize_t n = ::write(write_fd_, pending_.data() + pending_begin_,
                           pending_.size() - pending_begin_);
-      if (n >= 0) {
+      if (n > 0) {
         pending_begin_ += static_cast<size_t>(n);
+        last_progress_ = std::chrono::steady_clock::now();
         continue;
       }
+      if (n == 0) continue;
       if (errno == EINTR) continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK) return true;
       FailLocked(absl::UnavailableError(
@@ -136,7 +142,6 @@ class StdioTransport : public Transport {
 
   void WriteLoop() {
     std::unique_lock<std::mutex> lock(mu_);
-    auto last_progress = std::chrono::steady_clock::now();
     while (!stopping_) {
       const bool has_data =
           write_fd_ >= 0 && pending_begin_ < pending_.size();
@@ -148,10 +153,8 @@ class StdioTransport : public Transport {
         fds[1].fd = write_fd_;
         auto left = options_.write_timeout -
                     std::chrono::duration_cast<std::chrono::milliseconds>(
-                        std::chrono::steady_clock::now() - last_progress);
+                        std::chrono::steady_clock::now() - last_progress_);
         timeout_ms = static_cast<int>(std::max<int64_t>(left.count(), 0));
-      } else {
-        last_progress = std::chrono::steady_clock::now();
       }
       lock.unlock();
       int ready = ::poll(fds, 2, timeout_ms);
@@ -168,9 +171,7 @@ class StdioTransport : public Transport {
             options_.write_timeout.count(), " ms; it is stuck")));
         continue;
       }
-      const size_t before = pending_begin_;
       if (!FlushLocked()) continue;
-      if (pending_begin_ != before) last_progress = std::chrono::steady_clock::now();
       if (pending_begin_ == pending_.size()) {
         pending_.clear();
         pending_begin_ = 0;
@@ -245,6 +246,10 @@ class StdioTransport : public Transport {
   int write_fd_ ABSL_GUARDED_BY(mu_);
   std::string pending_ ABSL_GUARDED_BY(mu_);
   size_t pending_begin_ ABSL_GUARDED_BY(mu_) = 0;
+  // When the sidecar last took bytes, or when bytes began to wait (the
+  // buffer went from empty to not empty): a write is stuck once this is
+  // write_timeout old with bytes still waiting.
+  std::chrono::steady_clock::time_point last_progress_ ABSL_GUARDED_BY(mu_);
   bool closing_ ABSL_GUARDED_BY(mu_) = false;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   bool failure_reported_ ABSL_GUARDED_BY(mu_) = false;

@@ -4,6 +4,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -15,12 +16,21 @@ constexpr size_t kReadChunk = 64 * 1024;
 constexpr size_t kPrefixBytes = 512;
 }
 
-LineReader::LineReader(int fd, size_t max_line_bytes)
-    : fd_(fd), max_line_bytes_(max_line_bytes) {}
+LineReader::LineReader(int fd, size_t max_line_bytes, BeforeRead before_read)
+    : fd_(fd),
+      max_line_bytes_(max_line_bytes),
+      before_read_(std::move(before_read)) {}
 
 bool LineReader::FillBuffer(absl::Status& error) {
   char chunk[kReadChunk];
   while (true) {
+    if (before_read_) {
+      absl::Status ready = before_read_();
+      if (!ready.ok()) {
+        error = std::move(ready);
+        return false;
+      }
+    }
     ssize_t n = ::read(fd_, chunk, sizeof(chunk));
     if (n > 0) {
       buffer_.append(chunk, static_cast<size_t>(n));

@@ -8,6 +8,7 @@
 #define LLMBRIDGE_RPC_BRIDGE_LINE_READER_H_
 
 #include <cstddef>
+#include <functional>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -18,14 +19,22 @@ inline constexpr size_t kDefaultMaxLineBytes = 16 * 1024 * 1024;
 
 class LineReader {
  public:
-  // Does not take ownership of `fd`.
-  explicit LineReader(int fd, size_t max_line_bytes = kDefaultMaxLineBytes);
+  // Runs before each read(2), which happens only when no whole line is
+  // buffered. A non-OK status ends Next() with that status instead of
+  // reading: with poll(2) and a deadline it makes a read that cannot block
+  // forever on a pipe another process holds open.
+  using BeforeRead = std::function<absl::Status()>;
+
+  // Does not take ownership of `fd`. Without `before_read` a read blocks.
+  explicit LineReader(int fd, size_t max_line_bytes = kDefaultMaxLineBytes,
+                      BeforeRead before_read = nullptr);
 
   // Blocks until a whole line is read; returns it without the '\n' (and
   // without a trailing '\r'). Errors:
   //   OutOfRange         end of stream (a partial last line is dropped);
   //   ResourceExhausted  the line exceeded the cap and was skipped;
-  //   Internal           read(2) failed.
+  //   Internal           read(2) failed;
+  //   whatever before_read returned, when it was not OK.
   absl::StatusOr<std::string> Next();
 
   // After Next() returned ResourceExhausted: the first bytes of the skipped
@@ -37,6 +46,7 @@ class LineReader {
 
   int fd_;
   size_t max_line_bytes_;
+  BeforeRead before_read_;
   std::string buffer_;
   size_t begin_ = 0;  // where the unread part of buffer_ starts
   bool discarding_ = false;  // inside an over-long line, skipping to '\n'

@@ -76,5 +76,21 @@ TEST_F(PipeFixture, LineExactlyAtCapIsKept) {
   EXPECT_EQ(*reader.Next(), at_cap);
 }
 
+// A read that would block (the writer holds the pipe open) does not happen
+// when before_read says no: Next ends with its status, lines already read
+// still come first.
+TEST_F(PipeFixture, BeforeReadCanEndTheStreamInsteadOfBlocking) {
+  ASSERT_EQ(::write(fds_[1], "one\npartial", 12), 12);
+  int reads = 0;
+  LineReader reader(fds_[0], kDefaultMaxLineBytes, [&reads] {
+    return ++reads == 1 ? absl::OkStatus()
+                        : absl::DeadlineExceededError("test: no more waiting");
+  });
+  EXPECT_EQ(*reader.Next(), "one");
+  EXPECT_TRUE(absl::IsDeadlineExceeded(reader.Next().status()));
+  EXPECT_EQ(reads, 2);
+  ::close(fds_[1]);
+}
+
 }  // namespace
 }  // namespace llmbridge::rpc

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/eventfd.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -29,6 +30,43 @@ namespace {
 void CloseFd(int& fd) {
   if (fd >= 0) ::close(fd);
   fd = -1;
+}
+
+// Owns one fd until it is released: Spawn's early returns close what it
+// opened so far.
+class UniqueFd {
+ public:
+  UniqueFd() = default;
+  explicit UniqueFd(int fd) : fd_(fd) {}
+  UniqueFd(UniqueFd&& other) noexcept : fd_(other.release()) {}
+  UniqueFd& operator=(UniqueFd&& other) noexcept {
+    if (this != &other) {
+      CloseFd(fd_);
+      fd_ = other.release();
+    }
+    return *this;
+  }
+  ~UniqueFd() { CloseFd(fd_); }
+  int get() const { return fd_; }
+  int release() { return std::exchange(fd_, -1); }
+  void reset() { CloseFd(fd_); }
+
+ private:
+  int fd_ = -1;
+};
+
+struct Pipe {
+  UniqueFd read, write;
+};
+
+absl::Status MakePipe(Pipe& pipe) {
+  int fds[2];
+  if (::pipe2(fds, O_CLOEXEC) != 0) {
+    return absl::InternalError(absl::StrCat("pipe: ", std::strerror(errno)));
+  }
+  pipe.read = UniqueFd(fds[0]);
+  pipe.write = UniqueFd(fds[1]);
+  return absl::OkStatus();
 }
 
 int PidfdOpen(pid_t pid) {
@@ -144,65 +182,69 @@ absl::StatusOr<std::unique_ptr<Subprocess>> Subprocess::Spawn(
   const char* work_dir =
       options.work_dir.empty() ? nullptr : options.work_dir.c_str();
 
-  int in_pipe[2], out_pipe[2], err_pipe[2], exec_pipe[2];
-  if (::pipe2(in_pipe, O_CLOEXEC) != 0) {
-    return absl::InternalError(absl::StrCat("pipe: ", std::strerror(errno)));
+  Pipe in, out, err, exec;
+  for (Pipe* pipe : {&in, &out, &err, &exec}) {
+    if (absl::Status made = MakePipe(*pipe); !made.ok()) return made;
   }
-  if (::pipe2(out_pipe, O_CLOEXEC) != 0 || ::pipe2(err_pipe, O_CLOEXEC) != 0 ||
-      ::pipe2(exec_pipe, O_CLOEXEC) != 0) {
-    return absl::InternalError(absl::StrCat("pipe: ", std::strerror(errno)));
+  UniqueFd reaped(::eventfd(0, EFD_CLOEXEC));
+  if (reaped.get() < 0) {
+    return absl::InternalError(absl::StrCat("eventfd: ", std::strerror(errno)));
   }
+  // Plain fds for the child, which must not run destructors.
+  const int child_stdin = in.read.get();
+  const int child_stdout = out.write.get();
+  const int child_stderr = err.write.get();
+  const int exec_report = exec.write.get();
   const pid_t parent = ::getpid();
   pid_t pid = RunOnSpawnerThread([&]() -> pid_t {
     pid_t forked = ::fork();
     if (forked < 0) return -errno;  // errno is per thread: carry it back
-    if (forked != 0) return forked;
+    if (forked != 0) {
+      // The child does this too: whichever runs first, the group exists
+      // before Spawn returns, so a Signal right away reaches it. (EACCES
+      // once the child exec'd: it had made its group by then.)
+      ::setpgid(forked, forked);
+      return forked;
+    }
     // Child. Die with the parent, even if it is SIGKILLed.
     ::prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (::getppid() != parent) ::_exit(127);
-    ::dup2(in_pipe[0], STDIN_FILENO);
-    ::dup2(out_pipe[1], STDOUT_FILENO);
-    ::dup2(err_pipe[1], STDERR_FILENO);
+    ::dup2(child_stdin, STDIN_FILENO);
+    ::dup2(child_stdout, STDOUT_FILENO);
+    ::dup2(child_stderr, STDERR_FILENO);
     // Own process group: a Ctrl-C at the server's terminal reaches the server,
-    // which then stops the sidecar in order.
+    // which then stops the sidecar in order; and the group, the sidecar with
+    // what it started, is what Signal reaches.
     ::setpgid(0, 0);
     // Default signal dispositions and mask for the new program.
     sigset_t none;
     sigemptyset(&none);
     ::sigprocmask(SIG_SETMASK, &none, nullptr);
     if (work_dir != nullptr && ::chdir(work_dir) != 0) {
-      int err = errno;
-      (void)!::write(exec_pipe[1], &err, sizeof(err));
+      int e = errno;
+      (void)!::write(exec_report, &e, sizeof(e));
       ::_exit(127);
     }
     ::execvpe(argv[0], argv.data(), envp.data());
-    int err = errno;
-    (void)!::write(exec_pipe[1], &err, sizeof(err));
+    int e = errno;
+    (void)!::write(exec_report, &e, sizeof(e));
     ::_exit(127);
   });
   if (pid < 0) {
-    for (int fd : {in_pipe[0], in_pipe[1], out_pipe[0], out_pipe[1],
-                   err_pipe[0], err_pipe[1], exec_pipe[0], exec_pipe[1]}) {
-      ::close(fd);
-    }
     return absl::ResourceExhaustedError(
         absl::StrCat("fork: ", std::strerror(-pid)));
   }
-  ::close(in_pipe[0]);
-  ::close(out_pipe[1]);
-  ::close(err_pipe[1]);
-  ::close(exec_pipe[1]);
+  in.read.reset();
+  out.write.reset();
+  err.write.reset();
+  exec.write.reset();
   // exec_pipe is close-on-exec: EOF means exec succeeded, data is its errno.
   int child_errno = 0;
   ssize_t n;
   do {
-    n = ::read(exec_pipe[0], &child_errno, sizeof(child_errno));
+    n = ::read(exec.read.get(), &child_errno, sizeof(child_errno));
   } while (n < 0 && errno == EINTR);
-  ::close(exec_pipe[0]);
   if (n > 0) {
-    ::close(in_pipe[1]);
-    ::close(out_pipe[0]);
-    ::close(err_pipe[0]);
     int status;
     while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
     }
@@ -215,11 +257,12 @@ absl::StatusOr<std::unique_ptr<Subprocess>> Subprocess::Spawn(
   std::unique_ptr<Subprocess> process(new Subprocess());
   process->pid_ = pid;
   process->pidfd_ = PidfdOpen(pid);
-  process->stdin_fd_ = in_pipe[1];
-  process->stdout_fd_ = out_pipe[0];
+  process->reaped_fd_ = reaped.release();
+  process->stdin_fd_ = in.write.release();
+  process->stdout_fd_ = out.read.release();
   process->tail_lines_ = options.stderr_tail_lines;
   process->stderr_thread_ =
-      std::thread(&Subprocess::PumpStderr, process.get(), err_pipe[0],
+      std::thread(&Subprocess::PumpStderr, process.get(), err.read.release(),
                   options.stderr_prefix, options.on_stderr_line);
   return process;
 }
@@ -229,10 +272,12 @@ Subprocess::~Subprocess() {
     Signal(SIGKILL);
     Wait(std::chrono::hours(1));
   }
+  // Reaped now, so the pump ends within kStderrDrainAfterExit.
   if (stderr_thread_.joinable()) stderr_thread_.join();
   CloseFd(stdin_fd_);
   CloseFd(stdout_fd_);
   CloseFd(pidfd_);
+  CloseFd(reaped_fd_);
 }
 
 int Subprocess::TakeStdinFd() {
@@ -247,8 +292,33 @@ int Subprocess::TakeStdoutFd() {
 
 void Subprocess::Signal(int signo) {
   std::lock_guard<std::mutex> lock(mu_);
-  // Never signal a reaped pid: it may belong to another process by now.
-  if (!exit_.has_value()) ::kill(pid_, signo);
+  // Never signal a reaped child's group: its id may belong to another
+  // process, or group, by now. Unreaped, even as a zombie, the child holds
+  // the id.
+  if (exit_.has_value()) return;
+  // Its pid alone if it has no group yet (setpgid failed: not expected).
+  if (::kill(-pid_, signo) != 0 && errno == ESRCH) ::kill(pid_, signo);
+}
+
+void Subprocess::ReapIfExited() {
+  if (exit_.has_value()) return;
+  siginfo_t info;
+  info.si_pid = 0;
+  // WNOWAIT: the child stays a zombie, so its pid, the group's id, cannot be
+  // reused while what is left of the group is killed: processes it started
+  // that would outlive it, holding its stderr open.
+  if (::waitid(P_PID, static_cast<id_t>(pid_), &info,
+               WEXITED | WNOHANG | WNOWAIT) != 0 ||
+      info.si_pid != pid_) {
+    return;
+  }
+  ::kill(-pid_, SIGKILL);
+  int status = 0;
+  while (::waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
+  }
+  exit_ = FromWaitStatus(status);
+  const uint64_t one = 1;
+  (void)!::write(reaped_fd_, &one, sizeof(one));
 }
 
 std::optional<ExitInfo> Subprocess::Wait(std::chrono::milliseconds timeout) {
@@ -256,13 +326,8 @@ std::optional<ExitInfo> Subprocess::Wait(std::chrono::milliseconds timeout) {
   while (true) {
     {
       std::lock_guard<std::mutex> lock(mu_);
+      ReapIfExited();
       if (exit_.has_value()) return exit_;
-      int status = 0;
-      pid_t r = ::waitpid(pid_, &status, WNOHANG);
-      if (r == pid_) {
-        exit_ = FromWaitStatus(status);
-        return exit_;
-      }
     }
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
         deadline - std::chrono::steady_clock::now());
@@ -280,7 +345,37 @@ std::optional<ExitInfo> Subprocess::Wait(std::chrono::milliseconds timeout) {
 
 void Subprocess::PumpStderr(int fd, std::string prefix,
                             std::function<void(std::string_view)> on_line) {
-  LineReader reader(fd, 64 * 1024);
+  // Until the child is reaped, a read may wait as long as the child lives.
+  // After that the pipe is read for kStderrDrainAfterExit at most: whatever
+  // of its group still held it was killed at the reap, and a process that
+  // left the group may hold it for ever.
+  std::optional<std::chrono::steady_clock::time_point> give_up_at;
+  auto wait_readable = [&]() -> absl::Status {
+    while (true) {
+      int timeout_ms = -1;
+      if (give_up_at.has_value()) {
+        const auto left = *give_up_at - std::chrono::steady_clock::now();
+        if (left <= std::chrono::steady_clock::duration::zero()) {
+          return absl::DeadlineExceededError("stderr still open after the exit");
+        }
+        timeout_ms = static_cast<int>(
+            std::chrono::ceil<std::chrono::milliseconds>(left).count());
+      }
+      pollfd fds[2] = {{fd, POLLIN, 0},
+                       {give_up_at.has_value() ? -1 : reaped_fd_, POLLIN, 0}};
+      if (::poll(fds, 2, timeout_ms) < 0) {
+        if (errno == EINTR) continue;
+        return absl::InternalError(
+            absl::StrCat("poll on stderr failed: ", std::strerror(errno)));
+      }
+      // Data, EOF or an error: read(2) tells which.
+      if (fds[0].revents != 0) return absl::OkStatus();
+      if (fds[1].revents != 0) {
+        give_up_at = std::chrono::steady_clock::now() + kStderrDrainAfterExit;
+      }
+    }
+  };
+  LineReader reader(fd, 64 * 1024, wait_readable);
   while (true) {
     absl::StatusOr<std::string> line = reader.Next();
     if (absl::IsResourceExhausted(line.status())) continue;
@@ -296,6 +391,8 @@ void Subprocess::PumpStderr(int fd, std::string prefix,
     stderr_tail_.push_back(std::move(*line));
     while (stderr_tail_.size() > tail_lines_) stderr_tail_.pop_front();
   }
+  // A process still holding the pipe gets EPIPE from now on, rather than
+  // blocking once it is full.
   ::close(fd);
   std::lock_guard<std::mutex> lock(mu_);
   stderr_closed_ = true;

@@ -2,6 +2,14 @@
 // shell. The child gets PR_SET_PDEATHSIG(SIGKILL), so it dies with the server
 // even when the server is killed outright.
 //
+// The child leads its own process group, and the group is what Signal
+// reaches: processes the child started (an MCP server of the sidecar) inherit
+// its fds and would outlive a kill of its pid alone. Once the child exited,
+// whatever is left of its group is SIGKILLed before the child is reaped (while
+// its pid, the group's id, cannot have been reused). A process that left the
+// group can still hold the child's stderr open, so the stderr pump gives up a
+// short while after the child was reaped: nothing waits on that pipe forever.
+//
 // Threading: Spawn/Wait/Signal may be called from any thread; the object
 // itself must outlive every call on it. The stderr pump runs on its own
 // thread and only touches the stderr tail, under its own mutex.
@@ -14,7 +22,6 @@
 #include <condition_variable>
 #include <deque>
 #include <functional>
-#include <string_view>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -56,7 +63,13 @@ class Subprocess {
  public:
   static absl::StatusOr<std::unique_ptr<Subprocess>> Spawn(
       const SubprocessOptions& options);
-  ~Subprocess();  // kills (SIGKILL) and reaps a child still running
+  // Kills (SIGKILL, the group) and reaps a child still running, then waits
+  // for the stderr pump, which ends within kStderrDrainAfterExit of that.
+  ~Subprocess();
+
+  // How long stderr is still read after the child was reaped, when some
+  // other process (one that left the child's group) keeps the pipe open.
+  static constexpr std::chrono::milliseconds kStderrDrainAfterExit{300};
 
   Subprocess(const Subprocess&) = delete;
   Subprocess& operator=(const Subprocess&) = delete;
@@ -68,25 +81,32 @@ class Subprocess {
   int TakeStdoutFd();
 
   // Waits up to `timeout` for the child to exit; nullopt on timeout.
-  // Safe to call repeatedly and concurrently; the child is reaped once.
+  // Safe to call repeatedly and concurrently; the child is reaped once, and
+  // what is left of its process group is killed just before.
   std::optional<ExitInfo> Wait(std::chrono::milliseconds timeout);
 
+  // Sends `signo` to the child's process group; nothing once the child was
+  // reaped (the id may belong to another process or group by now).
   void Signal(int signo);
 
   // The last lines the child wrote to stderr, oldest first.
   std::string StderrTail() const;
 
-  // Waits up to `timeout` until the child's stderr reached EOF and every
-  // line of it is in the tail (it can lag behind the exit).
+  // Waits up to `timeout` until the child's stderr reached EOF (or the pump
+  // gave up on it, kStderrDrainAfterExit after the reap) and every line of
+  // it is in the tail (it can lag behind the exit).
   void WaitStderrDrained(std::chrono::milliseconds timeout) const;
 
  private:
   Subprocess() = default;
+  // Reaps the child if it exited, killing what is left of its group first.
+  void ReapIfExited() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void PumpStderr(int fd, std::string prefix,
                   std::function<void(std::string_view)> on_line);
 
-  pid_t pid_ = -1;
+  pid_t pid_ = -1;  // also the id of its process group
   int pidfd_ = -1;  // for waiting with a timeout without polling
+  int reaped_fd_ = -1;  // eventfd: tells the stderr pump the child was reaped
   int stdin_fd_ = -1;
   int stdout_fd_ = -1;
   size_t tail_lines_ = 20;

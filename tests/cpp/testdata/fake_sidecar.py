@@ -31,11 +31,16 @@ FAKE_SIDECAR_MODE picks the behaviour:
                   send_fault); only the first one with
                   FAKE_SIDECAR_FAULT_MARKER (see fault_due).
 Every mode answers "pid" with its process id.
+
+With FAKE_SIDECAR_SPAWN_STDERR_CHILD=1 the sidecar first starts `sleep 300`
+that inherits its stderr (as an MCP server does: the sidecar's stderr is its
+error log) and writes "stderr child <child pid> of <own pid>" to stderr.
 """
 
 import json
 import os
 import signal
+import subprocess
 import sys
 import threading
 
@@ -235,7 +240,16 @@ def handle(msg):
         error(rid, -32601, f"method not found: {method}")
 
 
+def spawn_stderr_child():
+    child = subprocess.Popen(["sleep", "300"], stdin=subprocess.DEVNULL,
+                             stdout=subprocess.DEVNULL)
+    sys.stderr.write(f"stderr child {child.pid} of {os.getpid()}\n")
+    sys.stderr.flush()
+
+
 def main():
+    if os.environ.get("FAKE_SIDECAR_SPAWN_STDERR_CHILD") == "1":
+        spawn_stderr_child()
     if MODE == "ignore_stop":
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     for line in sys.stdin:

@@ -149,13 +149,19 @@ def utf8_line(text: str) -> bytes:
 class Usage:
     input_tokens: int
     output_tokens: int
+    # Prompt tokens whose KV came from a prefix cache (of input_tokens); None:
+    # the backend cannot tell, and the key is left out.
+    cached_tokens: int | None = None
 
     def to_wire(self) -> dict[str, int]:
-        return {
+        wire = {
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
             "total_tokens": self.input_tokens + self.output_tokens,
         }
+        if self.cached_tokens is not None:
+            wire["cached_tokens"] = self.cached_tokens
+        return wire
 
 
 @dataclass(frozen=True)

@@ -521,11 +521,14 @@ class Server:
         parts: list[str] = []
         executed: list[ExecutedCall] = []
         input_tokens = output_tokens = 0
+        cached_tokens: int | None = None
         rounds = 0
         while True:
             done, text = await self._model_turn(backend, request, rid, stream, parts)
             input_tokens += done.usage.input_tokens
             output_tokens += done.usage.output_tokens
+            if done.usage.cached_tokens is not None:
+                cached_tokens = (cached_tokens or 0) + done.usage.cached_tokens
             finish_reason = normalize_finish_reason(done)
             raw_finish_reason = done.finish_reason
             if toolbox is None or not done.tool_calls:
@@ -552,7 +555,7 @@ class Server:
                     )
                 messages.append(tool_message(call, outcome))
             request = dataclasses.replace(request, messages=messages)
-        usage = protocol.Usage(input_tokens, output_tokens).to_wire()
+        usage = protocol.Usage(input_tokens, output_tokens, cached_tokens).to_wire()
         if stream:
             await self._send(
                 protocol.notification(

@@ -241,9 +241,12 @@ def test_what_smollm2_does_with_tools() -> None:
 
 
 async def test_sixteen_concurrent_requests(sidecar: SidecarProcess) -> None:
-    """One generation at a time on the model's one worker thread, the others
-    wait on the event loop; cancelled queued requests never run."""
-    await init_gguf(sidecar)
+    """With one sequence (n_seq_max 1) one generation at a time, the others
+    wait in the engine's queue; cancelled queued requests never run."""
+    reply = await sidecar.call(
+        "init", {"backend": "gguf", "options": {"n_ctx": 1024, "n_seq_max": 1}}
+    )
+    assert reply["result"]["capabilities"]["max_sequences"] == 1, reply
     replies = await queue_behind_a_long_stream(
         sidecar,
         # <|im_end|> banned: only the cancel ends it.

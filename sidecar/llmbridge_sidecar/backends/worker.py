@@ -39,6 +39,17 @@ T = TypeVar("T")
 Generate = Callable[[Callable[[T], None], threading.Event], None]
 
 
+async def next_handed_over(items: collections.deque[T], ready: asyncio.Event) -> T:
+    """The oldest of ``items``, which another thread appends to and then has
+    ``ready`` set on the loop (``call_soon_threadsafe``); waits for one."""
+    while not items:
+        ready.clear()
+        if items:  # appended between the check and the clear
+            break
+        await ready.wait()
+    return items.popleft()
+
+
 class _End:
     """The last item of every job."""
 
@@ -93,12 +104,7 @@ class _Job(Generic[T]):
         self.ready.set()
 
     async def next_item(self) -> T | _Failure | _End:
-        while not self.items:
-            self.ready.clear()
-            if self.items:
-                break
-            await self.ready.wait()
-        return self.items.popleft()
+        return await next_handed_over(self.items, self.ready)
 
 
 class ModelWorker:

@@ -3,10 +3,13 @@
 // The bridge tags the statuses it makes itself (the sidecar exited, a
 // deadline passed, ...) with a reason; statuses that come from a sidecar's
 // JSON-RPC error carry the error itself (status_mapping.h) and get their
-// reason from it. The gRPC layer reads both in its one conversion function.
+// reason from it. The bridge may also attach how long a caller should wait
+// before retrying (e.g. a crash loop's back-off), for google.rpc.RetryInfo.
+// The gRPC layer reads all of them in its one conversion function.
 #ifndef LLMBRIDGE_RPC_BRIDGE_ERROR_REASON_H_
 #define LLMBRIDGE_RPC_BRIDGE_ERROR_REASON_H_
 
+#include <chrono>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -21,6 +24,9 @@ inline constexpr char kInvalidRequest[] = "INVALID_REQUEST";
 inline constexpr char kModelNotFound[] = "MODEL_NOT_FOUND";
 inline constexpr char kBackendUnavailable[] = "BACKEND_UNAVAILABLE";
 inline constexpr char kBackendError[] = "BACKEND_ERROR";
+// The backend answered 401 / 403: it wants credentials the sidecar does not
+// send. Not the client's bearer token: the operator must fix the backend.
+inline constexpr char kBackendCredentialsRejected[] = "BACKEND_CREDENTIALS_REJECTED";
 inline constexpr char kBackendRateLimited[] = "BACKEND_RATE_LIMITED";
 inline constexpr char kBackendTimeout[] = "BACKEND_TIMEOUT";
 inline constexpr char kStreamInterrupted[] = "STREAM_INTERRUPTED";
@@ -48,6 +54,14 @@ absl::Status WithReason(absl::Status status, std::string_view reason);
 
 // The reason attached by WithReason, if any.
 std::optional<std::string> AttachedReason(const absl::Status& status);
+
+// `status` with the delay a caller should wait before retrying attached
+// (a no-op on OK; negative delays count as 0). It becomes the RetryInfo of
+// a retryable status in place of the default.
+absl::Status WithRetryDelay(absl::Status status, std::chrono::milliseconds delay);
+
+// The delay attached by WithRetryDelay, if any.
+std::optional<std::chrono::milliseconds> AttachedRetryDelay(const absl::Status& status);
 
 }  // namespace llmbridge::rpc
 

@@ -1,7 +1,9 @@
 // The one place where a JSON-RPC error from the sidecar becomes an
 // absl::Status. Codes are chosen by what the caller should do next
 // (REFERENCE.md section 3): UNAVAILABLE = retry this call with backoff,
-// NOT_FOUND / INVALID_ARGUMENT = fix the request, INTERNAL = a bug.
+// NOT_FOUND / INVALID_ARGUMENT = fix the request, FAILED_PRECONDITION = the
+// operator must fix the backend first (it refused the sidecar's
+// credentials), INTERNAL = a bug or a failure the backend itself reported.
 #ifndef LLMBRIDGE_RPC_BRIDGE_STATUS_MAPPING_H_
 #define LLMBRIDGE_RPC_BRIDGE_STATUS_MAPPING_H_
 
@@ -18,11 +20,16 @@ namespace llmbridge::rpc {
 inline constexpr char kRpcErrorPayloadUrl[] =
     "type.llmbridge.dev/llmbridge.rpc.RpcError";
 
-// Maps the error's code (and, for backend errors, data.http_status) to a
-// status code; the message is the sidecar's, which says what to do.
+// Maps the error's code (and, for backend errors, data.http_status; for
+// stream errors, whether data.upstream_error says the backend reported it)
+// to a status code. The message is the sidecar's, which says what to do; a
+// backend's 401 / 403 also gets whose credentials these are and what to
+// change, since a client would otherwise suspect its own token.
 absl::Status RpcErrorToStatus(const RpcError& error);
 
-// The status code an upstream HTTP status maps to (kBackendError).
+// The status code an upstream HTTP status maps to (kBackendError): 401 and
+// 403 are FAILED_PRECONDITION (the backend refused the sidecar, not the
+// client).
 absl::StatusCode HttpStatusToCode(int http_status);
 
 // The JSON-RPC error attached by RpcErrorToStatus, if any.

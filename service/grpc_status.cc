@@ -1,5 +1,6 @@
 #include "service/grpc_status.h"
 
+#include <chrono>
 #include <optional>
 #include <string>
 
@@ -53,6 +54,9 @@ std::string ReasonForRpcError(const rpc::RpcError& error) {
       return reason::kRequestCancelled;
     case rpc::kBackendError:
       switch (HttpStatusOf(error).value_or(0)) {
+        case 401:
+        case 403:
+          return reason::kBackendCredentialsRejected;
         case 404:
           return reason::kModelNotFound;
         case 429:
@@ -94,9 +98,30 @@ std::string ReasonForCode(absl::StatusCode code) {
   }
 }
 
-bool Retryable(absl::StatusCode code) {
-  return code == absl::StatusCode::kUnavailable ||
-         code == absl::StatusCode::kResourceExhausted;
+// Whether retrying the same call later can succeed: the codes that say so
+// (UNAVAILABLE, RESOURCE_EXHAUSTED), except where the same call meets the
+// same limit again. Deterministic failures have other codes to begin with
+// (status_mapping.cc: a backend's own mid-stream error is INTERNAL).
+bool Retryable(const absl::Status& status, const std::string& why) {
+  if (status.code() != absl::StatusCode::kUnavailable &&
+      status.code() != absl::StatusCode::kResourceExhausted) {
+    return false;
+  }
+  // The sidecar's answer to this call is over the line cap: it would be
+  // again.
+  return why != reason::kResponseTooLarge;
+}
+
+// How long a client should wait: what the bridge attached (e.g. a crash
+// loop's back-off), else a second.
+google::rpc::RetryInfo RetryInfoFor(const absl::Status& status) {
+  const std::chrono::milliseconds delay =
+      rpc::AttachedRetryDelay(status).value_or(std::chrono::seconds(1));
+  google::rpc::RetryInfo retry;
+  retry.mutable_retry_delay()->set_seconds(delay.count() / 1000);
+  retry.mutable_retry_delay()->set_nanos(static_cast<int32_t>(delay.count() % 1000) *
+                                         1000000);
+  return retry;
 }
 
 }  // namespace
@@ -127,7 +152,8 @@ grpc::Status ToGrpcStatus(const absl::Status& status,
       suffix;
 
   google::rpc::ErrorInfo info;
-  info.set_reason(ReasonFor(status));
+  const std::string why = ReasonFor(status);
+  info.set_reason(why);
   info.set_domain(kErrorDomain);
   auto& metadata = *info.mutable_metadata();
   if (!context.backend.empty()) metadata["backend"] = context.backend;
@@ -154,11 +180,7 @@ grpc::Status ToGrpcStatus(const absl::Status& status,
   details.set_code(static_cast<int>(code));
   details.set_message(message);
   details.add_details()->PackFrom(info);
-  if (Retryable(status.code())) {
-    google::rpc::RetryInfo retry;
-    retry.mutable_retry_delay()->set_seconds(1);
-    details.add_details()->PackFrom(retry);
-  }
+  if (Retryable(status, why)) details.add_details()->PackFrom(RetryInfoFor(status));
   return grpc::Status(code, message, details.SerializeAsString());
 }
 

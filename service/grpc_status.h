@@ -6,8 +6,10 @@
 //   domain    "llmbridge.io";
 //   metadata  jsonrpc_code, backend, model, request_id, and http_status /
 //             field when known.
-// Errors worth retrying (UNAVAILABLE, RESOURCE_EXHAUSTED) also carry
-// google.rpc.RetryInfo.
+// Errors worth retrying (UNAVAILABLE, RESOURCE_EXHAUSTED, except a response
+// over the sidecar's line cap) also carry google.rpc.RetryInfo: the delay the
+// bridge attached (rpc::WithRetryDelay), else 1 s. Deterministic failures
+// carry none.
 #ifndef LLMBRIDGE_SERVICE_GRPC_STATUS_H_
 #define LLMBRIDGE_SERVICE_GRPC_STATUS_H_
 

@@ -4,6 +4,8 @@
 #include <grpc/byte_buffer_reader.h>
 #include <grpc/grpc.h>
 
+#include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <map>
 #include <mutex>
@@ -11,7 +13,9 @@
 #include <string>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "google/protobuf/descriptor.h"
 #include "google/protobuf/unknown_field_set.h"
 #include "grpcpp/impl/codegen/server_callback_handlers.h"
 #include "rpc_bridge/error_reason.h"
@@ -32,11 +36,7 @@ using llmbridge::v1::CountTokensResponse;
 using llmbridge::v1::EmbedRequest;
 using llmbridge::v1::EmbedResponse;
 
-// The generated code numbers the service's methods in their order in
-// llmbridge.proto.
-constexpr int kCompleteMethodIndex = 0;
-constexpr int kEmbedMethodIndex = 1;
-constexpr int kCountTokensMethodIndex = 2;
+using google::protobuf::MethodDescriptor;
 
 // Strict UTF-8, as protobuf checks proto3 strings: no overlong forms, no
 // surrogates, nothing past U+10FFFF.
@@ -280,7 +280,52 @@ struct ServiceAccess : grpc::Service {
   }
 };
 
+// llmbridge.proto's LocalLLM service.
+const google::protobuf::ServiceDescriptor* LocalLlmDescriptor() {
+  return CompleteRequest::descriptor()->file()->FindServiceByName("LocalLLM");
+}
+
+// The index of `method` among LocalLLM's handlers, for a handler that
+// takes `Request` and answers `Response` (a stream of them when
+// `server_streaming`). Start-up stops here, loudly, when llmbridge.proto no
+// longer has such a method: installing the handler at another index would
+// hand one method's messages to another method's handler.
+template <typename Request, typename Response>
+int HandlerIndex(std::string_view method, bool server_streaming) {
+  absl::StatusOr<int> index = LocalLlmMethodIndex(method);
+  if (index.ok()) {
+    const MethodDescriptor* found = LocalLlmDescriptor()->method(*index);
+    if (found->input_type() != Request::descriptor() ||
+        found->output_type() != Response::descriptor() || found->client_streaming() ||
+        found->server_streaming() != server_streaming) {
+      index = absl::FailedPreconditionError(absl::StrCat(
+          found->full_name(), " is no longer ",
+          server_streaming ? "a server-streaming" : "a unary", " call from ",
+          Request::descriptor()->full_name(), " to ", Response::descriptor()->full_name()));
+    }
+  }
+  if (!index.ok()) {
+    std::fprintf(stderr,
+                 "llmbridge: cannot install the request decoding handlers: %s "
+                 "(service/request_decoding.cc must follow llmbridge.proto)\n",
+                 std::string(index.status().message()).c_str());
+    std::abort();
+  }
+  return *index;
+}
+
 }  // namespace
+
+absl::StatusOr<int> LocalLlmMethodIndex(std::string_view method) {
+  const google::protobuf::ServiceDescriptor* service = LocalLlmDescriptor();
+  const MethodDescriptor* found =
+      service == nullptr ? nullptr : service->FindMethodByName(std::string(method));
+  if (found == nullptr) {
+    return absl::NotFoundError(
+        absl::StrCat(llmbridge::v1::LocalLLM::service_full_name(), " has no method ", std::string(method)));
+  }
+  return found->index();
+}
 
 absl::Status DescribeUndecodable(std::string_view bytes,
                                  const Descriptor* descriptor) {
@@ -313,17 +358,22 @@ absl::Status DescribeUndecodable(std::string_view bytes,
 
 void AnswerUndecodableRequests(
     llmbridge::v1::LocalLLM::CallbackService* service) {
-  ServiceAccess::SetCallbackHandler(service, kCompleteMethodIndex,
-                                    new DecodeCheckingHandler(service));
+  // Looked up before anything is installed: a missing method stops the
+  // start with nothing half done.
+  const int complete = HandlerIndex<CompleteRequest, CompleteResponse>("Complete", true);
+  const int embed = HandlerIndex<EmbedRequest, EmbedResponse>("Embed", false);
+  const int count_tokens =
+      HandlerIndex<CountTokensRequest, CountTokensResponse>("CountTokens", false);
+  ServiceAccess::SetCallbackHandler(service, complete, new DecodeCheckingHandler(service));
   ServiceAccess::SetCallbackHandler(
-      service, kEmbedMethodIndex,
+      service, embed,
       new UnaryDecodeCheckingHandler<EmbedRequest, EmbedResponse>(
           "Embed", [service](grpc::CallbackServerContext* context,
                              const EmbedRequest* request, EmbedResponse* response) {
             return service->Embed(context, request, response);
           }));
   ServiceAccess::SetCallbackHandler(
-      service, kCountTokensMethodIndex,
+      service, count_tokens,
       new UnaryDecodeCheckingHandler<CountTokensRequest, CountTokensResponse>(
           "CountTokens",
           [service](grpc::CallbackServerContext* context,

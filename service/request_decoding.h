@@ -20,6 +20,7 @@
 #include <string_view>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "google/protobuf/descriptor.h"
 #include "llmbridge/v1/llmbridge.grpc.pb.h"
 
@@ -27,7 +28,16 @@ namespace llmbridge::service {
 
 // Installs the handlers on `service` (before the server is built). The
 // service keeps answering every decodable request through its own methods.
+// Each handler goes to the index gRPC's generated code gives its method
+// (LocalLlmMethodIndex); the process aborts, saying why, if llmbridge.proto
+// no longer has the method with the same request and response types.
 void AnswerUndecodableRequests(llmbridge::v1::LocalLLM::CallbackService* service);
+
+// The index of the LocalLLM method named `method` (e.g. "Embed") among the
+// service's handlers: its index in llmbridge.proto's service descriptor,
+// which is the order in which the generated code registers the methods.
+// NotFound when the proto has no such method.
+absl::StatusOr<int> LocalLlmMethodIndex(std::string_view method);
 
 // Why `bytes` do not parse as a `descriptor` message, as INVALID_ARGUMENT:
 // the path of the first string field that is not UTF-8, or that the bytes

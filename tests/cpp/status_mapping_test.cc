@@ -1,5 +1,9 @@
 #include "rpc_bridge/status_mapping.h"
 
+#include <chrono>
+#include <optional>
+#include <string>
+
 #include "google/rpc/error_details.pb.h"
 #include "google/rpc/status.pb.h"
 #include "gtest/gtest.h"
@@ -26,7 +30,8 @@ TEST_P(MappingTest, MapsCodeAsDocumented) {
   absl::Status s = rpc::RpcErrorToStatus({row.code, "what to do", row.data});
   EXPECT_EQ(s.code(), row.want) << "JSON-RPC code " << row.code << " data "
                                 << row.data.dump();
-  EXPECT_EQ(s.message(), "what to do");
+  // A backend's 401 / 403 says more (CredentialsRefusal below).
+  EXPECT_NE(s.message().find("what to do"), absl::string_view::npos) << s.message();
   EXPECT_EQ(service::ReasonFor(s), row.reason);
 }
 
@@ -46,9 +51,9 @@ INSTANTIATE_TEST_SUITE_P(
         Row{rpc::kBackendError, Json{{"http_status", 400}},
             absl::StatusCode::kInvalidArgument, "BACKEND_ERROR"},
         Row{rpc::kBackendError, Json{{"http_status", 401}},
-            absl::StatusCode::kUnauthenticated, "BACKEND_ERROR"},
+            absl::StatusCode::kFailedPrecondition, "BACKEND_CREDENTIALS_REJECTED"},
         Row{rpc::kBackendError, Json{{"http_status", 403}},
-            absl::StatusCode::kPermissionDenied, "BACKEND_ERROR"},
+            absl::StatusCode::kFailedPrecondition, "BACKEND_CREDENTIALS_REJECTED"},
         Row{rpc::kBackendError, Json{{"http_status", 404}},
             absl::StatusCode::kNotFound, "MODEL_NOT_FOUND"},
         Row{rpc::kBackendError, Json{{"http_status", 408}},
@@ -69,6 +74,13 @@ INSTANTIATE_TEST_SUITE_P(
             "MODEL_NOT_FOUND"},
         Row{rpc::kStreamError, nullptr, absl::StatusCode::kUnavailable,
             "STREAM_INTERRUPTED"},
+        // The connection dropped or went silent mid-stream.
+        Row{rpc::kStreamError, Json{{"http_status", 200}},
+            absl::StatusCode::kUnavailable, "STREAM_INTERRUPTED"},
+        // The backend itself reported an error mid-stream.
+        Row{rpc::kStreamError,
+            Json{{"http_status", 200}, {"upstream_error", "model runner stopped"}},
+            absl::StatusCode::kInternal, "STREAM_INTERRUPTED"},
         Row{rpc::kConnectionError, nullptr, absl::StatusCode::kUnavailable,
             "BACKEND_UNAVAILABLE"},
         Row{rpc::kRequestCancelled, nullptr, absl::StatusCode::kCancelled,
@@ -83,6 +95,58 @@ TEST(StatusMappingTest, KeepsOriginalErrorAsPayload) {
   EXPECT_EQ(original->code, rpc::kModelNotFound);
   EXPECT_EQ(original->data["model"], "x");
   EXPECT_FALSE(rpc::RpcErrorFromStatus(absl::InternalError("x")).has_value());
+}
+
+TEST(StatusMappingTest, HttpStatusOfACredentialsRefusalIsFailedPrecondition) {
+  EXPECT_EQ(rpc::HttpStatusToCode(401), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(rpc::HttpStatusToCode(403), absl::StatusCode::kFailedPrecondition);
+}
+
+// A backend's 401 / 403 must not read as the client's own bearer token
+// failing (UNAUTHENTICATED / PERMISSION_DENIED): it names the backend and
+// its credentials, and keeps the sidecar's message (address, body).
+TEST(StatusMappingTest, CredentialsRefusalNamesTheBackendNotTheClient) {
+  for (int http : {401, 403}) {
+    const std::string sidecar_message =
+        "vllm at http://10.0.0.7:8000 answered HTTP " + std::to_string(http) +
+        " for model 'm': Unauthorized";
+    absl::Status s = rpc::RpcErrorToStatus(
+        {rpc::kBackendError, sidecar_message,
+         Json{{"backend", "vllm"}, {"model", "m"}, {"http_status", http},
+              {"upstream_error", "Unauthorized"}}});
+    EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << http;
+    const std::string message(s.message());
+    EXPECT_EQ(message.find("the backend (vllm) refused the sidecar's request with HTTP " +
+                           std::to_string(http)),
+              0u)
+        << message;
+    EXPECT_NE(message.find(sidecar_message), std::string::npos) << message;
+    EXPECT_NE(message.find("not the client's token"), std::string::npos) << message;
+    EXPECT_NE(message.find("--api-key"), std::string::npos) << message;
+    ASSERT_TRUE(rpc::RpcErrorFromStatus(s).has_value());  // the error travels on
+    EXPECT_EQ(rpc::RpcErrorFromStatus(s)->message, sidecar_message);
+  }
+}
+
+TEST(ErrorReasonTest, RetryDelayTravelsAsAPayload) {
+  EXPECT_FALSE(rpc::AttachedRetryDelay(absl::UnavailableError("x")).has_value());
+  absl::Status s = rpc::WithRetryDelay(
+      rpc::WithReason(absl::UnavailableError("x"), rpc::reason::kSidecarUnavailable),
+      std::chrono::milliseconds(12500));
+  EXPECT_EQ(rpc::AttachedRetryDelay(s), std::chrono::milliseconds(12500));
+  EXPECT_EQ(rpc::AttachedReason(s), rpc::reason::kSidecarUnavailable);  // kept
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(s.message(), "x");
+  // Attaching again replaces; a negative delay is no wait at all.
+  EXPECT_EQ(rpc::AttachedRetryDelay(rpc::WithRetryDelay(s, std::chrono::seconds(2))),
+            std::chrono::milliseconds(2000));
+  EXPECT_EQ(rpc::AttachedRetryDelay(
+                rpc::WithRetryDelay(absl::UnavailableError("x"), std::chrono::milliseconds(-5))),
+            std::chrono::milliseconds(0));
+  // OK carries no payloads.
+  EXPECT_FALSE(rpc::AttachedRetryDelay(
+                   rpc::WithRetryDelay(absl::OkStatus(), std::chrono::seconds(3)))
+                   .has_value());
 }
 
 TEST(GrpcStatusTest, KeepsCodeAndTruncatesLongMessages) {
@@ -194,6 +258,114 @@ TEST(GrpcStatusTest, ServingCoreRowsHaveTheirReasonsAndRetryInfo) {
   EXPECT_EQ(service::ToGrpcStatus(absl::InvalidArgumentError("x"), {"", "", "req-9"})
                 .error_message(),
             "x");
+}
+
+// What a client decodes from grpc-status-details-bin.
+struct Details {
+  grpc::StatusCode code;
+  std::string reason;
+  std::optional<google::rpc::RetryInfo> retry;
+};
+
+Details Decode(const grpc::Status& g) {
+  google::rpc::Status status;
+  EXPECT_TRUE(status.ParseFromString(g.error_details()));
+  EXPECT_EQ(status.code(), g.error_code());
+  Details out{g.error_code(), "", std::nullopt};
+  int infos = 0, retries = 0;
+  for (const auto& any : status.details()) {
+    google::rpc::ErrorInfo info;
+    google::rpc::RetryInfo retry;
+    if (any.UnpackTo(&info)) {
+      ++infos;
+      out.reason = info.reason();
+    } else if (any.UnpackTo(&retry)) {
+      ++retries;
+      out.retry = retry;
+    }
+  }
+  EXPECT_EQ(infos, 1);
+  EXPECT_LE(retries, 1);
+  return out;
+}
+
+std::chrono::milliseconds DelayOf(const google::rpc::RetryInfo& retry) {
+  return std::chrono::seconds(retry.retry_delay().seconds()) +
+         std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::nanoseconds(retry.retry_delay().nanos()));
+}
+
+// Deterministic failures carry no RetryInfo: the same call fails the same
+// way. Transient ones keep it.
+TEST(GrpcStatusTest, RetryInfoOnlyWhereRetryingCanHelp) {
+  struct Row {
+    const char* what;
+    absl::Status status;
+    grpc::StatusCode code;
+    const char* reason;
+    bool retry;
+  };
+  const Row rows[] = {
+      {"backend error event mid-stream",
+       rpc::RpcErrorToStatus({rpc::kStreamError, "Ollama reported an error mid-stream",
+                              Json{{"http_status", 200}, {"upstream_error", "boom"}}}),
+       grpc::StatusCode::INTERNAL, "STREAM_INTERRUPTED", false},
+      {"backend dropped the connection mid-stream",
+       rpc::RpcErrorToStatus({rpc::kStreamError, "dropped the connection",
+                              Json{{"http_status", 200}}}),
+       grpc::StatusCode::UNAVAILABLE, "STREAM_INTERRUPTED", true},
+      {"backend refused the sidecar's credentials",
+       rpc::RpcErrorToStatus({rpc::kBackendError, "HTTP 401", Json{{"http_status", 401}}}),
+       grpc::StatusCode::FAILED_PRECONDITION, "BACKEND_CREDENTIALS_REJECTED", false},
+      {"backend forbade the sidecar",
+       rpc::RpcErrorToStatus({rpc::kBackendError, "HTTP 403", Json{{"http_status", 403}}}),
+       grpc::StatusCode::FAILED_PRECONDITION, "BACKEND_CREDENTIALS_REJECTED", false},
+      {"backend unreachable",
+       rpc::RpcErrorToStatus({rpc::kConnectionError, "cannot reach", Json()}),
+       grpc::StatusCode::UNAVAILABLE, "BACKEND_UNAVAILABLE", true},
+      {"sidecar unavailable",
+       rpc::WithReason(absl::UnavailableError("starting"), rpc::reason::kSidecarUnavailable),
+       grpc::StatusCode::UNAVAILABLE, "SIDECAR_UNAVAILABLE", true},
+      {"overloaded",
+       rpc::WithReason(absl::ResourceExhaustedError("full"), rpc::reason::kOverloaded),
+       grpc::StatusCode::RESOURCE_EXHAUSTED, "OVERLOADED", true},
+      {"answer over the line cap",
+       rpc::WithReason(absl::ResourceExhaustedError("line over 16 MiB"),
+                       rpc::reason::kResponseTooLarge),
+       grpc::StatusCode::RESOURCE_EXHAUSTED, "RESPONSE_TOO_LARGE", false},
+  };
+  for (const Row& row : rows) {
+    Details d = Decode(service::ToGrpcStatus(row.status, {"ollama", "m", "req-1"}));
+    EXPECT_EQ(d.code, row.code) << row.what;
+    EXPECT_EQ(d.reason, row.reason) << row.what;
+    EXPECT_EQ(d.retry.has_value(), row.retry) << row.what;
+    if (d.retry.has_value()) {
+      EXPECT_EQ(DelayOf(*d.retry), std::chrono::seconds(1)) << row.what;  // the default
+    }
+  }
+}
+
+// A delay the bridge attached (a crash loop's back-off) is the RetryInfo's,
+// to the millisecond; it never makes a deterministic failure retryable.
+TEST(GrpcStatusTest, AttachedRetryDelayBecomesTheRetryInfo) {
+  Details d = Decode(service::ToGrpcStatus(rpc::WithRetryDelay(
+      rpc::WithReason(absl::UnavailableError("crash loop"), rpc::reason::kSidecarUnavailable),
+      std::chrono::milliseconds(12500))));
+  EXPECT_EQ(d.code, grpc::StatusCode::UNAVAILABLE);
+  EXPECT_EQ(d.reason, "SIDECAR_UNAVAILABLE");
+  ASSERT_TRUE(d.retry.has_value());
+  EXPECT_EQ(d.retry->retry_delay().seconds(), 12);
+  EXPECT_EQ(d.retry->retry_delay().nanos(), 500000000);
+
+  Details thirty = Decode(service::ToGrpcStatus(rpc::WithRetryDelay(
+      absl::ResourceExhaustedError("full"), std::chrono::seconds(30))));
+  ASSERT_TRUE(thirty.retry.has_value());
+  EXPECT_EQ(DelayOf(*thirty.retry), std::chrono::seconds(30));
+
+  Details not_found = Decode(service::ToGrpcStatus(rpc::WithRetryDelay(
+      absl::NotFoundError("no such model file"), std::chrono::seconds(30))));
+  EXPECT_EQ(not_found.code, grpc::StatusCode::NOT_FOUND);
+  EXPECT_FALSE(not_found.retry.has_value());
 }
 
 }  // namespace

@@ -107,14 +107,17 @@ def test_backend_500_is_internal_with_http_status(pb, start_server, ollama):
     assert "fake server failure" in err.value.details()
 
 
-def test_midstream_backend_error_is_unavailable_stream_interrupted(pb, start_server, ollama):
+def test_midstream_backend_error_is_internal_without_retry_info(pb, start_server, ollama):
+    """Ollama's own {"error": ...} line mid-stream: the same request fails the
+    same way again, so no RetryInfo invites the client to retry it (a
+    dropped connection stays UNAVAILABLE: tests/reliability's backend kill)."""
     server = ollama_server(start_server, ollama)
     with pytest.raises(grpc.RpcError) as err:
         complete(pb, server, messages=user(pb, "[[midstream-error]]"))
-    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert err.value.code() == grpc.StatusCode.INTERNAL
     info, retry = error_details(err.value)
     assert info.reason == "STREAM_INTERRUPTED"
-    assert retry is not None
+    assert retry is None
 
 
 def test_invalid_request_has_reason_and_is_rejected_before_the_sidecar(pb, start_server, ollama):

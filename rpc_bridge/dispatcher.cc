@@ -14,12 +14,48 @@ namespace llmbridge::rpc {
 Dispatcher::Dispatcher(DispatcherOptions options)
     : options_(std::move(options)) {}
 
+void Dispatcher::ReplyLocked(PendingCall& call, absl::StatusOr<Json> reply) {
+  call.replied = true;
+  if (call.handlers.on_reply) call.handlers.on_reply(std::move(reply));
+  if (call.settle_after_reply && !call.settled) {
+    call.settled = true;
+    if (call.handlers.on_settled) call.handlers.on_settled();
+  }
+}
+
 void Dispatcher::Reply(const std::shared_ptr<PendingCall>& call,
                        absl::StatusOr<Json> reply) {
   std::lock_guard<std::mutex> lock(call->mu);
   if (call->replied) return;
-  call->replied = true;
-  if (call->handlers.on_reply) call->handlers.on_reply(std::move(reply));
+  ReplyLocked(*call, std::move(reply));
+}
+
+void Dispatcher::Settle(const std::shared_ptr<PendingCall>& call) {
+  std::lock_guard<std::mutex> lock(call->mu);
+  if (call->settled) return;
+  if (!call->replied) {
+    // on_reply is about to run on another thread: it settles after it.
+    call->settle_after_reply = true;
+    return;
+  }
+  call->settled = true;
+  if (call->handlers.on_settled) call->handlers.on_settled();
+}
+
+bool Dispatcher::AwaitCancelConfirmation(int64_t id,
+                                         std::shared_ptr<PendingCall> call) {
+  bool settle_now = !tagged_streams_.load();  // a seed sidecar cannot confirm
+  if (!settle_now) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (closed_) {
+      settle_now = true;  // nobody left to confirm
+    } else {
+      unsettled_[id] = std::move(call);
+    }
+  }
+  // Best effort: if the pipe is gone the sidecar has no work to stop.
+  (void)Notify(kNotifyCancelRequest, Json{{"id", id}});
+  return settle_now;
 }
 
 template <typename Fn>
@@ -32,18 +68,19 @@ void Dispatcher::RunHandler(int64_t id, const std::shared_ptr<PendingCall>& call
   call->handler_thread.store(std::thread::id());
   if (!outcome.has_value() && call->deferred_cancel.has_value()) {
     // The handler cancelled its own call: finish that now, outside it.
-    if (Take(id) == nullptr) return;
-    (void)Notify(kNotifyCancelRequest, Json{{"id", id}});
+    std::shared_ptr<PendingCall> taken = Take(id);
+    if (taken == nullptr) return;
+    if (AwaitCancelConfirmation(id, std::move(taken))) call->settle_after_reply = true;
     outcome = absl::StatusOr<Json>(*std::move(call->deferred_cancel));
   } else if (outcome.has_value()) {
     // The notification ended the call: it gets no other reply, and a late
-    // response for its id is dropped.
+    // response for its id is dropped. The sidecar is done with it.
     Take(id);
+    call->settle_after_reply = true;
   } else {
     return;
   }
-  call->replied = true;
-  if (call->handlers.on_reply) call->handlers.on_reply(*std::move(outcome));
+  ReplyLocked(*call, *std::move(outcome));
 }
 
 void Dispatcher::Deliver(int64_t id, const std::shared_ptr<PendingCall>& call,
@@ -67,6 +104,8 @@ void Dispatcher::CallWithId(int64_t id, const std::string& method, Json params,
   call->stream = handlers.on_chunk != nullptr || handlers.on_notification != nullptr;
   call->handlers = std::move(handlers);
   std::string line = EncodeRequest({method, std::move(params), id});
+  // A call that is never sent is settled with its reply.
+  call->settle_after_reply = true;
   if (line.size() >= options_.max_request_bytes) {
     Reply(call,
           WithReason(absl::InvalidArgumentError(absl::StrCat(
@@ -78,6 +117,12 @@ void Dispatcher::CallWithId(int64_t id, const std::string& method, Json params,
                      reason::kInvalidRequest));
     return;
   }
+  {
+    // Not shared yet; never taken under mu_ (the reader takes mu_ under a
+    // call's mu).
+    std::lock_guard<std::mutex> call_lock(call->mu);
+    call->settle_after_reply = false;  // to be sent: the sidecar settles it
+  }
   std::optional<absl::Status> closed;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -88,6 +133,10 @@ void Dispatcher::CallWithId(int64_t id, const std::string& method, Json params,
     }
   }
   if (closed.has_value()) {
+    {
+      std::lock_guard<std::mutex> call_lock(call->mu);
+      call->settle_after_reply = true;  // never sent
+    }
     // Outside mu_: the handler may call back into the dispatcher.
     Reply(call, *closed);
     return;
@@ -97,7 +146,13 @@ void Dispatcher::CallWithId(int64_t id, const std::string& method, Json params,
           ? absl::FailedPreconditionError("dispatcher has no transport")
           : transport_->Send(line);
   if (!sent.ok()) {
-    if (auto taken = Take(id)) Reply(taken, sent);
+    if (auto taken = Take(id)) {
+      {
+        std::lock_guard<std::mutex> lock(taken->mu);
+        taken->settle_after_reply = true;  // never reached the sidecar
+      }
+      Reply(taken, sent);
+    }
   }
 }
 
@@ -119,23 +174,39 @@ void Dispatcher::Cancel(int64_t id, const absl::Status& why) {
   }
   std::shared_ptr<PendingCall> call = Take(id);
   if (call == nullptr) return;
-  // Best effort: if the pipe is gone the sidecar has no work to stop.
-  (void)Notify(kNotifyCancelRequest, Json{{"id", id}});
+  if (AwaitCancelConfirmation(id, call)) {
+    std::lock_guard<std::mutex> lock(call->mu);
+    call->settle_after_reply = true;
+  }
   Reply(call, why);
 }
 
 void Dispatcher::FailAll(const absl::Status& why) {
   std::map<int64_t, std::shared_ptr<PendingCall>> calls;
+  std::map<int64_t, std::shared_ptr<PendingCall>> unsettled;
   {
     std::lock_guard<std::mutex> lock(mu_);
     calls.swap(pending_);
+    unsettled.swap(unsettled_);
   }
-  for (auto& [id, call] : calls) Reply(call, why);
+  for (auto& [id, call] : calls) {
+    {
+      std::lock_guard<std::mutex> lock(call->mu);
+      call->settle_after_reply = true;
+    }
+    Reply(call, why);
+  }
+  for (auto& [id, call] : unsettled) Settle(call);
 }
 
 size_t Dispatcher::pending_count() const {
   std::lock_guard<std::mutex> lock(mu_);
   return pending_.size();
+}
+
+size_t Dispatcher::unsettled_count() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return unsettled_.size();
 }
 
 bool Dispatcher::closed() const {
@@ -210,7 +281,25 @@ void Dispatcher::OnMessage(IncomingMessage message) {
     return;
   }
   std::shared_ptr<PendingCall> call = Take(*response.id);
-  if (call == nullptr) return;  // cancelled earlier: late reply dropped
+  if (call == nullptr) {
+    // Cancelled earlier: the late reply is dropped, and says the sidecar
+    // is done with the call.
+    std::shared_ptr<PendingCall> cancelled;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = unsettled_.find(*response.id);
+      if (it != unsettled_.end()) {
+        cancelled = std::move(it->second);
+        unsettled_.erase(it);
+      }
+    }
+    if (cancelled != nullptr) Settle(cancelled);
+    return;
+  }
+  {
+    std::lock_guard<std::mutex> lock(call->mu);
+    call->settle_after_reply = true;  // its own reply: done with it
+  }
   if (response.error.has_value()) {
     Reply(call, RpcErrorToStatus(*response.error));
   } else {
@@ -226,6 +315,12 @@ void Dispatcher::OnBadLine(const absl::Status& why,
   if (!call_id.has_value()) return;
   std::shared_ptr<PendingCall> call = Take(*call_id);
   if (call == nullptr) return;
+  // Ended here, though the sidecar may still be working on it: it is told
+  // to stop, and the call is settled when it confirms.
+  if (AwaitCancelConfirmation(*call_id, call)) {
+    std::lock_guard<std::mutex> lock(call->mu);
+    call->settle_after_reply = true;
+  }
   if (absl::IsResourceExhausted(why)) {
     Reply(call, WithReason(absl::ResourceExhaustedError(absl::StrCat(
                                why.message(),

@@ -49,6 +49,12 @@ struct CallHandlers {
   std::function<NotificationOutcome(const Notification&)> on_notification;
   // Called exactly once: the result, or the error as a status.
   std::function<void(absl::StatusOr<Json>)> on_reply;
+  // Called once, after on_reply, when the sidecar is done with the call:
+  // with its reply, or (when on_reply came from Cancel or a bad line) when
+  // its answer to the cancel arrives, or when its output closes. A
+  // seed-style sidecar (untagged streams) cannot answer a cancel: settled
+  // at once. Optional.
+  std::function<void()> on_settled;
 };
 
 struct DispatcherOptions {
@@ -88,14 +94,17 @@ class Dispatcher : public MessageHandler {
   absl::Status Notify(const std::string& method, Json params);
 
   // Sends $/cancelRequest for `id` and replies `why` at once; the sidecar's
-  // late reply and notifications for `id` are dropped. No-op if `id` already
-  // had its reply.
+  // late notifications for `id` are dropped, and its late reply settles the
+  // call (on_settled). No-op if `id` already had its reply.
   void Cancel(int64_t id, const absl::Status& why);
 
-  // Replies `why` to every pending call.
+  // Replies `why` to every pending call, and settles every call: the
+  // sidecar is gone.
   void FailAll(const absl::Status& why);
 
   size_t pending_count() const;
+  // Calls replied to by a cancel whose end the sidecar has not confirmed.
+  size_t unsettled_count() const;
   bool closed() const;
   // Lines from the sidecar that were not usable messages, so far.
   uint64_t protocol_errors() const { return protocol_errors_.load(); }
@@ -110,6 +119,9 @@ class Dispatcher : public MessageHandler {
   struct PendingCall {
     std::mutex mu;  // serialises this call's handlers
     bool replied ABSL_GUARDED_BY(mu) = false;
+    bool settled ABSL_GUARDED_BY(mu) = false;
+    // The sidecar was done before on_reply ran: settle right after it.
+    bool settle_after_reply ABSL_GUARDED_BY(mu) = false;
     bool stream = false;  // has a chunk or notification handler
     CallHandlers handlers;
     // The thread running one of its handlers now (else no thread), so a
@@ -125,9 +137,18 @@ class Dispatcher : public MessageHandler {
                   Fn handler);
 
   std::shared_ptr<PendingCall> Take(int64_t id);
+  // A call taken out of pending_ by a cancel (or a bad line): tells the
+  // sidecar to stop, and keeps the call until the sidecar confirms. True
+  // when nobody can confirm (the sidecar is gone, or is seed-style): the
+  // caller settles it with its reply then.
+  bool AwaitCancelConfirmation(int64_t id, std::shared_ptr<PendingCall> call);
+  static void Settle(const std::shared_ptr<PendingCall>& call);
   std::shared_ptr<PendingCall> Find(int64_t id) const;
   static void Reply(const std::shared_ptr<PendingCall>& call,
                     absl::StatusOr<Json> reply);
+  // on_reply, then on_settled if the sidecar was done already.
+  static void ReplyLocked(PendingCall& call, absl::StatusOr<Json> reply)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(call.mu);
   void Deliver(int64_t id, const std::shared_ptr<PendingCall>& call,
                const Notification& notification);
   // The pending call a stream message belongs to: its request_id, or for a
@@ -142,6 +163,8 @@ class Dispatcher : public MessageHandler {
 
   mutable std::mutex mu_;
   std::map<int64_t, std::shared_ptr<PendingCall>> pending_ ABSL_GUARDED_BY(mu_);
+  // Replied to by a cancel; waiting for the sidecar's own end of them.
+  std::map<int64_t, std::shared_ptr<PendingCall>> unsettled_ ABSL_GUARDED_BY(mu_);
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
   absl::Status close_status_ ABSL_GUARDED_BY(mu_);
 };

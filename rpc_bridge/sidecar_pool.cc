@@ -7,10 +7,12 @@
 #include <deque>
 #include <mutex>
 #include <thread>
+#include <unordered_map>
 #include <utility>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
+#include "rpc_bridge/admission.h"
 #include "rpc_bridge/error_reason.h"
 #include "rpc_bridge/scheduler.h"
 #include "rpc_bridge/sidecar.h"
@@ -105,13 +107,18 @@ class PoolCall {
   Phase phase = Phase::kQueued;
   PoolCallRequest request;
   std::function<void(absl::StatusOr<Json>)> on_reply;
+  Admission::CallId admission_id = 0;  // unique in its pool
   int slot = -1;
   std::weak_ptr<Sidecar> sidecar;
   int64_t id = 0;
   std::optional<absl::Status> cancel_when_sent;
   uint64_t deadline_timer = 0;
   uint64_t queue_timer = 0;
+  uint64_t settle_timer = 0;
   Clock::time_point queued_at;
+  // Its place in admission was given back (the sidecar confirmed its end,
+  // or never confirmed a cancel in time).
+  bool released = false;
 };
 
 // The state behind a SidecarPool, shared with call handles and timers so
@@ -120,7 +127,8 @@ class PoolCore : public std::enable_shared_from_this<PoolCore> {
  public:
   explicit PoolCore(PoolOptions options)
       : options_(std::move(options)),
-        slots_(static_cast<size_t>(std::max(options_.sidecars, 1))) {
+        slots_(static_cast<size_t>(std::max(options_.sidecars, 1))),
+        admission_(LimitsOf(options_, slots_.size())) {
     demand_ = options_.preload;
     last_activity_ = Clock::now();
   }
@@ -179,6 +187,16 @@ class PoolCore : public std::enable_shared_from_this<PoolCore> {
     std::shared_ptr<Sidecar> sidecar;
   };
 
+  static Admission::Limits LimitsOf(const PoolOptions& options, size_t slots) {
+    Admission::Limits limits;
+    limits.slots = static_cast<int>(slots);
+    limits.per_slot = options.max_concurrent;
+    limits.max_queue = options.max_queue;
+    limits.max_control_queue = options.max_control_queue;
+    limits.queue_timeout = options.queue_timeout;
+    return limits;
+  }
+
   void Keep(int index);
   std::shared_ptr<Sidecar> StartOne(int index, absl::Status& failure)
       ABSL_LOCKS_EXCLUDED(mu_);
@@ -190,14 +208,26 @@ class PoolCore : public std::enable_shared_from_this<PoolCore> {
   bool IdleExpired() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   int Capacity(const Slot& slot) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  int PickSlot(bool admission) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool Usable(const Slot& slot) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Tells admission whether slot `index` takes calls now; returns the
+  // queued calls to send to it when it opened.
+  std::vector<Dispatch> UpdateOpen(int index) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool AnyOpen() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // An unload began: no slot takes new calls.
+  void CloseAll() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool Hopeful() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status LatestFailure() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  int QueuedAdmitted() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   int InFlight() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Assign(const std::shared_ptr<PoolCall>& call, int slot,
               std::vector<Dispatch>& out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  std::vector<Dispatch> Plan() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The queued calls that admission handed out, made ready to send.
+  std::vector<Dispatch> ToDispatches(const std::vector<Admission::Assignment>& sent)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Gives an admitted call's place back, once; returns what to send next.
+  std::vector<Dispatch> Release(const std::shared_ptr<PoolCall>& call)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  std::shared_ptr<PoolCall> Unqueue(Admission::CallId id)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::vector<std::shared_ptr<PoolCall>> TakeQueue()
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ReportLoad() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -210,7 +240,12 @@ class PoolCore : public std::enable_shared_from_this<PoolCore> {
   void Send(std::vector<Dispatch> dispatches) ABSL_LOCKS_EXCLUDED(mu_);
   void OnReplied(const std::shared_ptr<PoolCall>& call,
                  absl::StatusOr<Json> reply) ABSL_LOCKS_EXCLUDED(mu_);
-  void OnQueueTimeout(const std::shared_ptr<PoolCall>& call);
+  // The sidecar is done with the call (its reply, or its answer to our
+  // cancel), or `forced`: it never confirmed a cancel in time.
+  void OnSettled(const std::shared_ptr<PoolCall>& call, bool forced)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  void OnQueueTimeout();
+  absl::Status QueueTimeoutStatus() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   static void Finish(const std::shared_ptr<PoolCall>& call,
                      absl::StatusOr<Json> reply);
   static void FailAll(std::vector<std::shared_ptr<PoolCall>> calls,
@@ -224,7 +259,11 @@ class PoolCore : public std::enable_shared_from_this<PoolCore> {
   mutable std::mutex mu_;
   std::condition_variable cv_;  // keepers and WaitReady/Unload waiters
   std::vector<Slot> slots_ ABSL_GUARDED_BY(mu_);
-  std::deque<std::shared_ptr<PoolCall>> queue_ ABSL_GUARDED_BY(mu_);
+  Admission admission_ ABSL_GUARDED_BY(mu_);
+  // The calls admission holds in its queue, by admission id.
+  std::unordered_map<Admission::CallId, std::shared_ptr<PoolCall>> queued_
+      ABSL_GUARDED_BY(mu_);
+  Admission::CallId next_admission_id_ ABSL_GUARDED_BY(mu_) = 0;
   bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
   bool demand_ ABSL_GUARDED_BY(mu_) = false;
   uint64_t unload_generation_ ABSL_GUARDED_BY(mu_) = 0;
@@ -249,21 +288,34 @@ int PoolCore::Capacity(const Slot& slot) const {
   return options_.max_concurrent > 0 ? options_.max_concurrent : INT_MAX;
 }
 
-int PoolCore::PickSlot(bool admission) const {
-  int best = -1;
-  for (size_t i = 0; i < slots_.size(); ++i) {
-    const Slot& s = slots_[i];
-    if (s.state != SlotState::kReady || s.sidecar == nullptr) continue;
-    // A dying sidecar takes no new calls: they wait for its replacement.
-    if (s.closed || s.stalled) continue;
-    // Nor one being unloaded: a call must never start on it.
-    if (s.unload_seen != unload_generation_) continue;
-    if (admission && s.in_flight >= Capacity(s)) continue;
-    if (best < 0 || s.in_flight < slots_[static_cast<size_t>(best)].in_flight) {
-      best = static_cast<int>(i);
-    }
+bool PoolCore::Usable(const Slot& s) const {
+  if (s.state != SlotState::kReady || s.sidecar == nullptr) return false;
+  // A dying sidecar takes no new calls: they wait for its replacement.
+  if (s.closed || s.stalled) return false;
+  // Nor one being unloaded: a call must never start on it.
+  return s.unload_seen == unload_generation_;
+}
+
+std::vector<PoolCore::Dispatch> PoolCore::UpdateOpen(int index) {
+  const Slot& s = slots_[static_cast<size_t>(index)];
+  const bool usable = Usable(s);
+  if (usable == admission_.open(index)) return {};
+  if (!usable) {
+    admission_.SlotClosed(index);
+    return {};
   }
-  return best;
+  return ToDispatches(admission_.SlotOpened(index, Capacity(s)));
+}
+
+void PoolCore::CloseAll() {
+  for (size_t i = 0; i < slots_.size(); ++i) UpdateOpen(static_cast<int>(i));
+}
+
+bool PoolCore::AnyOpen() const {
+  for (size_t i = 0; i < slots_.size(); ++i) {
+    if (admission_.open(static_cast<int>(i))) return true;
+  }
+  return false;
 }
 
 bool PoolCore::Hopeful() const {
@@ -284,21 +336,11 @@ absl::Status PoolCore::LatestFailure() const {
                     reason::kSidecarUnavailable);
 }
 
-int PoolCore::QueuedAdmitted() const {
-  int n = 0;
-  for (const auto& call : queue_) n += call->request.admission ? 1 : 0;
-  return n;
-}
-
-int PoolCore::InFlight() const {
-  int n = 0;
-  for (const Slot& s : slots_) n += s.in_flight;
-  return n;
-}
+int PoolCore::InFlight() const { return admission_.in_flight(); }
 
 void PoolCore::ReportLoad() {
   if (options_.observer != nullptr) {
-    options_.observer->OnLoad(InFlight(), static_cast<int>(queue_.size()));
+    options_.observer->OnLoad(InFlight(), admission_.queued());
   }
 }
 
@@ -311,38 +353,45 @@ void PoolCore::Assign(const std::shared_ptr<PoolCall>& call, int index,
   // The id is known before the request goes out, so a Cancel racing the
   // send still reaches the sidecar as $/cancelRequest.
   call->id = slot.sidecar->dispatcher().ReserveId();
-  if (call->request.admission) ++slot.in_flight;
   scheduler_.Cancel(std::exchange(call->queue_timer, 0));
   out.push_back({call, slot.sidecar});
 }
 
-std::vector<PoolCore::Dispatch> PoolCore::Plan() {
+std::vector<PoolCore::Dispatch> PoolCore::ToDispatches(
+    const std::vector<Admission::Assignment>& sent) {
   std::vector<Dispatch> out;
-  bool admission_blocked = false;
-  for (auto it = queue_.begin(); it != queue_.end();) {
-    const std::shared_ptr<PoolCall>& call = *it;
-    const bool admission = call->request.admission;
-    // First come, first served among admitted calls; others only need a
-    // ready sidecar and may pass them.
-    int slot = admission && admission_blocked ? -1 : PickSlot(admission);
-    if (slot < 0) {
-      admission_blocked = admission_blocked || admission;
-      ++it;
-      continue;
-    }
-    if (admission && options_.observer != nullptr) {
+  for (const Admission::Assignment& a : sent) {
+    std::shared_ptr<PoolCall> call = Unqueue(a.id);
+    if (call == nullptr) continue;
+    if (call->request.admission && options_.observer != nullptr) {
       options_.observer->OnAdmitted(Clock::now() - call->queued_at);
     }
-    Assign(call, slot, out);
-    it = queue_.erase(it);
+    Assign(call, a.slot, out);
   }
   if (!out.empty()) ReportLoad();
   return out;
 }
 
+std::shared_ptr<PoolCall> PoolCore::Unqueue(Admission::CallId id) {
+  auto it = queued_.find(id);
+  if (it == queued_.end()) return nullptr;
+  std::shared_ptr<PoolCall> call = std::move(it->second);
+  queued_.erase(it);
+  return call;
+}
+
+std::vector<PoolCore::Dispatch> PoolCore::Release(const std::shared_ptr<PoolCall>& call) {
+  if (call->released || !call->request.admission || call->slot < 0) return {};
+  call->released = true;
+  scheduler_.Cancel(std::exchange(call->settle_timer, 0));
+  return ToDispatches(admission_.Release(call->slot));
+}
+
 std::vector<std::shared_ptr<PoolCall>> PoolCore::TakeQueue() {
-  std::vector<std::shared_ptr<PoolCall>> calls(queue_.begin(), queue_.end());
-  queue_.clear();
+  std::vector<std::shared_ptr<PoolCall>> calls;
+  for (Admission::CallId id : admission_.TakeQueue()) {
+    if (std::shared_ptr<PoolCall> call = Unqueue(id)) calls.push_back(std::move(call));
+  }
   for (const auto& call : calls) {
     call->phase = PoolCall::Phase::kDone;
     scheduler_.Cancel(std::exchange(call->queue_timer, 0));
@@ -374,12 +423,18 @@ PoolCallHandle PoolCore::Submit(PoolCallRequest request) {
   absl::Status refused;
   {
     std::lock_guard<std::mutex> lock(mu_);
+    const bool admission = call->request.admission;
     if (shutting_down_) {
       refused = WithReason(
           absl::UnavailableError(
               "the server is shutting down; retry on another instance"),
           reason::kShuttingDown);
-    } else {
+    } else if (call->request.only_if_ready && !AnyOpen()) {
+      refused = absl::FailedPreconditionError("no sidecar is ready");
+    } else if (!AnyOpen() && !Hopeful()) {
+      refused = LatestFailure();
+    }
+    if (refused.ok()) {
       if (!call->request.only_if_ready) {
         last_activity_ = Clock::now();
         if (!demand_) {
@@ -387,40 +442,45 @@ PoolCallHandle PoolCore::Submit(PoolCallRequest request) {
           cv_.notify_all();
         }
       }
-      const bool admission = call->request.admission;
-      if (call->request.only_if_ready && PickSlot(admission) < 0) {
-        refused = absl::FailedPreconditionError("no sidecar is ready");
-      }
-      const bool queue_ahead =
-          admission ? QueuedAdmitted() > 0 : false;
-      const int slot = queue_ahead ? -1 : PickSlot(admission);
-      if (!refused.ok()) {
-        // only_if_ready and nothing ready.
-      } else if (slot >= 0) {
-        Assign(call, slot, now);
-        ReportLoad();
-      } else if (!Hopeful()) {
-        refused = LatestFailure();
-      } else if (admission && QueuedAdmitted() >= options_.max_queue) {
-        refused = WithReason(
-            absl::ResourceExhaustedError(absl::StrCat(
-                "the server is at capacity for backend ", options_.sidecar.config.backend,
-                ": ", InFlight(), " requests in flight and ", QueuedAdmitted(),
-                " queued (--max_concurrent, --max_queue); retry shortly")),
-            reason::kOverloaded);
-        if (options_.observer != nullptr) options_.observer->OnRejected();
-      } else {
-        call->queued_at = Clock::now();
-        queue_.push_back(call);
-        std::weak_ptr<PoolCore> weak = weak_from_this();
-        std::weak_ptr<PoolCall> weak_call = call;
-        call->queue_timer = scheduler_.Schedule(
-            call->queued_at + options_.queue_timeout, [weak, weak_call] {
-              auto core = weak.lock();
-              auto c = weak_call.lock();
-              if (core != nullptr && c != nullptr) core->OnQueueTimeout(c);
-            });
-        ReportLoad();
+      call->admission_id = ++next_admission_id_;
+      call->queued_at = Clock::now();
+      const Admission::Decision decision = admission_.Offer(
+          call->admission_id,
+          admission ? Admission::Kind::kAdmitted : Admission::Kind::kControl,
+          call->queued_at);
+      switch (decision.verdict) {
+        case Admission::Verdict::kSend:
+          Assign(call, decision.slot, now);
+          ReportLoad();
+          break;
+        case Admission::Verdict::kQueued: {
+          queued_[call->admission_id] = call;
+          std::weak_ptr<PoolCore> weak = weak_from_this();
+          call->queue_timer = scheduler_.Schedule(
+              call->queued_at + options_.queue_timeout, [weak] {
+                if (auto core = weak.lock()) core->OnQueueTimeout();
+              });
+          ReportLoad();
+          break;
+        }
+        case Admission::Verdict::kQueueFull:
+          refused = WithReason(
+              absl::ResourceExhaustedError(
+                  admission
+                      ? absl::StrCat("the server is at capacity for backend ",
+                                     options_.sidecar.config.backend, ": ", InFlight(),
+                                     " requests in flight and ",
+                                     admission_.queued(Admission::Kind::kAdmitted),
+                                     " queued (--max_concurrent, --max_queue); retry "
+                                     "shortly")
+                      : absl::StrCat("too many requests are waiting for backend ",
+                                     options_.sidecar.config.backend,
+                                     " to become ready (",
+                                     admission_.queued(Admission::Kind::kControl),
+                                     " queued); retry shortly")),
+              reason::kOverloaded);
+          if (options_.observer != nullptr) options_.observer->OnRejected();
+          break;
       }
       if (refused.ok() && call->request.deadline.has_value()) {
         std::weak_ptr<PoolCore> weak = weak_from_this();
@@ -439,8 +499,8 @@ PoolCallHandle PoolCore::Submit(PoolCallRequest request) {
                          reason::kDeadlineExceeded));
             });
       }
-      if (!refused.ok()) call->phase = PoolCall::Phase::kDone;
     }
+    if (!refused.ok()) call->phase = PoolCall::Phase::kDone;
   }
   if (!refused.ok()) {
     Finish(call, refused);
@@ -467,6 +527,9 @@ void PoolCore::Send(std::vector<Dispatch> dispatches) {
         Finish(call, std::move(reply));
       }
     };
+    handlers.on_settled = [weak, call] {
+      if (auto core = weak.lock()) core->OnSettled(call, /*forced=*/false);
+    };
     Json params = std::move(call->request.params);
     if (call->request.send_timeout && call->request.deadline.has_value()) {
       auto left = std::max(Millis(*call->request.deadline - Clock::now()),
@@ -485,14 +548,12 @@ void PoolCore::Send(std::vector<Dispatch> dispatches) {
       cancel = std::exchange(call->cancel_when_sent, std::nullopt);
     }
     // Cancelled while it was being sent: the dispatcher knows it now.
-    if (cancel.has_value()) dispatcher.Cancel(call->id, *cancel);
+    if (cancel.has_value()) Cancel(call, *cancel);
   }
 }
 
 void PoolCore::OnReplied(const std::shared_ptr<PoolCall>& call,
                          absl::StatusOr<Json> reply) {
-  std::vector<Dispatch> next;
-  bool idle = false;
   {
     std::lock_guard<std::mutex> lock(mu_);
     call->phase = PoolCall::Phase::kDone;
@@ -500,21 +561,38 @@ void PoolCore::OnReplied(const std::shared_ptr<PoolCall>& call,
     scheduler_.Cancel(std::exchange(call->deadline_timer, 0));
     if (call->request.admission && call->slot >= 0) {
       Slot& slot = slots_[static_cast<size_t>(call->slot)];
-      --slot.in_flight;
       if (reply.ok() && slot.sidecar != nullptr &&
           slot.sidecar == call->sidecar.lock()) {
         slot.served = true;
       }
     }
     last_activity_ = Clock::now();
-    next = Plan();
+  }
+  // The caller has its answer now; the call's place in admission is given
+  // back when the sidecar confirms it is done (OnSettled), which for a
+  // reply is right after this.
+  Finish(call, std::move(reply));
+}
+
+void PoolCore::OnSettled(const std::shared_ptr<PoolCall>& call, bool forced) {
+  std::vector<Dispatch> next;
+  bool idle = false;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (call->released) return;
+    if (forced) {
+      Event("cancel_unconfirmed",
+            {{"slot", call->slot},
+             {"call_id", call->id},
+             {"waited_ms", options_.health_timeout.count()}});
+    }
+    next = Release(call);
     ReportLoad();
     if (InFlight() == 0 && options_.keep_alive.count() > 0) cv_.notify_all();
-    idle = InFlight() == 0 && queue_.empty();
+    idle = InFlight() == 0 && admission_.queued() == 0;
   }
   if (idle && options_.load_gate != nullptr) options_.load_gate->Idle(gate_id_);
   Send(std::move(next));
-  Finish(call, std::move(reply));
 }
 
 void PoolCore::Cancel(const std::shared_ptr<PoolCall>& call,
@@ -529,13 +607,26 @@ void PoolCore::Cancel(const std::shared_ptr<PoolCall>& call,
       case PoolCall::Phase::kSending:
         if (!call->cancel_when_sent.has_value()) call->cancel_when_sent = why;
         return;
-      case PoolCall::Phase::kSent:
+      case PoolCall::Phase::kSent: {
         sidecar = call->sidecar.lock();
         id = call->id;
+        // The sidecar answers a cancel when its work stopped; if it never
+        // does, the call's place is given back after health_timeout.
+        if (call->request.admission && call->settle_timer == 0) {
+          std::weak_ptr<PoolCore> weak = weak_from_this();
+          std::weak_ptr<PoolCall> weak_call = call;
+          call->settle_timer = scheduler_.Schedule(
+              Clock::now() + options_.health_timeout, [weak, weak_call] {
+                auto core = weak.lock();
+                auto c = weak_call.lock();
+                if (core != nullptr && c != nullptr) core->OnSettled(c, /*forced=*/true);
+              });
+        }
         break;
+      }
       case PoolCall::Phase::kQueued: {
-        auto it = std::find(queue_.begin(), queue_.end(), call);
-        if (it != queue_.end()) queue_.erase(it);
+        admission_.Remove(call->admission_id);
+        queued_.erase(call->admission_id);
         call->phase = PoolCall::Phase::kDone;
         scheduler_.Cancel(std::exchange(call->queue_timer, 0));
         scheduler_.Cancel(std::exchange(call->deadline_timer, 0));
@@ -546,64 +637,69 @@ void PoolCore::Cancel(const std::shared_ptr<PoolCall>& call,
   }
   if (sidecar == nullptr) {
     // Queued: it ends here. (Sent to a sidecar that is gone: that sidecar
-    // failed its calls before it went, so on_reply ran already.)
+    // failed and settled its calls before it went, so on_reply ran already.)
     if (id == 0) Finish(call, why);
     return;
   }
   // The dispatcher tells the sidecar and replies `why`, unless the reply
-  // already came.
+  // already came; it settles the call when the sidecar answers the cancel.
   sidecar->dispatcher().Cancel(id, why);
 }
 
-void PoolCore::OnQueueTimeout(const std::shared_ptr<PoolCall>& call) {
-  absl::Status why;
+absl::Status PoolCore::QueueTimeoutStatus() {
+  const auto waited = Millis(options_.queue_timeout).count();
+  const bool any_ready = std::any_of(slots_.begin(), slots_.end(), [](const Slot& s) {
+    return s.state == SlotState::kReady;
+  });
+  if (!any_ready && waiting_for_gate_) {
+    if (options_.observer != nullptr) options_.observer->OnRejected();
+    return WithReason(
+        absl::ResourceExhaustedError(absl::StrCat(
+            "the model waited ", waited,
+            " ms (--queue_timeout) for a place to load: ",
+            options_.load_gate->max_loaded(),
+            " models are loaded (--max_loaded_models) and all of them are "
+            "busy; retry later, or raise --max_loaded_models")),
+        reason::kOverloaded);
+  }
+  if (!any_ready) {
+    return WithReason(absl::UnavailableError(absl::StrCat(
+                          "the sidecar was still starting (loading the model) "
+                          "after this request waited ", waited,
+                          " ms (--queue_timeout); retry shortly")),
+                      reason::kSidecarUnavailable);
+  }
+  if (options_.observer != nullptr) options_.observer->OnRejected();
+  return WithReason(absl::ResourceExhaustedError(absl::StrCat(
+                        "the request waited ", waited,
+                        " ms in the queue (--queue_timeout) without a free "
+                        "sidecar: the server is overloaded; retry later")),
+                    reason::kOverloaded);
+}
+
+void PoolCore::OnQueueTimeout() {
+  std::vector<std::pair<std::shared_ptr<PoolCall>, absl::Status>> expired;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (call->phase != PoolCall::Phase::kQueued) return;
-    auto it = std::find(queue_.begin(), queue_.end(), call);
-    if (it != queue_.end()) queue_.erase(it);
-    call->phase = PoolCall::Phase::kDone;
-    call->queue_timer = 0;
-    scheduler_.Cancel(std::exchange(call->deadline_timer, 0));
-    ReportLoad();
-    const auto waited = Millis(options_.queue_timeout).count();
-    bool any_ready = std::any_of(slots_.begin(), slots_.end(), [](const Slot& s) {
-      return s.state == SlotState::kReady;
-    });
-    if (!any_ready && waiting_for_gate_) {
-      why = WithReason(
-          absl::ResourceExhaustedError(absl::StrCat(
-              "the model waited ", waited,
-              " ms (--queue_timeout) for a place to load: ",
-              options_.load_gate->max_loaded(),
-              " models are loaded (--max_loaded_models) and all of them are "
-              "busy; retry later, or raise --max_loaded_models")),
-          reason::kOverloaded);
-      if (options_.observer != nullptr) options_.observer->OnRejected();
-    } else if (!any_ready) {
-      why = WithReason(absl::UnavailableError(absl::StrCat(
-                           "the sidecar was still starting (loading the model) "
-                           "after this request waited ", waited,
-                           " ms (--queue_timeout); retry shortly")),
-                       reason::kSidecarUnavailable);
-    } else {
-      why = WithReason(absl::ResourceExhaustedError(absl::StrCat(
-                           "the request waited ", waited,
-                           " ms in the queue (--queue_timeout) without a free "
-                           "sidecar: the server is overloaded; retry later")),
-                       reason::kOverloaded);
-      if (options_.observer != nullptr) options_.observer->OnRejected();
+    for (Admission::CallId id : admission_.Expire(Clock::now())) {
+      std::shared_ptr<PoolCall> call = Unqueue(id);
+      if (call == nullptr) continue;
+      call->phase = PoolCall::Phase::kDone;
+      call->queue_timer = 0;
+      scheduler_.Cancel(std::exchange(call->deadline_timer, 0));
+      expired.emplace_back(std::move(call), QueueTimeoutStatus());
     }
+    if (!expired.empty()) ReportLoad();
   }
-  Finish(call, why);
+  for (auto& [call, why] : expired) Finish(call, why);
 }
 
 // --- Keepers -----------------------------------------------------------------
 
-bool PoolCore::Wanted() const { return demand_ || !queue_.empty(); }
+bool PoolCore::Wanted() const { return demand_ || admission_.queued() > 0; }
 
 bool PoolCore::IdleExpired() const {
-  return options_.keep_alive.count() > 0 && queue_.empty() && InFlight() == 0 &&
+  return options_.keep_alive.count() > 0 && admission_.queued() == 0 && InFlight() == 0 &&
          Clock::now() - last_activity_ >= options_.keep_alive;
 }
 
@@ -633,6 +729,7 @@ std::shared_ptr<Sidecar> PoolCore::StartOne(int index, absl::Status& failure) {
   events.on_closed = [this, index] {
     std::lock_guard<std::mutex> lock(mu_);
     slots_[static_cast<size_t>(index)].closed = true;
+    UpdateOpen(index);  // closes it: it takes nothing new
     cv_.notify_all();
   };
   events.on_stalled = [this, index](const absl::Status& why) {
@@ -640,6 +737,7 @@ std::shared_ptr<Sidecar> PoolCore::StartOne(int index, absl::Status& failure) {
     Slot& slot = slots_[static_cast<size_t>(index)];
     slot.stalled = true;
     slot.stall_why = why;
+    UpdateOpen(index);  // closes it: it takes nothing new
     cv_.notify_all();
   };
   events.on_bad_line = [observer, index](const absl::Status& why,
@@ -846,14 +944,16 @@ void PoolCore::Keep(int index) {
     if (sidecar == nullptr) {
       if (Interrupted(slot)) continue;
       ++slot.failures;
+      const Clock::duration backoff =
+          std::max<Clock::duration>(Backoff(policy, slot.failures), policy.initial_backoff);
+      // A client that retries sooner than the next start meets this again.
+      failure = WithRetryDelay(std::move(failure), Millis(backoff));
       slot.state = SlotState::kFailed;
       slot.failure = failure;
       slot.pid = -1;
       std::vector<std::shared_ptr<PoolCall>> hopeless;
       if (!Hopeful()) hopeless = TakeQueue();
-      const auto retry_at = Clock::now() + std::max<Clock::duration>(
-                                               Backoff(policy, slot.failures),
-                                               policy.initial_backoff);
+      const auto retry_at = Clock::now() + backoff;
       std::optional<int> release = ReleaseGateIfDone();
       lock.unlock();
       if (release.has_value()) options_.load_gate->Release(*release);
@@ -873,7 +973,7 @@ void PoolCore::Keep(int index) {
     slot.ready_at = Clock::now();
     slot.served = false;
     init_ = sidecar->init_result();
-    std::vector<Dispatch> waiting = Plan();
+    std::vector<Dispatch> waiting = UpdateOpen(index);
     lock.unlock();
     StateChanged();
     Event("sidecar_ready", {{"slot", index},
@@ -885,6 +985,7 @@ void PoolCore::Keep(int index) {
     // Supervise until it must go.
     const End end = Supervise(lock, index, sidecar);
     slot.sidecar = nullptr;
+    UpdateOpen(index);  // closes it
     slot.backend_ok = false;
     const bool crashed =
         end == End::kExited || end == End::kStalled || end == End::kUnresponsive;
@@ -897,7 +998,7 @@ void PoolCore::Keep(int index) {
       slot.failures = 0;
       slot.state = SlotState::kIdle;
     }
-    if (end == End::kIdle && queue_.empty()) demand_ = false;
+    if (end == End::kIdle && admission_.queued() == 0) demand_ = false;
     const absl::Status stall_why = slot.stall_why;
     lock.unlock();
     StateChanged();
@@ -931,13 +1032,14 @@ void PoolCore::Keep(int index) {
     lock.lock();
     if (crashed && slot.failures >= policy.max_quick_failures) {
       slot.state = SlotState::kFailed;
-      slot.failure = WithReason(
-          absl::UnavailableError(absl::StrCat(
-              "the sidecar keeps dying right after it starts (", slot.failures,
-              " times in a row, last: ", exit.Describe(),
-              "); see the server log. Retrying in ",
-              Millis(Backoff(policy, slot.failures)).count(), " ms")),
-          reason::kSidecarUnavailable);
+      const std::chrono::milliseconds backoff = Millis(Backoff(policy, slot.failures));
+      slot.failure = WithRetryDelay(
+          WithReason(absl::UnavailableError(absl::StrCat(
+                         "the sidecar keeps dying right after it starts (", slot.failures,
+                         " times in a row, last: ", exit.Describe(),
+                         "); see the server log. Retrying in ", backoff.count(), " ms")),
+                     reason::kSidecarUnavailable),
+          backoff);
       std::vector<std::shared_ptr<PoolCall>> hopeless;
       if (!Hopeful()) hopeless = TakeQueue();
       const absl::Status failure_now = slot.failure;
@@ -970,10 +1072,11 @@ std::optional<int> PoolCore::ReleaseGateIfDone() {
 
 bool PoolCore::UnloadIfIdle() {
   std::lock_guard<std::mutex> lock(mu_);
-  if (shutting_down_ || InFlight() > 0 || !queue_.empty() || !gate_held_) {
+  if (shutting_down_ || InFlight() > 0 || admission_.queued() > 0 || !gate_held_) {
     return false;
   }
   ++unload_generation_;
+  CloseAll();
   demand_ = false;
   cv_.notify_all();
   return true;
@@ -990,9 +1093,12 @@ void PoolCore::WakeForGate() {
 PoolStatus PoolCore::Status() const {
   std::lock_guard<std::mutex> lock(mu_);
   PoolStatus status;
-  for (const Slot& s : slots_) status.slots.push_back(static_cast<const SlotStatus&>(s));
+  for (size_t i = 0; i < slots_.size(); ++i) {
+    status.slots.push_back(static_cast<const SlotStatus&>(slots_[i]));
+    status.slots.back().in_flight = admission_.in_flight(static_cast<int>(i));
+  }
   status.in_flight = InFlight();
-  status.queued = static_cast<int>(queue_.size());
+  status.queued = admission_.queued();
   status.starts = starts_;
   status.shutting_down = shutting_down_;
   status.init = init_;
@@ -1014,7 +1120,7 @@ absl::Status PoolCore::WaitReady(std::chrono::milliseconds timeout) {
                           reason::kShuttingDown);
       return true;
     }
-    if (PickSlot(false) >= 0) {
+    if (AnyOpen()) {
       result = absl::OkStatus();
       return true;
     }
@@ -1035,7 +1141,8 @@ absl::Status PoolCore::WaitReady(std::chrono::milliseconds timeout) {
 void PoolCore::Unload() {
   std::unique_lock<std::mutex> lock(mu_);
   const uint64_t generation = ++unload_generation_;
-  if (queue_.empty()) demand_ = false;
+  CloseAll();
+  if (admission_.queued() == 0) demand_ = false;
   cv_.notify_all();
   // Every keeper acknowledges by coming back to the top of its loop.
   cv_.wait(lock, [&] {

@@ -8,16 +8,25 @@
 // stops reading its input (a write stalled past write_timeout) or leaves a
 // probe unanswered past health_timeout. Failed starts back off.
 //
-// Requests never block. Submit registers the call and returns at once; the
-// call is sent to the least-loaded ready sidecar that has room
-// (max_concurrent per sidecar), or waits in a bounded queue (max_queue,
-// queue_timeout) while sidecars start or are busy, or fails at once:
-//   * RESOURCE_EXHAUSTED, reason OVERLOADED, when the queue is full;
+// Requests never block. Submit registers the call and returns at once;
+// admission (admission.h, a pure unit the pool drives under its lock) sends
+// it to the least-loaded ready sidecar that has room (max_concurrent per
+// sidecar), or queues it (max_queue for admitted calls, max_control_queue
+// for the others; queue_timeout) while sidecars start or are busy, or
+// refuses it:
+//   * RESOURCE_EXHAUSTED, reason OVERLOADED, when its queue is full;
 //   * the remembered start failure (a missing model stays NOT_FOUND) when
 //     every sidecar of the pool failed to start;
 //   * UNAVAILABLE, reason SHUTTING_DOWN, once Shutdown began.
 // A seed-style sidecar (no request_id on stream notifications) gets one
 // admitted call at a time.
+//
+// An admitted call holds its place until the sidecar confirms its end: its
+// reply, or its answer to the cancel ($/cancelRequest) that a caller's
+// cancel or deadline sent. The caller gets its answer at once either way;
+// the next queued call only starts once the abandoned work has stopped (or
+// after health_timeout without the sidecar's word, logged as
+// "cancel_unconfirmed").
 //
 // Threading: every public method may be called from any thread. Submit and
 // PoolCallHandle::Cancel never block. WaitReady, Unload and Shutdown block
@@ -143,6 +152,9 @@ struct PoolOptions {
   int max_concurrent = 0;
   // Admitted calls waiting for room; beyond it calls are refused.
   int max_queue = 512;
+  // Control calls (tools, models, capabilities, token counts) waiting for a
+  // ready sidecar; beyond it they are refused (OVERLOADED) too.
+  int max_control_queue = 64;
   std::chrono::milliseconds queue_timeout{60000};
   std::chrono::milliseconds health_interval{5000};
   std::chrono::milliseconds health_timeout{10000};

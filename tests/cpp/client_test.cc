@@ -23,6 +23,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/cpp/fake_sidecar.h"
+#include "rpc_bridge/error_reason.h"
 #include "rpc_bridge/sidecar.h"
 
 namespace llmbridge::rpc {
@@ -277,6 +278,8 @@ TEST(ClientTest, AFailedStartIsRememberedAndCallsFailAtOnceWithIt) {
   EXPECT_TRUE(absl::IsUnavailable(refused.status())) << refused.status();
   EXPECT_THAT(std::string(refused.status().message()), HasSubstr("exited with code 4"));
   EXPECT_THAT(std::string(refused.status().message()), HasSubstr("cannot load model"));
+  // Its RetryInfo is the wait for the next start, not a default second.
+  EXPECT_EQ(AttachedRetryDelay(refused.status()), seconds(600));
   EXPECT_EQ(client.StartCount(), 1);
 }
 
@@ -320,6 +323,7 @@ TEST(ClientTest, CrashLoopAfterStartsFailsCallsAtOnce) {
   ASSERT_TRUE(absl::IsUnavailable(result.status())) << result.status();
   EXPECT_THAT(std::string(result.status().message()), HasSubstr("keeps dying"));
   EXPECT_THAT(std::string(result.status().message()), HasSubstr("exited with code 3"));
+  EXPECT_EQ(AttachedRetryDelay(result.status()), seconds(600));  // the back-off
   EXPECT_EQ(client.StartCount(), 2);
 }
 

@@ -6,6 +6,7 @@
 #include <dirent.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <condition_variable>
 #include <cstdlib>
 #include <functional>
@@ -13,6 +14,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -182,6 +184,113 @@ TEST(SidecarPoolTest, QueuedCallsTimeOutWithOverloaded) {
   EXPECT_FALSE(running.Done());
   first.Cancel(absl::CancelledError("test over"));
   EXPECT_TRUE(absl::IsCancelled(running.Wait().status()));
+}
+
+// Records sidecar events by name, as StateWaiter does load changes.
+class EventLog : public StateWaiter {
+ public:
+  void OnSidecarEvent(std::string_view event, const Json&) override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      events_.emplace_back(event);
+    }
+    OnStateChanged();
+  }
+  int Count(const std::string& event) {
+    std::lock_guard<std::mutex> lock(mu_);
+    return static_cast<int>(std::count(events_.begin(), events_.end(), event));
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<std::string> events_;
+};
+
+TEST(SidecarPoolTest, ACancelledCallHoldsItsPlaceUntilTheSidecarConfirms) {
+  // The caller gets CANCELLED at once, but the next queued call starts only
+  // when the sidecar answered the cancel (its work stopped), not before:
+  // health_timeout (the fallback) is far away here.
+  EventLog log;
+  ClientOptions options;
+  options.pool.max_concurrent = 1;
+  options.pool.queue_timeout = seconds(600);
+  options.pool.health_timeout = seconds(600);
+  options.pool.observer = &log;
+  Client client(FakeConfig("hang"), options);
+  ASSERT_TRUE(client.EnsureStarted().ok());
+  Outcome first, second;
+  StreamHandle running = client.Stream(Ask("first"), first.Handlers());
+  StreamHandle queued = client.Stream(Ask("second"), second.Handlers());
+  ASSERT_TRUE(log.WaitUntil(client, [](const PoolStatus& s) {
+    return s.in_flight == 1 && s.queued == 1;
+  }));
+  running.Cancel(absl::CancelledError("client went away"));
+  EXPECT_TRUE(absl::IsCancelled(first.Wait().status()));
+  // The -32800 answer frees the place: the second call is sent.
+  ASSERT_TRUE(log.WaitUntil(client, [](const PoolStatus& s) {
+    return s.in_flight == 1 && s.queued == 0;
+  }));
+  EXPECT_EQ(log.Count("cancel_unconfirmed"), 0);
+  queued.Cancel(absl::CancelledError("test over"));
+  EXPECT_TRUE(absl::IsCancelled(second.Wait().status()));
+  ASSERT_TRUE(log.WaitUntil(client, [](const PoolStatus& s) { return s.in_flight == 0; }));
+}
+
+TEST(SidecarPoolTest, AnUnconfirmedCancelKeepsThePlaceUntilHealthTimeout) {
+  // An engine that never stops: its place stays taken (the sidecar is still
+  // busy) until health_timeout, then is given back and logged.
+  EventLog log;
+  ClientOptions options;
+  options.pool.max_concurrent = 1;
+  options.pool.queue_timeout = seconds(600);
+  options.pool.health_timeout = milliseconds(700);
+  options.pool.health_interval = seconds(600);
+  options.pool.observer = &log;
+  Client client(FakeConfig("hang", {{"FAKE_SIDECAR_CANCEL_REPLY", "never"}}), options);
+  ASSERT_TRUE(client.EnsureStarted().ok());
+  Outcome first, second;
+  StreamHandle running = client.Stream(Ask("first"), first.Handlers());
+  StreamHandle queued = client.Stream(Ask("second"), second.Handlers());
+  running.Cancel(absl::CancelledError("client went away"));
+  EXPECT_TRUE(absl::IsCancelled(first.Wait().status()));
+  // Still counted: the sidecar has not said the work stopped.
+  PoolStatus now = client.Status();
+  EXPECT_EQ(now.in_flight, 1);
+  EXPECT_EQ(now.queued, 1);
+  ASSERT_TRUE(log.WaitUntil(client, [](const PoolStatus& s) { return s.queued == 0; }));
+  EXPECT_EQ(log.Count("cancel_unconfirmed"), 1);
+  EXPECT_FALSE(second.Done());  // it runs now
+  queued.Cancel(absl::CancelledError("test over"));
+  EXPECT_TRUE(absl::IsCancelled(second.Wait().status()));
+}
+
+TEST(SidecarPoolTest, ControlCallsHaveTheirOwnQueueBound) {
+  // While the sidecar starts, calls that only need a ready sidecar (tools,
+  // models) wait, up to max_control_queue; the next is OVERLOADED.
+  ClientOptions options;
+  options.pool.max_control_queue = 2;
+  options.pool.preload = true;
+  Client client(FakeConfig("slow_init", {{"FAKE_SIDECAR_INIT_DELAY_MS", "1500"}}),
+                options);
+  std::mutex mu;
+  std::condition_variable cv;
+  std::vector<absl::Status> replies;
+  for (int i = 0; i < 3; ++i) {
+    client.CallAsync("pid", Json::object(), seconds(30),
+                     [&](absl::StatusOr<Json> reply) {
+                       std::lock_guard<std::mutex> lock(mu);
+                       replies.push_back(reply.status());
+                       cv.notify_all();
+                     });
+  }
+  std::unique_lock<std::mutex> lock(mu);
+  ASSERT_TRUE(cv.wait_for(lock, kWait, [&] { return replies.size() == 1; }));
+  EXPECT_TRUE(absl::IsResourceExhausted(replies[0])) << replies[0];
+  EXPECT_EQ(ReasonOf(replies[0]), reason::kOverloaded);
+  // The two that queued are answered once the sidecar is ready.
+  ASSERT_TRUE(cv.wait_for(lock, kWait, [&] { return replies.size() == 3; }));
+  EXPECT_TRUE(replies[1].ok()) << replies[1];
+  EXPECT_TRUE(replies[2].ok()) << replies[2];
 }
 
 TEST(SidecarPoolTest, CallsArrivingDuringAStartWaitAndAllRun) {

@@ -30,7 +30,9 @@ FAKE_SIDECAR_MODE picks the behaviour:
                   the protocol fault FAKE_SIDECAR_FAULT names (see
                   send_fault); only the first one with
                   FAKE_SIDECAR_FAULT_MARKER (see fault_due).
-Every mode answers "pid" with its process id.
+Every mode answers "pid" with its process id. With
+FAKE_SIDECAR_CANCEL_REPLY=never, $/cancelRequest is recorded but never
+answered.
 
 With FAKE_SIDECAR_SPAWN_STDERR_CHILD=1 the sidecar first starts `sleep 300`
 that inherits its stderr (as an MCP server does: the sidecar's stderr is its
@@ -188,7 +190,10 @@ def handle(msg):
         return
     if method == "$/cancelRequest":
         cancelled.append(params.get("id"))
-        error(params.get("id"), -32800, "request cancelled")
+        # FAKE_SIDECAR_CANCEL_REPLY=never: an engine that never stops (the
+        # cancel is recorded, never answered).
+        if os.environ.get("FAKE_SIDECAR_CANCEL_REPLY") != "never":
+            error(params.get("id"), -32800, "request cancelled")
         return
     if method == "stats":
         reply(rid, {"cancelled": cancelled})

@@ -23,6 +23,9 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
+// The shortest wait a failure tells a client (google.rpc.RetryInfo).
+constexpr std::chrono::milliseconds kMinRetryDelay{1000};
+
 std::chrono::milliseconds Millis(Clock::duration d) {
   return std::chrono::duration_cast<std::chrono::milliseconds>(d);
 }
@@ -946,8 +949,10 @@ void PoolCore::Keep(int index) {
       ++slot.failures;
       const Clock::duration backoff =
           std::max<Clock::duration>(Backoff(policy, slot.failures), policy.initial_backoff);
-      // A client that retries sooner than the next start meets this again.
-      failure = WithRetryDelay(std::move(failure), Millis(backoff));
+      // A client that retries sooner than the next start meets this again
+      // (and none is told to come back in less than a second).
+      failure = WithRetryDelay(std::move(failure),
+                               std::max(Millis(backoff), kMinRetryDelay));
       slot.state = SlotState::kFailed;
       slot.failure = failure;
       slot.pid = -1;
@@ -1039,7 +1044,7 @@ void PoolCore::Keep(int index) {
                          " times in a row, last: ", exit.Describe(),
                          "); see the server log. Retrying in ", backoff.count(), " ms")),
                      reason::kSidecarUnavailable),
-          backoff);
+          std::max(backoff, kMinRetryDelay));
       std::vector<std::shared_ptr<PoolCall>> hopeless;
       if (!Hopeful()) hopeless = TakeQueue();
       const absl::Status failure_now = slot.failure;

@@ -198,7 +198,11 @@ def test_each_model_has_a_health_service(pb, start_server, tmp_path, ollama):
                    "ollama": {"backend": "ollama", "host": ollama.host,
                               "model": "llama3.2:latest"}},
         "default_model": "echo"})
-    wait_event(server, "sidecar_ready", "ollama")
+    # Both models start at once, in either order.
+    ready: set[str] = set()
+    while ready != {"echo", "ollama"}:
+        ready.add(json.loads(server.stderr.wait_for(r'^\{.*"event":"sidecar_ready"').string)[
+            "model"])
     serving = health_pb2.HealthCheckResponse.SERVING
     assert health(server, "") == serving
     assert health(server, "llmbridge.v1.LocalLLM") == serving

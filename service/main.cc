@@ -152,12 +152,14 @@ std::chrono::milliseconds ToMillis(absl::Duration d) {
   return std::chrono::milliseconds(absl::ToInt64Milliseconds(d));
 }
 
-// Whether --name appeared on the command line (so it overrides --config).
+// Whether --name appeared on the command line (so it overrides --config),
+// also as a boolean's --noname.
 bool Given(int argc, char** argv, const std::string& name) {
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
     if (arg == "--") break;
-    for (const std::string& prefix : {"--" + name, "-" + name}) {
+    for (const std::string& prefix :
+         {"--" + name, "-" + name, "--no" + name, "-no" + name}) {
       if (arg == prefix || absl::StartsWith(arg, prefix + "=")) return true;
     }
   }

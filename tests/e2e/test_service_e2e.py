@@ -357,6 +357,19 @@ def test_log_prompts_opt_in(pb, start_server, ollama):
     server.stderr.wait_for(r"visible prompt 42")
 
 
+def test_nolog_prompts_wins_over_a_config_file_that_logs_them(pb, start_server, ollama,
+                                                               tmp_path):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({
+        "backend": "ollama", "host": ollama.host, "model": MODEL,
+        "python_path": sys.executable, "sidecar_path": str(SIDECAR), "log_prompts": True,
+    }))
+    server = start_server(f"--config={config}", "--nolog_prompts")
+    complete(pb, server, messages=user(pb, "private prompt 77"))
+    server.stderr.wait_for(r'"event":"request_done"')
+    assert not any("private prompt 77" in line for line in server.stderr.lines)
+
+
 # --- TLS -----------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -252,13 +252,13 @@ StreamHandle Client::Stream(CompleteParams params, StreamHandlers handlers,
   return StreamHandle(pool_->Submit(std::move(request)));
 }
 
-void Client::CallAsync(const std::string& method, Json params,
-                       std::chrono::milliseconds timeout,
-                       std::function<void(absl::StatusOr<Json>)> on_reply,
-                       bool only_if_ready) {
+StreamHandle Client::CallAsync(const std::string& method, Json params,
+                               std::chrono::milliseconds timeout,
+                               std::function<void(absl::StatusOr<Json>)> on_reply,
+                               bool only_if_ready) {
   if (!config_status_.ok()) {
     on_reply(config_status_);
-    return;
+    return StreamHandle();
   }
   PoolCallRequest request;
   request.method = method;
@@ -267,7 +267,7 @@ void Client::CallAsync(const std::string& method, Json params,
   request.only_if_ready = only_if_ready;
   request.deadline = Clock::now() + timeout;
   request.handlers.on_reply = std::move(on_reply);
-  pool_->Submit(std::move(request));
+  return StreamHandle(pool_->Submit(std::move(request)));
 }
 
 StreamHandle Client::CallAdmitted(

@@ -148,10 +148,11 @@ class Client {
   absl::StatusOr<Json> Call(const std::string& method, Json params,
                             std::chrono::milliseconds timeout);
 
-  // The same without blocking: `on_reply` runs once, on a bridge thread.
-  // With only_if_ready, an idle or starting pool is not started (or waited
-  // for): the call fails at once with FAILED_PRECONDITION.
-  void CallAsync(const std::string& method, Json params,
+  // The same without blocking: `on_reply` runs once, on a bridge thread
+  // (or before this returns when the call is refused). With only_if_ready,
+  // an idle or starting pool is not started (or waited for): the call fails
+  // at once with FAILED_PRECONDITION. The handle cancels it, queued or sent.
+  StreamHandle CallAsync(const std::string& method, Json params,
                  std::chrono::milliseconds timeout,
                  std::function<void(absl::StatusOr<Json>)> on_reply,
                  bool only_if_ready = false);

@@ -20,20 +20,6 @@ namespace {
 
 using llmbridge::v1::CompleteResponse;
 
-// The served model a unary call names; when none serves it, the call is
-// finished here (NOT_FOUND listing the served ones) and nullopt returned.
-std::optional<ModelRouter::Route> RouteOrFinish(const ModelRouter& router,
-                                                grpc::CallbackServerContext& context,
-                                                const std::string& model,
-                                                Metrics::Call& observer,
-                                                grpc::ServerUnaryReactor* reactor) {
-  absl::StatusOr<ModelRouter::Route> route = router.Resolve(model);
-  if (route.ok()) return *std::move(route);
-  observer.Finish(route.status().code());
-  reactor->Finish(ToGrpcStatus(route.status(), {"", model, RequestIdOf(context)}));
-  return std::nullopt;
-}
-
 bool IsPlainText(const CompleteResponse& r) {
   return !r.done() && !r.has_tool_call() && !r.has_tool_result();
 }
@@ -335,42 +321,6 @@ grpc::ServerWriteReactor<CompleteResponse>* LocalLLMService::Complete(
   return new CompleteReactor(this, router_, options_, context, *request);
 }
 
-grpc::ServerUnaryReactor* LocalLLMService::ListTools(
-    grpc::CallbackServerContext* context,
-    const llmbridge::v1::ListToolsRequest* request,
-    llmbridge::v1::ListToolsResponse* response) {
-  auto observer = std::make_shared<Metrics::Call>(options_.metrics, "ListTools");
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  std::optional<ModelRouter::Route> route =
-      RouteOrFinish(*router_, *context, request->model(), *observer, reactor);
-  if (!route.has_value()) return reactor;
-  rpc::Client* client = route->model->client.get();
-  auto deadline = SteadyDeadline(*context);
-  auto timeout = std::chrono::milliseconds(30000);
-  if (deadline.has_value()) {
-    timeout = std::chrono::duration_cast<std::chrono::milliseconds>(
-        *deadline - std::chrono::steady_clock::now());
-  }
-  ErrorContext error_context{client->config().backend, route->model->entry.name,
-                             RequestIdOf(*context)};
-  // Answered from a bridge thread when the sidecar replies; never waits here.
-  client->CallAsync(
-      rpc::kMethodTools, rpc::Json::object(),
-      std::max(timeout, std::chrono::milliseconds(1)),
-      [reactor, response, observer, error_context](absl::StatusOr<rpc::Json> tools) {
-        absl::Status status = tools.status();
-        if (tools.ok()) {
-          absl::StatusOr<llmbridge::v1::ListToolsResponse> converted =
-              ToListToolsResponse(*tools);
-          status = converted.status();
-          if (converted.ok()) *response = *std::move(converted);
-        }
-        observer->Finish(status.code());
-        reactor->Finish(ToGrpcStatus(status, error_context));
-      });
-  return reactor;
-}
-
 bool LocalLLMService::CallStarted() {
   std::lock_guard<std::mutex> lock(drain_mu_);
   if (draining_) return false;
@@ -402,55 +352,6 @@ void LocalLLMService::StopAccepting() {
 bool LocalLLMService::WaitIdle(std::chrono::steady_clock::time_point deadline) {
   std::unique_lock<std::mutex> lock(drain_mu_);
   return drain_cv_.wait_until(lock, deadline, [this] { return in_flight_ == 0; });
-}
-
-grpc::ServerUnaryReactor* LocalLLMService::GetCapabilities(
-    grpc::CallbackServerContext* context,
-    const llmbridge::v1::GetCapabilitiesRequest* request,
-    llmbridge::v1::Capabilities* response) {
-  auto observer =
-      std::make_shared<Metrics::Call>(options_.metrics, "GetCapabilities");
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  std::optional<ModelRouter::Route> route =
-      RouteOrFinish(*router_, *context, request->model(), *observer, reactor);
-  if (!route.has_value()) return reactor;
-  rpc::Client* client = route->model->client.get();
-  // A pass-through name is the model asked about; else the entry's own.
-  const std::string model =
-      !route->backend_model.empty() ? route->backend_model : client->config().model;
-  auto answer = [client, reactor, response, observer, model] {
-    rpc::Capabilities caps = client->GetCapabilities();
-    response->set_streaming(caps.streaming);
-    response->set_tools(caps.tools);
-    response->set_mcp(caps.mcp);
-    response->set_sessions(caps.sessions);
-    response->set_images(caps.images);
-    for (const std::string& t : caps.native_tools) response->add_native_tools(t);
-    response->set_backend(client->config().backend);
-    response->set_model(model);
-    observer->Finish(absl::StatusCode::kOk);
-    reactor->Finish(grpc::Status::OK);
-  };
-  const rpc::PoolStatus status = client->Status();
-  if (status.init.has_value() || (!status.demanded && !route->model->entry.preload)) {
-    // Published by a sidecar that started, or a model that is not loaded
-    // (asking must not load it: the seed's capabilities then).
-    answer();
-    return reactor;
-  }
-  // No sidecar has started yet: answer once one has (or its start failed),
-  // from a bridge thread. A health call is the cheapest thing that waits
-  // for a ready sidecar in the pool's queue.
-  auto deadline = SteadyDeadline(*context);
-  auto timeout = client->config().startup_timeout;
-  if (deadline.has_value()) {
-    timeout = std::min(timeout, std::chrono::duration_cast<std::chrono::milliseconds>(
-                                    *deadline - std::chrono::steady_clock::now()));
-  }
-  client->CallAsync(rpc::kMethodHealth, rpc::Json::object(),
-                     std::max(timeout, std::chrono::milliseconds(1)),
-                     [answer](absl::StatusOr<rpc::Json>) { answer(); });
-  return reactor;
 }
 
 }  // namespace llmbridge::service

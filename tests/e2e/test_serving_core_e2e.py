@@ -191,6 +191,37 @@ def test_admission_refuses_the_fifth_call_at_once_and_queued_calls_time_out(pb, 
     server.stderr.wait_for(r'"cause":"overload".*"event":"request_done"')
 
 
+def test_sigterm_ends_calls_that_wait_for_a_starting_sidecar_within_the_grace(pb, start_fake):
+    """ListTools, GetCapabilities and CountTokens wait for a sidecar that
+    takes 90 s to start. SIGTERM ends them once --shutdown_grace has passed,
+    and the server exits long before that start would have finished (a
+    pod's terminationGracePeriodSeconds is 45 s)."""
+    server = start_fake("slow_init", "--shutdown_grace=500ms", "--startup_timeout=120s",
+                        "--queue_timeout=120s", "--metrics_listen=127.0.0.1:0",
+                        FAKE_SIDECAR_INIT_DELAY_MS="90000")
+    llmbridge_pb2, llmbridge_pb2_grpc = pb
+    stub = llmbridge_pb2_grpc.LocalLLMStub(server.channel)
+    waiting = {
+        "ListTools": stub.ListTools.future(llmbridge_pb2.ListToolsRequest(), timeout=120),
+        "GetCapabilities": stub.GetCapabilities.future(
+            llmbridge_pb2.GetCapabilitiesRequest(), timeout=120),
+        "CountTokens": stub.CountTokens.future(
+            llmbridge_pb2.CountTokensRequest(messages=user(pb, "hi")), timeout=120),
+    }
+    for method in waiting:
+        wait_metric(server, f'llmbridge_requests_in_flight{{method="{method}"}}', 1)
+    signalled = time.monotonic()
+    server.process.send_signal(signal.SIGTERM)
+    for method, call in waiting.items():
+        error = call.exception(timeout=60)
+        assert error is not None, f"{method} succeeded on a sidecar that never started"
+        assert error.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE), (
+            method, error)
+    assert server.process.wait(timeout=60) == 0
+    took = time.monotonic() - signalled
+    assert took < 30, f"shutdown took {took:.1f} s: the 90 s start held it"
+
+
 # --- the pool --------------------------------------------------------------------
 
 def wait_both_sidecars_ready(server) -> None:

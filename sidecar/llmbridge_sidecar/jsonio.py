@@ -8,8 +8,8 @@ does the work, so results never differ from ``json``'s:
 
 * ``loads``: orjson rejects NaN/Infinity literals, lone surrogate escapes
   (``"\\ud800"``), non-UTF-8 encodings and nesting deeper than 1,024, and it
-  reads integers past 64 bits as floats; so text with a run of 20 digits
-  (2**64 has 20) goes to ``json.loads`` at once, and so does what orjson
+  reads integers outside [-2**63, 2**64) as floats; so text with a run of 19
+  digits (-2**63 - 1 has 19) goes to ``json.loads`` at once, and so does what orjson
   rejects (``json.loads`` raises ``ValueError`` or ``RecursionError`` for
   what is really not JSON).
 * ``dumps`` (compact, UTF-8, non-ASCII as is): orjson rejects strings with
@@ -32,8 +32,8 @@ from .protocol import utf8_line
 # One encoder: json.dumps with non-default arguments builds a new one per call.
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 # A number orjson may read as a float instead of an exact integer.
-_LONG_DIGITS = re.compile(rb"[0-9]{20}")
-_LONG_DIGITS_STR = re.compile(r"[0-9]{20}")
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+_LONG_DIGITS_STR = re.compile(r"[0-9]{19}")
 
 
 def loads(data: bytes | str) -> Any:

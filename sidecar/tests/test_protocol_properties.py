@@ -338,6 +338,8 @@ def test_real_sidecar_answers_any_line_and_keeps_serving(
 
 @settings(max_examples=300, deadline=None, database=None)
 @given(json_values, st.booleans())
+@example(-(2**63) - 1, False)  # 19 digits, below int64: orjson reads a float
+@example(2**64, False)
 def test_jsonio_reads_and_writes_what_the_standard_library_does(
     value: Any, ascii_only: bool
 ) -> None:

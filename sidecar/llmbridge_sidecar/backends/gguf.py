@@ -23,10 +23,14 @@ tokens, run on the engine thread between steps.
 
 Init options: ``n_ctx`` (context per sequence, default 2048), ``n_seq_max``
 (sequences decoded together, default 8), ``prefill_chunk`` (prompt tokens per
-step, default 256), ``n_threads`` (decode steps) and ``n_threads_batch``
-(steps with prompt tokens; llama-cpp-python's defaults: half the cores and
-all of them), ``kv_unified`` (one KV buffer for all sequences; default
-false), ``n_gpu_layers``, ``seed`` (the default sampling seed).
+step, default 256), ``n_threads`` (decode steps; default half the cores)
+and ``n_threads_batch`` (steps with prompt tokens; default ``n_threads`` when
+that is given, so ``--sidecars N`` processes never share a core, else every
+core),
+``kv_unified`` (one KV buffer for all sequences; default false: as fast here,
+and only split buffers give a sequence the same greedy answer batched as
+alone, BENCHMARKS.md), ``prefix_cache`` (default true), ``n_gpu_layers``,
+``seed`` (the default sampling seed).
 
 Tools (``complete`` with ``use_tools``) are not supported: -32602. llama-cpp-
 python renders a model's own chat template but never parses tool calls out of
@@ -43,6 +47,7 @@ does emit a well-formed call (``add({"a": 2, "b": 3})`` for "What is 2 plus
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import importlib.util
 import json
 import logging
@@ -146,7 +151,7 @@ def _loaded_details(llama_cpp: Any, llm: Any, path: str, n_ctx: int) -> dict[str
 
 def engine_config(options: dict[str, Any]) -> EngineConfig:
     """The engine's shape from init ``options`` (see the module docstring)."""
-    cores = os.cpu_count() or 1
+    cores = len(os.sched_getaffinity(0)) or 1
 
     def positive(name: str, default: int) -> int:
         value = options.get(name, default)
@@ -156,13 +161,18 @@ def engine_config(options: dict[str, Any]) -> EngineConfig:
             )
         return value
 
+    # llama-cpp-python's defaults: half the cores for decode steps (ggml's
+    # spinning threads make more many times slower on a busy machine), all
+    # of them for prompts. The server passes n_threads = cores / sidecars:
+    # an explicit budget holds for both.
     n_threads = positive("n_threads", max(cores // 2, 1))
+    batch_default = n_threads if "n_threads" in options else cores
     return EngineConfig(
         n_seq_max=positive("n_seq_max", DEFAULT_N_SEQ_MAX),
         n_ctx_seq=positive("n_ctx", DEFAULT_N_CTX),
         prefill_chunk=positive("prefill_chunk", DEFAULT_PREFILL_CHUNK),
         n_threads=n_threads,
-        n_threads_batch=positive("n_threads_batch", max(cores, n_threads)),
+        n_threads_batch=positive("n_threads_batch", batch_default),
         kv_unified=bool(options.get("kv_unified", False)),
         prefix_cache=bool(options.get("prefix_cache", True)),
     )
@@ -235,6 +245,7 @@ class GgufBackend(Backend):
         self._config = EngineConfig()
         self._engine: BatchEngine | None = None
         self._default_seed = DEFAULT_SEED
+        self._prompts = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="gguf-prompt")
 
     async def start(self) -> None:
         try:
@@ -314,6 +325,7 @@ class GgufBackend(Backend):
         llm, self._llm = self._llm, None
         embedder, self._embedder = self._embedder, None
         engine, self._engine = self._engine, None
+        self._prompts.shutdown(wait=False, cancel_futures=True)
 
         def free() -> None:
             for model in (llm, embedder):
@@ -409,8 +421,12 @@ class GgufBackend(Backend):
         seeded = request.sampling.seed is not None or "seed" in request.options
         chat = [m.to_chat() for m in request.messages]
         # Off the event loop, beside the running steps: rendering the template
-        # and tokenizing only read the vocabulary, which never changes once loaded.
-        prompt, stops = await asyncio.to_thread(build_prompt, llm, chat, stops)
+        # and tokenizing only read the vocabulary, which never changes once
+        # loaded. One thread, so requests reach the engine's queue in the order
+        # they came.
+        prompt, stops = await asyncio.get_running_loop().run_in_executor(
+            self._prompts, build_prompt, llm, chat, stops
+        )
         limit = self._config.n_ctx_seq
         if len(prompt) >= limit:
             raise BackendError(

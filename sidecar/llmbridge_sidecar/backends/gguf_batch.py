@@ -27,6 +27,8 @@ requests in and reads events out:
   longest prefix with its prompt (else the least recently used one), drops
   the rest (``llama_memory_seq_rm``) and prefills only what is new: the same
   system prompt, or the previous turn of a conversation, is not recomputed.
+  A running sequence's cells serve too (``llama_memory_seq_cp`` into the
+  new slot) when they hold a longer prefix than any free slot.
   ``cached_tokens`` counts what was reused. Bounded by the context (one
   sequence's cells per slot), evicted least recently used.
 * **Cancel.** The loop marks the sequence; the engine drops it before the
@@ -67,6 +69,8 @@ T = TypeVar("T")
 # window of recent tokens.
 PENALTY_LAST_N = 64
 DEFAULT_SEED = 0xFFFFFFFF  # LLAMA_DEFAULT_SEED: a random seed per chain
+# The shortest prefix worth copying from a running sequence's cells.
+COPY_MIN_TOKENS = 32
 
 
 @dataclass(frozen=True)
@@ -420,16 +424,27 @@ class BatchEngine:
     def _start(self, seq: Sequence, free: list[_Slot]) -> None:
         lc = self._llama
         limit = len(seq.prompt) - 1  # the last prompt token is always decoded: its logits
-        best = max(
-            free,
-            key=lambda s: (
-                min(common_prefix(s.tokens, seq.prompt), limit) if seq.reuse_prefix else 0,
-                -s.last_used,
-            ),
-        )
-        reuse = min(common_prefix(best.tokens, seq.prompt), limit) if seq.reuse_prefix else 0
+
+        def shared(slot: _Slot) -> int:
+            if not seq.reuse_prefix:
+                return 0
+            return min(common_prefix(slot.tokens, seq.prompt), limit)
+
+        best = max(free, key=lambda s: (shared(s), -s.last_used))
+        reuse = shared(best)
         if reuse == 0:
             best = min(free, key=lambda s: s.last_used)  # the least recently used
+        # A running sequence may hold a longer prefix (the same system prompt
+        # sent twice at once): its cells are copied into the least recently
+        # used free slot, worth it past a few tokens (a copy moves a whole
+        # sequence's buffer when the sequences have one each).
+        donor = max((s for s in self._slots if s.busy is not None), key=shared, default=None)
+        if donor is not None and shared(donor) >= reuse + COPY_MIN_TOKENS:
+            best = min(free, key=lambda s: s.last_used)
+            reuse = shared(donor)
+            lc.llama_memory_seq_rm(self._mem, best.seq_id, -1, -1)
+            lc.llama_memory_seq_cp(self._mem, donor.seq_id, best.seq_id, -1, -1)
+            best.tokens = list(donor.tokens)
         if reuse < len(best.tokens):
             lc.llama_memory_seq_rm(self._mem, best.seq_id, reuse if reuse > 0 else -1, -1)
         del best.tokens[reuse:]

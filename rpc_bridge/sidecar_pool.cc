@@ -23,37 +23,11 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-// The shortest wait a failure tells a client (google.rpc.RetryInfo).
-constexpr std::chrono::milliseconds kMinRetryDelay{1000};
-
 std::chrono::milliseconds Millis(Clock::duration d) {
   return std::chrono::duration_cast<std::chrono::milliseconds>(d);
 }
 
-// The back-off before start number `failures` + 1: none after the first
-// failure, then doubling from the initial back-off.
-Clock::duration Backoff(const RestartPolicy& policy, int failures) {
-  if (failures <= 1) return Clock::duration::zero();
-  const int doublings = std::min(failures - 2, 20);
-  return std::min<Clock::duration>(policy.initial_backoff * (int64_t{1} << doublings),
-                                   policy.max_backoff);
-}
-
 }  // namespace
-
-const char* SlotStateName(SlotState state) {
-  switch (state) {
-    case SlotState::kIdle:
-      return "idle";
-    case SlotState::kStarting:
-      return "starting";
-    case SlotState::kReady:
-      return "ready";
-    case SlotState::kFailed:
-      return "failed";
-  }
-  return "unknown";
-}
 
 bool PoolStatus::AnyReady() const {
   return std::any_of(slots.begin(), slots.end(), [](const SlotStatus& s) {
@@ -182,8 +156,7 @@ class PoolCore : public std::enable_shared_from_this<PoolCore> {
     uint64_t unload_seen = 0;  // the last Unload generation this slot honoured
   };
 
-  // The outcome of supervising a ready sidecar.
-  enum class End { kShutdown, kUnload, kIdle, kExited, kStalled, kUnresponsive };
+  using End = SidecarEnd;
 
   struct Dispatch {
     std::shared_ptr<PoolCall> call;
@@ -198,6 +171,10 @@ class PoolCore : public std::enable_shared_from_this<PoolCore> {
     limits.max_control_queue = options.max_control_queue;
     limits.queue_timeout = options.queue_timeout;
     return limits;
+  }
+
+  static RestartRecord Record(const Slot& slot) {
+    return RestartRecord{slot.failures, slot.ready_at, slot.served};
   }
 
   void Keep(int index);
@@ -946,19 +923,16 @@ void PoolCore::Keep(int index) {
     lock.lock();
     if (sidecar == nullptr) {
       if (Interrupted(slot)) continue;
-      ++slot.failures;
-      const Clock::duration backoff =
-          std::max<Clock::duration>(Backoff(policy, slot.failures), policy.initial_backoff);
-      // A client that retries sooner than the next start meets this again
-      // (and none is told to come back in less than a second).
-      failure = WithRetryDelay(std::move(failure),
-                               std::max(Millis(backoff), kMinRetryDelay));
-      slot.state = SlotState::kFailed;
+      const RestartDecision d = AfterFailedStart(policy, Record(slot));
+      slot.failures = d.failures;
+      // A client that retries sooner than the next start meets this again.
+      failure = WithRetryDelay(std::move(failure), d.retry_delay);
+      slot.state = d.state;
       slot.failure = failure;
       slot.pid = -1;
       std::vector<std::shared_ptr<PoolCall>> hopeless;
       if (!Hopeful()) hopeless = TakeQueue();
-      const auto retry_at = Clock::now() + backoff;
+      const auto retry_at = Clock::now() + d.wait;
       std::optional<int> release = ReleaseGateIfDone();
       lock.unlock();
       if (release.has_value()) options_.load_gate->Release(*release);
@@ -992,35 +966,20 @@ void PoolCore::Keep(int index) {
     slot.sidecar = nullptr;
     UpdateOpen(index);  // closes it
     slot.backend_ok = false;
-    const bool crashed =
-        end == End::kExited || end == End::kStalled || end == End::kUnresponsive;
-    if (crashed) {
-      const bool quick =
-          !slot.served && Clock::now() - slot.ready_at < policy.quick_failure;
-      slot.failures = quick ? slot.failures + 1 : 0;
-      slot.state = SlotState::kStarting;  // calls wait for the replacement
-    } else {
-      slot.failures = 0;
-      slot.state = SlotState::kIdle;
-    }
+    const bool crashed = IsCrash(end);
+    const RestartDecision decision = AfterEnd(policy, Record(slot), end, Clock::now());
+    slot.failures = decision.failures;
+    // While it stops: calls wait for the replacement of a crashed one.
+    slot.state = crashed ? SlotState::kStarting : SlotState::kIdle;
     if (end == End::kIdle && admission_.queued() == 0) demand_ = false;
     const absl::Status stall_why = slot.stall_why;
     lock.unlock();
     StateChanged();
     if (end == End::kStalled || end == End::kUnresponsive) sidecar->Kill();
     const ExitInfo exit = sidecar->Stop();
-    const char* why = "";
-    switch (end) {
-      case End::kShutdown: why = "shutdown"; break;
-      case End::kUnload: why = "unload"; break;
-      case End::kIdle: why = "keep_alive"; break;
-      case End::kExited: why = "exited"; break;
-      case End::kStalled: why = "stalled"; break;
-      case End::kUnresponsive: why = "health probe unanswered"; break;
-    }
     Json fields = {{"slot", index},
                    {"pid", sidecar->pid()},
-                   {"why", why},
+                   {"why", SidecarEndName(end)},
                    {"exit", exit.Describe()}};
     if (crashed) fields["stderr_tail"] = sidecar->StderrTail();
     if (end == End::kStalled) fields["error"] = std::string(stall_why.message());
@@ -1035,16 +994,16 @@ void PoolCore::Keep(int index) {
     if (release.has_value()) options_.load_gate->Release(*release);
     StateChanged();
     lock.lock();
-    if (crashed && slot.failures >= policy.max_quick_failures) {
-      slot.state = SlotState::kFailed;
-      const std::chrono::milliseconds backoff = Millis(Backoff(policy, slot.failures));
+    if (decision.failed) {
+      slot.state = decision.state;
       slot.failure = WithRetryDelay(
           WithReason(absl::UnavailableError(absl::StrCat(
                          "the sidecar keeps dying right after it starts (", slot.failures,
                          " times in a row, last: ", exit.Describe(),
-                         "); see the server log. Retrying in ", backoff.count(), " ms")),
+                         "); see the server log. Retrying in ",
+                         Millis(decision.wait).count(), " ms")),
                      reason::kSidecarUnavailable),
-          std::max(backoff, kMinRetryDelay));
+          decision.retry_delay);
       std::vector<std::shared_ptr<PoolCall>> hopeless;
       if (!Hopeful()) hopeless = TakeQueue();
       const absl::Status failure_now = slot.failure;
@@ -1054,7 +1013,7 @@ void PoolCore::Keep(int index) {
       lock.lock();
     }
     if (crashed) {
-      const auto retry_at = Clock::now() + Backoff(policy, slot.failures);
+      const auto retry_at = Clock::now() + decision.wait;
       cv_.wait_until(lock, retry_at, [&] { return Interrupted(slot); });
     }
   }

@@ -51,32 +51,9 @@
 #include "rpc_bridge/load_gate.h"
 #include "rpc_bridge/protocol.h"
 #include "rpc_bridge/sidecar.h"
+#include "rpc_bridge/supervision.h"
 
 namespace llmbridge::rpc {
-
-// When a sidecar is started again after it failed.
-struct RestartPolicy {
-  // A sidecar that dies within this time of becoming ready, before any
-  // call ended well on it, counts as a quick failure; one that ran longer
-  // or served a call restarts at once with a clean slate (a kill mid-stream
-  // is not a crash loop).
-  std::chrono::milliseconds quick_failure{10000};
-  // Consecutive failures (failed starts, quick deaths) back off: the first
-  // restart is immediate, then initial_backoff, doubling, up to max_backoff.
-  std::chrono::milliseconds initial_backoff{100};
-  std::chrono::milliseconds max_backoff{30000};
-  // This many quick deaths in a row: the slot counts as failed (calls fail
-  // at once, with the last exit) until its next start succeeds.
-  int max_quick_failures = 5;
-};
-
-enum class SlotState {
-  kIdle,      // no process: not started yet (on demand) or unloaded
-  kStarting,  // spawning, in init, or waiting to restart after a crash
-  kReady,     // serving
-  kFailed,    // its last start failed (or it keeps crashing); retrying later
-};
-const char* SlotStateName(SlotState state);
 
 struct SlotStatus {
   SlotState state = SlotState::kIdle;

@@ -222,7 +222,7 @@ absl::StatusOr<CompleteResult> Client::Complete(CompleteParams params,
 StreamHandle Client::Stream(CompleteParams params, StreamHandlers handlers,
                             CallOptions call) {
   if (!config_status_.ok()) {
-    if (handlers.on_done) handlers.on_done(config_status_);
+    std::move(handlers.on_done).Finish(config_status_);
     return StreamHandle();
   }
   auto state = std::make_shared<StreamState>();
@@ -237,27 +237,22 @@ StreamHandle Client::Stream(CompleteParams params, StreamHandlers handlers,
     return OnStreamNotification(*state, n);
   };
   request.handlers.on_reply = [state](absl::StatusOr<Json> reply) {
-    // Runs exactly once (the pool guarantees it), possibly on another
-    // thread than the chunks, but never concurrently with them.
-    std::function<void(absl::StatusOr<CompleteResult>)> on_done =
-        std::move(state->handlers.on_done);
+    // Runs once (it is a Reply), possibly on another thread than the
+    // chunks, but never concurrently with them.
+    Reply<CompleteResult> on_done = std::move(state->handlers.on_done);
     state->handlers = StreamHandlers();
-    if (!on_done) return;
-    if (!reply.ok()) {
-      on_done(reply.status());
-    } else {
-      on_done(DecodeResult(*reply));
-    }
+    std::move(on_done).Finish(reply.ok() ? DecodeResult(*reply)
+                                         : absl::StatusOr<CompleteResult>(reply.status()));
   };
   return StreamHandle(pool_->Submit(std::move(request)));
 }
 
 StreamHandle Client::CallAsync(const std::string& method, Json params,
                                std::chrono::milliseconds timeout,
-                               std::function<void(absl::StatusOr<Json>)> on_reply,
+                               Reply<Json> on_reply,
                                bool only_if_ready) {
   if (!config_status_.ok()) {
-    on_reply(config_status_);
+    std::move(on_reply).Finish(config_status_);
     return StreamHandle();
   }
   PoolCallRequest request;
@@ -272,9 +267,9 @@ StreamHandle Client::CallAsync(const std::string& method, Json params,
 
 StreamHandle Client::CallAdmitted(
     const std::string& method, Json params,
-    std::function<void(absl::StatusOr<Json>)> on_reply, CallOptions call) {
+    Reply<Json> on_reply, CallOptions call) {
   if (!config_status_.ok()) {
-    on_reply(config_status_);
+    std::move(on_reply).Finish(config_status_);
     return StreamHandle();
   }
   PoolCallRequest request = AdmittedRequest(method, std::move(params), call);

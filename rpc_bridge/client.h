@@ -36,6 +36,7 @@
 #include "absl/status/statusor.h"
 #include "rpc_bridge/config.h"
 #include "rpc_bridge/protocol.h"
+#include "rpc_bridge/reply.h"
 #include "rpc_bridge/sidecar_pool.h"
 
 namespace llmbridge::rpc {
@@ -55,7 +56,7 @@ struct StreamHandlers {
   std::function<void(std::string& delta)> on_chunk;
   // Exactly once, last: the final result (usage, finish_reason, model) or
   // the error that ended the stream.
-  std::function<void(absl::StatusOr<CompleteResult>)> on_done;
+  Reply<CompleteResult> on_done;
   // With use_tools: each tool call and each tool result, in stream order.
   // Optional.
   std::function<void(const ToolEvent& event)> on_tool_event;
@@ -154,8 +155,7 @@ class Client {
   // at once with FAILED_PRECONDITION. The handle cancels it, queued or sent.
   StreamHandle CallAsync(const std::string& method, Json params,
                  std::chrono::milliseconds timeout,
-                 std::function<void(absl::StatusOr<Json>)> on_reply,
-                 bool only_if_ready = false);
+                 Reply<Json> on_reply, bool only_if_ready = false);
 
   // A unary call that costs the backend real work ("embed"): admitted like
   // a completion (it counts towards max_concurrent and max_queue and may be
@@ -164,7 +164,7 @@ class Client {
   // blocks: `on_reply` runs exactly once, on a bridge thread, or before this
   // returns when the call is refused. The handle cancels it.
   StreamHandle CallAdmitted(const std::string& method, Json params,
-                            std::function<void(absl::StatusOr<Json>)> on_reply,
+                            Reply<Json> on_reply,
                             CallOptions call = {});
 
   // The pool's published state: sidecars, load, health.

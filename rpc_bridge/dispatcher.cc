@@ -16,7 +16,7 @@ Dispatcher::Dispatcher(DispatcherOptions options)
 
 void Dispatcher::ReplyLocked(PendingCall& call, absl::StatusOr<Json> reply) {
   call.replied = true;
-  if (call.handlers.on_reply) call.handlers.on_reply(std::move(reply));
+  std::move(call.handlers.on_reply).Finish(std::move(reply));
   if (call.settle_after_reply && !call.settled) {
     call.settled = true;
     if (call.handlers.on_settled) call.handlers.on_settled();

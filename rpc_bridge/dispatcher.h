@@ -32,6 +32,7 @@
 #include "absl/status/statusor.h"
 #include "rpc_bridge/line_reader.h"
 #include "rpc_bridge/protocol.h"
+#include "rpc_bridge/reply.h"
 #include "rpc_bridge/transport.h"
 
 namespace llmbridge::rpc {
@@ -47,8 +48,8 @@ struct CallHandlers {
   std::function<void(std::string text)> on_chunk;
   // Other stream.* notifications addressed to this call. Optional.
   std::function<NotificationOutcome(const Notification&)> on_notification;
-  // Called exactly once: the result, or the error as a status.
-  std::function<void(absl::StatusOr<Json>)> on_reply;
+  // The result, or the error as a status: once, by type (reply.h).
+  Reply<Json> on_reply;
   // Called once, after on_reply, when the sidecar is done with the call:
   // with its reply, or (when on_reply came from Cancel or a bad line) when
   // its answer to the cancel arrives, or when its output closes. A

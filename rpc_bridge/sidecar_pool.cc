@@ -83,7 +83,7 @@ class PoolCall {
   enum class Phase { kQueued, kSending, kSent, kDone };
   Phase phase = Phase::kQueued;
   PoolCallRequest request;
-  std::function<void(absl::StatusOr<Json>)> on_reply;
+  Reply<Json> on_reply;  // moved out to run, once, outside mu_
   Admission::CallId admission_id = 0;  // unique in its pool
   int slot = -1;
   std::weak_ptr<Sidecar> sidecar;
@@ -383,9 +383,8 @@ std::vector<std::shared_ptr<PoolCall>> PoolCore::TakeQueue() {
 
 void PoolCore::Finish(const std::shared_ptr<PoolCall>& call,
                       absl::StatusOr<Json> reply) {
-  std::function<void(absl::StatusOr<Json>)> on_reply = std::move(call->on_reply);
-  call->on_reply = nullptr;
-  if (on_reply) on_reply(std::move(reply));
+  Reply<Json> on_reply = std::move(call->on_reply);
+  std::move(on_reply).Finish(std::move(reply));
 }
 
 void PoolCore::FailAll(std::vector<std::shared_ptr<PoolCall>> calls,
@@ -396,7 +395,6 @@ void PoolCore::FailAll(std::vector<std::shared_ptr<PoolCall>> calls,
 PoolCallHandle PoolCore::Submit(PoolCallRequest request) {
   auto call = std::make_shared<PoolCall>();
   call->on_reply = std::move(request.handlers.on_reply);
-  request.handlers.on_reply = nullptr;
   call->request = std::move(request);
   PoolCallHandle handle(weak_from_this(), call);
   std::vector<Dispatch> now;

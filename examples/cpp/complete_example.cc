@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <future>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -54,7 +55,7 @@ int main(int argc, char** argv) {
   };
   // Never blocks: the sidecar starts (or the call is refused) in the
   // background, and on_done reports the outcome either way.
-  StreamHandle stream = client.Stream(params, handlers);
+  StreamHandle stream = client.Stream(params, std::move(handlers));
   // stream.Cancel(absl::CancelledError("...")) would stop it early.
   absl::StatusOr<CompleteResult> result = finished.get_future().get();
   if (!result.ok()) {

@@ -2,6 +2,7 @@
 #include "rpc_bridge/dispatcher.h"
 
 #include <mutex>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -25,18 +26,27 @@ class FakeTransport : public Transport {
   bool broken = false;
 };
 
+// What a call's handlers saw. The handlers share the log, so a call still
+// pending when the test ends can be answered (a Reply destroyed unfinished
+// answers INTERNAL) after the Recorder itself is gone.
 struct Recorder {
-  std::vector<std::string> chunks;
-  std::vector<absl::StatusOr<Json>> replies;
+  struct Log {
+    std::vector<std::string> chunks;
+    std::vector<absl::StatusOr<Json>> replies;
+  };
+  std::shared_ptr<Log> log = std::make_shared<Log>();
+  std::vector<std::string>& chunks = log->chunks;
+  std::vector<absl::StatusOr<Json>>& replies = log->replies;
+
   CallHandlers Handlers() {
-    return {[this](std::string text) { chunks.push_back(std::move(text)); },
+    return {[log = log](std::string text) { log->chunks.push_back(std::move(text)); },
             nullptr,
-            [this](absl::StatusOr<Json> r) { replies.push_back(std::move(r)); }};
+            [log = log](absl::StatusOr<Json> r) { log->replies.push_back(std::move(r)); }};
   }
   // A plain request (no stream handlers), like a health probe.
   CallHandlers Plain() {
     return {nullptr, nullptr,
-            [this](absl::StatusOr<Json> r) { replies.push_back(std::move(r)); }};
+            [log = log](absl::StatusOr<Json> r) { log->replies.push_back(std::move(r)); }};
   }
 };
 

@@ -83,7 +83,7 @@ class Harness {
     handlers.on_reply = [record](absl::StatusOr<Json>) {
       if (++record->replies > 1) __builtin_trap();
     };
-    record->id = dispatcher_.Call(kMethodComplete, Json::object(), handlers);
+    record->id = dispatcher_.Call(kMethodComplete, Json::object(), std::move(handlers));
     return record;
   }
 

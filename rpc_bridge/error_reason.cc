@@ -6,10 +6,13 @@
 
 #include "absl/strings/cord.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
 
 namespace llmbridge::rpc {
 namespace {
 constexpr char kReasonPayloadUrl[] = "type.llmbridge.io/llmbridge.rpc.Reason";
+// The settings, comma-separated.
+constexpr char kLimitsPayloadUrl[] = "type.llmbridge.io/llmbridge.rpc.Limits";
 // The delay in whole milliseconds, as decimal text.
 constexpr char kRetryDelayPayloadUrl[] = "type.llmbridge.io/llmbridge.rpc.RetryDelay";
 }  // namespace
@@ -23,6 +26,23 @@ std::optional<std::string> AttachedReason(const absl::Status& status) {
   auto payload = status.GetPayload(kReasonPayloadUrl);
   if (!payload.has_value()) return std::nullopt;
   return std::string(*payload);
+}
+
+absl::Status WithLimits(absl::Status status, std::initializer_list<std::string_view> limits) {
+  if (status.ok()) return status;
+  std::string joined;
+  for (std::string_view limit : limits) {
+    if (!joined.empty()) joined += ',';
+    joined += limit;
+  }
+  status.SetPayload(kLimitsPayloadUrl, absl::Cord(joined));
+  return status;
+}
+
+std::vector<std::string> AttachedLimits(const absl::Status& status) {
+  auto payload = status.GetPayload(kLimitsPayloadUrl);
+  if (!payload.has_value()) return {};
+  return absl::StrSplit(std::string(*payload), ',', absl::SkipEmpty());
 }
 
 absl::Status WithRetryDelay(absl::Status status, std::chrono::milliseconds delay) {

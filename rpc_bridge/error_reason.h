@@ -10,9 +10,11 @@
 #define LLMBRIDGE_RPC_BRIDGE_ERROR_REASON_H_
 
 #include <chrono>
+#include <initializer_list>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "absl/status/status.h"
 
@@ -54,6 +56,26 @@ absl::Status WithReason(absl::Status status, std::string_view reason);
 
 // The reason attached by WithReason, if any.
 std::optional<std::string> AttachedReason(const absl::Status& status);
+
+// The settings a status names as its cause, in the library's own terms
+// (Config and PoolOptions fields): the bridge says which limit was met,
+// and the gRPC layer turns that into the server flags to change, so the
+// library never speaks a command line it does not have.
+namespace limit {
+inline constexpr char kMaxConcurrent[] = "max_concurrent";
+inline constexpr char kMaxQueue[] = "max_queue";
+inline constexpr char kQueueTimeout[] = "queue_timeout";
+inline constexpr char kMaxLoadedModels[] = "max_loaded_models";
+inline constexpr char kStartupTimeout[] = "startup_timeout";
+inline constexpr char kRequestTimeout[] = "request_timeout";
+inline constexpr char kSidecarCommand[] = "sidecar_command";  // python_path, sidecar_path
+}  // namespace limit
+
+// `status` with the settings behind it attached (a no-op on OK).
+absl::Status WithLimits(absl::Status status, std::initializer_list<std::string_view> limits);
+
+// The settings attached by WithLimits, in order; empty when none.
+std::vector<std::string> AttachedLimits(const absl::Status& status);
 
 // `status` with the delay a caller should wait before retrying attached
 // (a no-op on OK; negative delays count as 0). It becomes the RetryInfo of

@@ -52,11 +52,12 @@ absl::StatusOr<std::unique_ptr<Sidecar>> Sidecar::Spawn(SidecarOptions options,
   absl::StatusOr<std::unique_ptr<Subprocess>> process =
       Subprocess::Spawn(spawn);
   if (!process.ok()) {
-    return WithReason(absl::UnavailableError(absl::StrCat(
-                          "cannot start the sidecar: ",
-                          process.status().message(),
-                          " (check --python and --sidecar)")),
-                      reason::kSidecarUnavailable);
+    return WithLimits(
+        WithReason(absl::UnavailableError(absl::StrCat(
+                       "cannot start the sidecar: ", process.status().message(),
+                       " (check the Python interpreter and the sidecar path)")),
+                   reason::kSidecarUnavailable),
+        {limit::kSidecarCommand});
   }
   sidecar->process_ = *std::move(process);
   StdioTransportOptions transport;
@@ -80,11 +81,12 @@ absl::StatusOr<std::unique_ptr<Sidecar>> Sidecar::Start(
   const auto timeout = (*sidecar)->options_.config.startup_timeout;
   auto outcome = OneShot<absl::Status>::Make();
   (*sidecar)->SendInit(OneShot<absl::Status>::Setter(outcome));
-  absl::Status ready = outcome->WaitFor(timeout).value_or(WithReason(
-      absl::UnavailableError(absl::StrCat(
-          "the sidecar was not ready within ", timeout.count(),
-          " ms (raise --startup_timeout if the model loads slowly)")),
-      reason::kSidecarUnavailable));
+  absl::Status ready = outcome->WaitFor(timeout).value_or(WithLimits(
+      WithReason(absl::UnavailableError(absl::StrCat(
+                     "the sidecar was not ready within ", timeout.count(),
+                     " ms (allow a longer start if the model loads slowly)")),
+                 reason::kSidecarUnavailable),
+      {limit::kStartupTimeout}));
   if (!ready.ok()) {
     (*sidecar)->Stop();
     return ready;

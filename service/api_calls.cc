@@ -20,6 +20,7 @@
 #include "absl/base/thread_annotations.h"
 #include "rpc_bridge/error_reason.h"
 #include "service/call_context.h"
+#include "service/call_lifecycle.h"
 #include "service/grpc_status.h"
 #include "service/local_llm_service.h"
 #include "service/logging.h"
@@ -48,14 +49,7 @@ class SidecarCallReactor : public grpc::ServerUnaryReactor {
  public:
   SidecarCallReactor(LocalLLMService* service, grpc::CallbackServerContext* context,
                      Metrics* metrics, std::string method)
-      : service_(service),
-        context_(context),
-        method_(std::move(method)),
-        observer_(metrics, method_),
-        request_id_(RequestIdOf(*context)),
-        start_(std::chrono::steady_clock::now()) {
-    context->AddInitialMetadata(kRequestIdHeader, request_id_);
-  }
+      : context_(context), life_(service, context, metrics, std::move(method)) {}
 
   // Sends `params` to `sidecar_method` of the sidecars that serve `model`
   // (the request's), or ends the call with the first error among them.
@@ -74,12 +68,12 @@ class SidecarCallReactor : public grpc::ServerUnaryReactor {
   }
 
   // Counts the call in the service's calls in flight; ends it (and returns
-  // false) once the server is shutting down. Then resolves `model`: the
+  // nullopt) once the server is shutting down. Then resolves `model`: the
   // route, or nullopt with the call ended (NOT_FOUND naming the served
   // models).
   std::optional<ModelRouter::Route> Route(const ModelRouter& router,
                                           const std::string& model) {
-    if (!counted_ && !Admit(model)) return std::nullopt;
+    if (!admitted_ && !Admit(model)) return std::nullopt;
     absl::StatusOr<ModelRouter::Route> route = router.Resolve(model);
     if (!route.ok()) {
       End(route.status());
@@ -87,7 +81,7 @@ class SidecarCallReactor : public grpc::ServerUnaryReactor {
     }
     const rpc::Config& config = route->model->client->config();
     error_context_ = {config.backend, model.empty() ? route->model->entry.name : model,
-                      request_id_};
+                      life_.request_id()};
     return *std::move(route);
   }
 
@@ -108,43 +102,27 @@ class SidecarCallReactor : public grpc::ServerUnaryReactor {
     };
     const std::optional<std::chrono::steady_clock::time_point> deadline =
         SteadyDeadline(*context_);
-    rpc::StreamHandle handle;
     if (admission == Admission::kWaitForReady) {
       const auto limit = deadline.value_or(std::chrono::steady_clock::now() +
                                            client->config().request_timeout);
       const auto timeout = std::chrono::duration_cast<std::chrono::milliseconds>(
           limit - std::chrono::steady_clock::now());
-      handle = client->CallAsync(sidecar_method, std::move(params),
-                                 std::max(timeout, std::chrono::milliseconds(1)),
-                                 std::move(reply));
-    } else {
-      rpc::CallOptions call;
-      call.deadline = deadline;
-      handle = client->CallAdmitted(sidecar_method, std::move(params), std::move(reply),
-                                    call);
+      life_.SetHandle(client->CallAsync(sidecar_method, std::move(params),
+                                        std::max(timeout, std::chrono::milliseconds(1)),
+                                        std::move(reply)));
+      return;
     }
-    bool cancel_now;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      handle_ = handle;
-      cancel_now = cancel_requested_;
-    }
-    if (cancel_now) handle.Cancel(WhyCancelled(service_->draining(), *context_));
+    rpc::CallOptions call;
+    call.deadline = deadline;
+    life_.SetHandle(
+        client->CallAdmitted(sidecar_method, std::move(params), std::move(reply), call));
   }
 
   // Ends the call without the sidecar.
   void Answer(const absl::Status& status) { End(status); }
 
-  void OnCancel() override {
-    std::optional<rpc::StreamHandle> handle;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      cancel_requested_ = true;
-      handle = handle_;
-    }
-    // on_reply follows (now or soon) and finishes the call; must not hold mu_.
-    if (handle.has_value()) handle->Cancel(WhyCancelled(service_->draining(), *context_));
-  }
+  // on_reply follows (now or soon) and finishes the call.
+  void OnCancel() override { life_.OnGrpcCancel(); }
 
   void OnDone() override {
     absl::Status status;
@@ -152,20 +130,7 @@ class SidecarCallReactor : public grpc::ServerUnaryReactor {
       std::lock_guard<std::mutex> lock(mu_);
       status = final_status_;
     }
-    nlohmann::json fields = {
-        {"request_id", request_id_},
-        {"method", method_},
-        {"model", error_context_.model},
-        {"code", CodeName(status.code())},
-        {"ms", std::chrono::duration_cast<std::chrono::milliseconds>(
-                   std::chrono::steady_clock::now() - start_)
-                   .count()}};
-    if (!status.ok()) {
-      fields["reason"] = ReasonFor(status);
-      fields["error"] = std::string(status.message());
-    }
-    LogEvent(status.ok() ? "info" : "warn", "request_done", std::move(fields));
-    if (counted_) service_->CallEnded();
+    life_.LogDone(status, {{"model", error_context_.model}});
     delete this;
   }
 
@@ -174,14 +139,13 @@ class SidecarCallReactor : public grpc::ServerUnaryReactor {
   bool Admit(const std::string& model) {
     // Written before the call is sent: the bridge thread that reads it in
     // End is started by that send.
-    error_context_ = {"", model, request_id_};
-    if (!service_->CallStarted()) {
-      End(rpc::WithReason(absl::UnavailableError(
-                              "the server is shutting down; retry on another instance"),
-                          rpc::reason::kShuttingDown));
+    error_context_ = {"", model, life_.request_id()};
+    absl::Status begun = life_.Begin();
+    if (!begun.ok()) {
+      End(begun);
       return false;
     }
-    counted_ = true;
+    admitted_ = true;
     return true;
   }
 
@@ -189,25 +153,19 @@ class SidecarCallReactor : public grpc::ServerUnaryReactor {
     std::lock_guard<std::mutex> lock(mu_);
     if (finished_) return;
     finished_ = true;
-    observer_.Finish(status.code());
+    life_.observer().Finish(status.code());
     final_status_ = status;
     Finish(ToGrpcStatus(status, error_context_));
   }
 
-  LocalLLMService* const service_;
   grpc::CallbackServerContext* const context_;
-  const std::string method_;
-  Metrics::Call observer_;
-  const std::string request_id_;
-  const std::chrono::steady_clock::time_point start_;
-  bool counted_ = false;        // counted in the service's in-flight calls
+  CallLifecycle life_;
+  bool admitted_ = false;
   ErrorContext error_context_;  // set before the call is sent
 
   std::mutex mu_;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
-  bool cancel_requested_ ABSL_GUARDED_BY(mu_) = false;
   absl::Status final_status_ ABSL_GUARDED_BY(mu_);
-  std::optional<rpc::StreamHandle> handle_ ABSL_GUARDED_BY(mu_);
 };
 
 // An OnSidecarReply that stores `convert(result)` in `*response`.

@@ -24,18 +24,6 @@ bool IsPlainText(const CompleteResponse& r) {
   return !r.done() && !r.has_tool_call() && !r.has_tool_result();
 }
 
-// Why a call ended, for the log: the client, its deadline, the server's
-// shutdown, admission control, a slow client, or the outcome itself.
-std::string CauseOf(const absl::Status& status, const std::string& reason) {
-  if (status.ok()) return "completed";
-  if (reason == rpc::reason::kOverloaded) return "overload";
-  if (reason == rpc::reason::kClientTooSlow) return "client_too_slow";
-  if (reason == rpc::reason::kShuttingDown) return "shutdown";
-  if (absl::IsDeadlineExceeded(status)) return "deadline";
-  if (absl::IsCancelled(status)) return "client";
-  return "error";
-}
-
 // One Complete call. The sidecar's stream feeds a queue; gRPC drains it one
 // write at a time. While a write is in flight, text deltas are merged into
 // the last queued message, so a slow client gets fewer, larger messages
@@ -48,20 +36,15 @@ class CompleteReactor : public grpc::ServerWriteReactor<CompleteResponse> {
                   const ServiceOptions& options,
                   grpc::CallbackServerContext* context,
                   const llmbridge::v1::CompleteRequest& request)
-      : service_(service),
-        context_(context),
+      : life_(service, context, options.metrics, "Complete"),
         max_unsent_bytes_(options.max_unsent_bytes),
-        observer_(options.metrics, "Complete"),
-        request_id_(RequestIdOf(*context)),
         route_(router->Resolve(request.model())),
         error_context_{route_.ok() ? route_->model->entry.client.backend : "",
                        request.model().empty() && route_.ok()
                            ? route_->model->entry.name
                            : request.model(),
-                       request_id_},
-        start_(std::chrono::steady_clock::now()) {
-    context->AddInitialMetadata(kRequestIdHeader, request_id_);
-    nlohmann::json fields = {{"request_id", request_id_},
+                       life_.request_id()} {
+    nlohmann::json fields = {{"request_id", life_.request_id()},
                              {"method", "Complete"},
                              {"model", error_context_.model},
                              {"messages", request.messages_size()},
@@ -75,14 +58,10 @@ class CompleteReactor : public grpc::ServerWriteReactor<CompleteResponse> {
     }
     LogEvent("info", "request_start", std::move(fields));
 
-    if (!service_->CallStarted()) {
-      End(rpc::WithReason(
-          absl::UnavailableError(
-              "the server is shutting down; retry on another instance"),
-          rpc::reason::kShuttingDown));
+    if (absl::Status begun = life_.Begin(); !begun.ok()) {
+      End(begun);
       return;
     }
-    counted_ = true;
     absl::StatusOr<rpc::CompleteParams> params =
         ToCompleteParams(request, options.max_request_bytes);
     if (!params.ok()) {
@@ -105,7 +84,7 @@ class CompleteReactor : public grpc::ServerWriteReactor<CompleteResponse> {
     handlers.on_done = [this](absl::StatusOr<rpc::CompleteResult> result) {
       if (result.ok()) {
         output_tokens_ = result->usage.output_tokens;
-        observer_.OutputTokens(result->usage.output_tokens);
+        life_.observer().OutputTokens(result->usage.output_tokens);
         Push(ToFinalResponse(*result), 0);
       }
       End(result.status());
@@ -114,23 +93,14 @@ class CompleteReactor : public grpc::ServerWriteReactor<CompleteResponse> {
     call.deadline = SteadyDeadline(*context);
     // Never blocks: the pool sends the call, queues it, or refuses it (then
     // on_done has run already).
-    rpc::StreamHandle handle =
-        client->Stream(*std::move(params), std::move(handlers), call);
-    bool cancel_now;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      handle_ = handle;
-      cancel_now = cancel_requested_;
-    }
-    if (cancel_now) CancelStream(ClientCancelled());
+    life_.SetHandle(client->Stream(*std::move(params), std::move(handlers), call));
   }
 
   void OnWriteDone(bool ok) override {
     if (!ok) {
       // The client is gone: stop the model's work too.
-      CancelStream(rpc::WithReason(
-          absl::CancelledError("the client went away mid-stream"),
-          rpc::reason::kRequestCancelled));
+      life_.Cancel(rpc::WithReason(absl::CancelledError("the client went away mid-stream"),
+                                   rpc::reason::kRequestCancelled));
     }
     std::lock_guard<std::mutex> lock(mu_);
     writing_ = false;
@@ -141,59 +111,26 @@ class CompleteReactor : public grpc::ServerWriteReactor<CompleteResponse> {
     StartNextLocked();
   }
 
-  void OnCancel() override {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      cancel_requested_ = true;
-      if (!handle_.has_value()) return;  // the constructor will cancel
-    }
-    CancelStream(ClientCancelled());
-  }
+  // on_done follows (now or soon) and ends the stream.
+  void OnCancel() override { life_.OnGrpcCancel(); }
 
   void OnDone() override {
     absl::Status status;
+    int64_t tokens_sent;
     {
       std::lock_guard<std::mutex> lock(mu_);
       status = final_status_;
+      tokens_sent = tokens_sent_;
     }
-    observer_.Finish(status.code());
-    const std::string reason = status.ok() ? "" : ReasonFor(status);
-    nlohmann::json fields = {
-        {"request_id", request_id_},
-        {"method", "Complete"},
-        {"code", CodeName(status.code())},
-        {"cause", CauseOf(status, reason)},
-        {"ms", std::chrono::duration_cast<std::chrono::milliseconds>(
-                   std::chrono::steady_clock::now() - start_)
-                   .count()},
-        {"output_tokens", output_tokens_},
-        {"tokens_sent", tokens_sent_}};
-    if (!status.ok()) {
-      fields["reason"] = reason;
-      fields["error"] = std::string(status.message());
-    }
-    LogEvent(status.ok() ? "info" : "warn", "request_done", std::move(fields));
-    if (counted_) service_->CallEnded();
+    life_.observer().Finish(status.code());
+    life_.LogDone(status, {{"output_tokens", output_tokens_}, {"tokens_sent", tokens_sent}});
     delete this;
   }
 
  private:
-  absl::Status ClientCancelled() {
-    return WhyCancelled(service_->draining(), *context_);
-  }
-
-  void CancelStream(const absl::Status& why) {
-    std::optional<rpc::StreamHandle> handle;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      handle = handle_;
-    }
-    // on_done follows (now or soon); must not hold mu_.
-    if (handle.has_value()) handle->Cancel(why);
-  }
 
   void OnDelta(std::string& delta) {
-    observer_.FirstChunk();
+    life_.observer().FirstChunk();
     bool too_slow = false;
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -217,7 +154,7 @@ class CompleteReactor : public grpc::ServerWriteReactor<CompleteResponse> {
       }
     }
     if (too_slow) {
-      CancelStream(rpc::WithReason(
+      life_.Cancel(rpc::WithReason(
           absl::ResourceExhaustedError(absl::StrCat(
               "the client read the stream too slowly: more than ",
               max_unsent_bytes_,
@@ -280,7 +217,7 @@ class CompleteReactor : public grpc::ServerWriteReactor<CompleteResponse> {
   void FinishLocked(const CompleteResponse* last = nullptr)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     finished_ = true;
-    observer_.Finish(final_status_.code());
+    life_.observer().Finish(final_status_.code());
     if (last != nullptr) {
       StartWriteAndFinish(last, grpc::WriteOptions(), *end_);
     } else {
@@ -288,15 +225,10 @@ class CompleteReactor : public grpc::ServerWriteReactor<CompleteResponse> {
     }
   }
 
-  LocalLLMService* const service_;
-  grpc::CallbackServerContext* const context_;
+  CallLifecycle life_;
   const size_t max_unsent_bytes_;
-  bool counted_ = false;  // counted in the service's in-flight calls
-  Metrics::Call observer_;
-  const std::string request_id_;
   const absl::StatusOr<ModelRouter::Route> route_;
   const ErrorContext error_context_;
-  const std::chrono::steady_clock::time_point start_;
   int output_tokens_ = 0;  // written on the reader thread before End
 
   std::mutex mu_;
@@ -307,10 +239,8 @@ class CompleteReactor : public grpc::ServerWriteReactor<CompleteResponse> {
   CompleteResponse current_ ABSL_GUARDED_BY(mu_);
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
-  bool cancel_requested_ ABSL_GUARDED_BY(mu_) = false;
   absl::Status final_status_ ABSL_GUARDED_BY(mu_);
   std::optional<grpc::Status> end_ ABSL_GUARDED_BY(mu_);
-  std::optional<rpc::StreamHandle> handle_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace
@@ -321,20 +251,21 @@ grpc::ServerWriteReactor<CompleteResponse>* LocalLLMService::Complete(
   return new CompleteReactor(this, router_, options_, context, *request);
 }
 
-bool LocalLLMService::CallStarted() {
+bool LocalLLMService::CallStarted(std::shared_ptr<CancelLatch> latch) {
   std::lock_guard<std::mutex> lock(drain_mu_);
   if (draining_) return false;
-  ++in_flight_;
-  trim_policy_.OnStarted(in_flight_);
+  in_flight_.insert(std::move(latch));
+  trim_policy_.OnStarted(static_cast<int>(in_flight_.size()));
   return true;
 }
 
-void LocalLLMService::CallEnded() {
+void LocalLLMService::CallEnded(const std::shared_ptr<CancelLatch>& latch) {
   bool trim;
   {
     std::lock_guard<std::mutex> lock(drain_mu_);
-    if (--in_flight_ == 0) drain_cv_.notify_all();
-    trim = trim_policy_.OnEnded(in_flight_);
+    in_flight_.erase(latch);
+    if (in_flight_.empty()) drain_cv_.notify_all();
+    trim = trim_policy_.OnEnded(static_cast<int>(in_flight_.size()));
   }
   if (trim) ReleaseFreeMemory();  // once per burst, outside the lock
 }
@@ -351,7 +282,17 @@ void LocalLLMService::StopAccepting() {
 
 bool LocalLLMService::WaitIdle(std::chrono::steady_clock::time_point deadline) {
   std::unique_lock<std::mutex> lock(drain_mu_);
-  return drain_cv_.wait_until(lock, deadline, [this] { return in_flight_ == 0; });
+  return drain_cv_.wait_until(lock, deadline, [this] { return in_flight_.empty(); });
+}
+
+void LocalLLMService::CancelAll(const absl::Status& why) {
+  std::vector<std::shared_ptr<CancelLatch>> calls;
+  {
+    std::lock_guard<std::mutex> lock(drain_mu_);
+    calls.assign(in_flight_.begin(), in_flight_.end());
+  }
+  // Outside drain_mu_: a call may end (and leave the set) as it is cancelled.
+  for (const std::shared_ptr<CancelLatch>& call : calls) call->Cancel(why);
 }
 
 }  // namespace llmbridge::service

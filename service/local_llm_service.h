@@ -14,11 +14,15 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
+#include <memory>
 #include <mutex>
+#include <set>
 
+#include "absl/base/thread_annotations.h"
 #include "grpcpp/grpcpp.h"
 #include "llmbridge/v1/llmbridge.grpc.pb.h"
 #include "rpc_bridge/client.h"
+#include "service/call_lifecycle.h"
 #include "service/memory_trim.h"
 #include "service/metrics.h"
 #include "service/model_router.h"
@@ -71,15 +75,18 @@ class LocalLLMService final : public llmbridge::v1::LocalLLM::CallbackService {
       const llmbridge::v1::ListModelsRequest* request,
       llmbridge::v1::ListModelsResponse* response) override;
 
-  // Graceful shutdown, any thread. StopAccepting: from now on Complete calls
-  // are refused (UNAVAILABLE, reason SHUTTING_DOWN). WaitIdle: returns once
-  // the calls in flight have ended (true), or at `deadline` (false).
+  // Graceful shutdown, any thread. StopAccepting: from now on calls are
+  // refused (UNAVAILABLE, reason SHUTTING_DOWN). WaitIdle: returns once the
+  // calls in flight have ended (true), or at `deadline` (false).
+  // CancelAll: cancels every call in flight with `why` (queued ones, and
+  // the sidecar's work of running ones); they end soon after.
   void StopAccepting();
   bool WaitIdle(std::chrono::steady_clock::time_point deadline);
+  void CancelAll(const absl::Status& why);
 
-  // Reactors report their start and end (any thread).
-  bool CallStarted();  // false when draining: refuse the call
-  void CallEnded();
+  // Each call's CallLifecycle reports its start and end (any thread).
+  bool CallStarted(std::shared_ptr<CancelLatch> latch);  // false when draining
+  void CallEnded(const std::shared_ptr<CancelLatch>& latch);
   bool draining();
 
  private:
@@ -87,9 +94,10 @@ class LocalLLMService final : public llmbridge::v1::LocalLLM::CallbackService {
   const ServiceOptions options_;
   std::mutex drain_mu_;
   std::condition_variable drain_cv_;
-  int in_flight_ = 0;
-  bool draining_ = false;
-  BurstTrimPolicy trim_policy_;  // guarded by drain_mu_
+  // The calls in flight, by their cancel latches.
+  std::set<std::shared_ptr<CancelLatch>> in_flight_ ABSL_GUARDED_BY(drain_mu_);
+  bool draining_ ABSL_GUARDED_BY(drain_mu_) = false;
+  BurstTrimPolicy trim_policy_ ABSL_GUARDED_BY(drain_mu_);
 };
 
 }  // namespace llmbridge::service

@@ -22,6 +22,7 @@
 #include "grpcpp/health_check_service_interface.h"
 #include "rpc_bridge/client.h"
 #include "rpc_bridge/config.h"
+#include "rpc_bridge/error_reason.h"
 #include "service/auth.h"
 #include "service/health_reporter.h"
 #include "service/help.h"
@@ -371,13 +372,22 @@ int Run(int argc, char** argv) {
     bool drained = service.WaitIdle(std::chrono::steady_clock::now() +
                                     config.shutdown_grace);
     svc::LogEvent("info", "drained", {{"all_finished", drained}});
-    // ...then whatever still runs (streams past the grace, health watches)
-    // is cancelled; the reactors cancel the sidecar's work.
+    if (!drained) {
+      // 3. ...then every call still running or queued (any method) is
+      // failed with SHUTTING_DOWN, which cancels the sidecar's work; the
+      // pool answers a cancel at once, so they end within moments.
+      service.CancelAll(llmbridge::rpc::WithReason(
+          absl::UnavailableError("the server shut down before the call finished "
+                                 "(--shutdown_grace passed); retry on another instance"),
+          llmbridge::rpc::reason::kShuttingDown));
+      service.WaitIdle(std::chrono::steady_clock::now() + std::chrono::seconds(5));
+    }
+    // 4. Whatever gRPC still holds (health watches) ends with the server.
     server->Shutdown(std::chrono::system_clock::now());
   });
   server->Wait();
   stopper.join();
-  // 3. The sidecars: shutdown request, then signals if they do not exit.
+  // 5. The sidecars: shutdown request, then signals if they do not exit.
   router.set_health(nullptr);
   router.Shutdown();
   svc::LogEvent("info", "stopped");

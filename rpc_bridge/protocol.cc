@@ -185,6 +185,7 @@ void to_json(Json& j, const UsageResult& u) {
   j = Json{{"input_tokens", u.input_tokens},
            {"output_tokens", u.output_tokens},
            {"total_tokens", u.total_tokens}};
+  if (u.cached_tokens > 0) j["cached_tokens"] = u.cached_tokens;
 }
 
 void from_json(const Json& j, UsageResult& u) {
@@ -192,6 +193,7 @@ void from_json(const Json& j, UsageResult& u) {
   ReadInt(j, "input_tokens", u.input_tokens, 0, INT32_MAX);
   ReadInt(j, "output_tokens", u.output_tokens, 0, INT32_MAX);
   ReadInt(j, "total_tokens", u.total_tokens, 0, INT32_MAX);
+  ReadInt(j, "cached_tokens", u.cached_tokens, 0, INT32_MAX);
   if (u.total_tokens == 0) {
     // Summed in 64 bits: two large counts must not overflow an int.
     u.total_tokens = static_cast<int>(std::min<int64_t>(

@@ -155,6 +155,7 @@ struct UsageResult {
   int input_tokens = 0;
   int output_tokens = 0;
   int total_tokens = 0;
+  int cached_tokens = 0;  // of input_tokens, reused from a prefix cache
 };
 
 struct CompleteResult {

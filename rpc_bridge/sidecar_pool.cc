@@ -265,7 +265,18 @@ int PoolCore::Capacity(const Slot& slot) const {
   if (slot.sidecar != nullptr && !slot.sidecar->init_result().stream_request_id) {
     return 1;
   }
-  return options_.max_concurrent > 0 ? options_.max_concurrent : INT_MAX;
+  if (options_.max_concurrent > 0) return options_.max_concurrent;
+  // An engine that batches says how many sequences it decodes together;
+  // more would only wait inside it, out of admission's sight.
+  if (slot.sidecar != nullptr) {
+    const Json& caps = slot.sidecar->init_result().capabilities;
+    auto it = caps.is_object() ? caps.find("max_sequences") : caps.end();
+    if (caps.is_object() && it != caps.end() && it->is_number_integer() &&
+        it->get<int64_t>() >= 1 && it->get<int64_t>() <= 4096) {
+      return static_cast<int>(it->get<int64_t>());
+    }
+  }
+  return options_.unreported_concurrent > 0 ? options_.unreported_concurrent : INT_MAX;
 }
 
 bool PoolCore::Usable(const Slot& s) const {

@@ -127,6 +127,10 @@ struct PoolOptions {
   int sidecars = 1;
   // Admitted calls in flight per sidecar; 0: no limit.
   int max_concurrent = 0;
+  // With max_concurrent 0: the calls a sidecar takes at once when its init
+  // reply does not say (capabilities.max_sequences, as the batching gguf
+  // backend does); 0: no bound.
+  int unreported_concurrent = 0;
   // Admitted calls waiting for room; beyond it calls are refused.
   int max_queue = 512;
   // Control calls (tools, models, capabilities, token counts) waiting for a

@@ -96,15 +96,17 @@ ABSL_FLAG(bool, log_prompts, false,
           "Include prompt text in the request logs (off: only sizes).");
 ABSL_FLAG(int, sidecars, 1,
           "Sidecar processes for the backend, supervised and health-checked; "
-          "each call goes to the least-loaded ready one. For gguf and "
-          "transformers each process generates one answer at a time, so N "
-          "sidecars serve N requests in parallel (gguf splits the cores: "
-          "llama.cpp n_threads = cores / N). HTTP backends multiplex: 1 is "
-          "enough.");
+          "each call goes to the least-loaded ready one. gguf batches up to "
+          "n_seq_max (default 8) requests in one process over one copy of the "
+          "model, so 1 is usually best; N processes split the cores "
+          "(llama.cpp n_threads = cores / N) and copy the model. transformers "
+          "generates one answer at a time per process, so N sidecars serve N "
+          "requests in parallel. HTTP backends multiplex: 1 is enough.");
 ABSL_FLAG(int, max_concurrent, 0,
-          "Requests in flight per sidecar; more wait in the queue. 0: 1 for "
-          "gguf and transformers (one generation at a time per process), 128 "
-          "for the HTTP backends (TGI's default limit).");
+          "Requests in flight per sidecar; more wait in the queue. 0: as many "
+          "as the sidecar decodes together (gguf: its n_seq_max, default 8), "
+          "1 for transformers (one generation at a time per process), 128 for "
+          "the HTTP backends (TGI's default limit).");
 ABSL_FLAG(int, max_queue, 512,
           "Requests waiting for a free sidecar (or for one to start); past it "
           "requests get RESOURCE_EXHAUSTED (reason OVERLOADED) at once. "
@@ -337,8 +339,10 @@ int Run(int argc, char** argv) {
                               {"sidecars", e.sidecars},
                               {"max_concurrent",
                                e.max_concurrent > 0
-                                   ? e.max_concurrent
-                                   : svc::DefaultMaxConcurrent(e.client.backend)},
+                                   ? llmbridge::rpc::Json(e.max_concurrent)
+                                   : llmbridge::rpc::Json(absl::StrCat(
+                                         "sidecar's max_sequences, else ",
+                                         svc::DefaultMaxConcurrent(e.client.backend)))},
                               {"max_queue", e.max_queue},
                               {"preload", e.preload},
                               {"keep_alive_ms", e.keep_alive.count()},

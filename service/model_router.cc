@@ -13,8 +13,10 @@ rpc::PoolOptions PoolOptionsFor(const ModelEntry& e, const ServerConfig& config,
                                 rpc::LoadGate* gate, rpc::PoolObserver* observer) {
   rpc::PoolOptions pool = rpc::ClientOptions::DefaultPoolOptions();
   pool.sidecars = e.sidecars;
-  pool.max_concurrent =
-      e.max_concurrent > 0 ? e.max_concurrent : DefaultMaxConcurrent(e.client.backend);
+  // 0: as many as the sidecar says it decodes together (gguf's
+  // max_sequences), else the backend's default.
+  pool.max_concurrent = e.max_concurrent;
+  pool.unreported_concurrent = DefaultMaxConcurrent(e.client.backend);
   pool.max_queue = e.max_queue;
   pool.queue_timeout = config.queue_timeout;
   pool.health_interval = config.health_interval;

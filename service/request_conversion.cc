@@ -236,6 +236,7 @@ llmbridge::v1::CompleteResponse ToFinalResponse(
   usage->set_input_tokens(result.usage.input_tokens);
   usage->set_output_tokens(result.usage.output_tokens);
   usage->set_total_tokens(result.usage.total_tokens);
+  usage->set_cached_tokens(result.usage.cached_tokens);
   return response;
 }
 

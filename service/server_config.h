@@ -111,10 +111,12 @@ absl::Status ResolveModels(ServerConfig& config);
 // Whether the backend runs the model inside the sidecar.
 bool InProcessBackend(const std::string& backend);
 
-// Streams in flight per sidecar when max_concurrent is 0: 1 for the
-// in-process backends, which generate one answer at a time per process
-// (more would only queue inside the sidecar, out of sight of admission
-// control), 128 for those that multiplex (TGI's default limit).
+// Streams in flight per sidecar when max_concurrent is 0 and the sidecar's
+// init does not report how many sequences it decodes together
+// (capabilities.max_sequences, which the batching gguf backend sends and
+// which then wins): 1 for the in-process backends, which would otherwise
+// queue inside the sidecar, out of sight of admission control, 128 for
+// those that multiplex (TGI's default limit).
 int DefaultMaxConcurrent(const std::string& backend);
 
 // llama.cpp threads per gguf sidecar when the pool has `sidecars` of them:

@@ -35,6 +35,17 @@ TEST(ProtocolTest, ParsesResultResponse) {
   CompleteResult r = m->response->result.get<CompleteResult>();
   EXPECT_EQ(r.content, "hi");
   EXPECT_EQ(r.usage.total_tokens, 3);  // derived when absent
+  EXPECT_EQ(r.usage.cached_tokens, 0);  // not reported
+}
+
+TEST(ProtocolTest, CachedTokensAreReadAndCheckedAsTheOtherCounts) {
+  UsageResult u = Json::parse(R"({"input_tokens":500,"output_tokens":3,"cached_tokens":480})")
+                      .get<UsageResult>();
+  EXPECT_EQ(u.cached_tokens, 480);
+  EXPECT_EQ(Json(u)["cached_tokens"], 480);
+  EXPECT_FALSE(Json(UsageResult{})["cached_tokens"].is_number());  // absent when none
+  EXPECT_THROW(Json::parse(R"({"cached_tokens":-1})").get<UsageResult>(), Json::exception);
+  EXPECT_THROW(Json::parse(R"({"cached_tokens":"many"})").get<UsageResult>(), Json::exception);
 }
 
 TEST(ProtocolTest, ParsesErrorResponseWithData) {

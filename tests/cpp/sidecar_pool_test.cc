@@ -10,6 +10,7 @@
 #include <condition_variable>
 #include <cstdlib>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -170,6 +171,34 @@ TEST(SidecarPoolTest, AdmissionRefusesPastConcurrencyAndQueueAtOnce) {
   EXPECT_TRUE(waiter.WaitUntil(client, [](const PoolStatus& s) {
     return s.in_flight == 0 && s.queued == 0;
   }));
+}
+
+// With max_concurrent 0, a sidecar that says how many sequences it decodes
+// together (gguf's max_sequences) gets that many calls at once; one that
+// says nothing gets unreported_concurrent.
+TEST(SidecarPoolTest, ASidecarThatBatchesSetsItsOwnCapacity) {
+  for (const char* reported : {"3", ""}) {
+    ClientOptions options;
+    options.pool.max_concurrent = 0;
+    options.pool.unreported_concurrent = 1;
+    options.pool.queue_timeout = seconds(600);
+    std::map<std::string, std::string> env;
+    if (*reported != '\0') env["FAKE_SIDECAR_MAX_SEQUENCES"] = reported;
+    Client client(FakeConfig("hang", env), options);
+    ASSERT_TRUE(client.EnsureStarted().ok());
+    std::vector<std::unique_ptr<Outcome>> outcomes;
+    std::vector<StreamHandle> handles;
+    for (int i = 0; i < 4; ++i) {
+      outcomes.push_back(std::make_unique<Outcome>());
+      handles.push_back(client.Stream(Ask("wait"), outcomes.back()->Handlers()));
+    }
+    const int want = *reported != '\0' ? 3 : 1;
+    PoolStatus status = client.Status();
+    EXPECT_EQ(status.in_flight, want) << "max_sequences '" << reported << "'";
+    EXPECT_EQ(status.queued, 4 - want) << "max_sequences '" << reported << "'";
+    for (auto& h : handles) h.Cancel(absl::CancelledError("test over"));
+    for (auto& o : outcomes) EXPECT_TRUE(absl::IsCancelled(o->Wait().status()));
+  }
 }
 
 TEST(SidecarPoolTest, QueuedCallsTimeOutWithOverloaded) {

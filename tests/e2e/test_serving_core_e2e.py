@@ -255,6 +255,44 @@ def test_two_gguf_sidecars_generate_at_the_same_time(pb, start_server, smollm2_p
     assert len(sidecar_pids(server)) == 2
 
 
+def test_one_gguf_sidecar_batches_streams_and_reuses_a_prompt_prefix(pb, start_server,
+                                                                     smollm2_path):
+    """One process, one model: four streams generate at the same time (the
+    sidecar reports n_seq_max in init and admission lets that many in), and a
+    second request with the same long system prompt reuses its KV cells
+    (usage.cached_tokens) and gives the same answer."""
+    server = start_server("--backend=gguf")
+    wait_health(server, SERVING)
+    marks: dict[int, dict[str, float]] = {i: {} for i in range(4)}
+
+    def run(i: int) -> None:
+        # No end of text: each runs its full 48 tokens.
+        for response in stream(pb, server, f"Tell story number {i} about a cat.",
+                               max_tokens=48, temperature=0,
+                               logit_bias={0: -100.0, 2: -100.0}):
+            if response.content and "first" not in marks[i]:
+                marks[i]["first"] = time.monotonic()
+        marks[i]["done"] = time.monotonic()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    for i in range(4):
+        for j in range(4):
+            assert marks[i]["first"] < marks[j]["done"], (i, j, marks)
+    assert len(sidecar_pids(server)) == 1
+
+    system = "You are a careful assistant who answers in one word. " * 30
+    answers = [list(stream(pb, server, "Name a colour.", system_prompt=system, max_tokens=4,
+                           temperature=0)) for _ in range(2)]
+    first, second = (a[-1].usage for a in answers)
+    assert second.cached_tokens >= 300 > first.cached_tokens, (first, second)
+    assert second.cached_tokens < second.input_tokens
+    assert "".join(r.content for r in answers[0]) == "".join(r.content for r in answers[1])
+
+
 def test_killing_one_gguf_sidecar_fails_only_its_call(pb, start_server, smollm2_path):
     server = start_server("--backend=gguf", "--sidecars=2")
     wait_health(server, SERVING)

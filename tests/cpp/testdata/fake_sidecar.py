@@ -31,6 +31,8 @@ FAKE_SIDECAR_MODE picks the behaviour:
                   send_fault); only the first one with
                   FAKE_SIDECAR_FAULT_MARKER (see fault_due).
 Every mode answers "pid" with its process id. With
+FAKE_SIDECAR_MAX_SEQUENCES=N, init reports capabilities.max_sequences N (as
+the batching gguf backend does). With
 FAKE_SIDECAR_CANCEL_REPLY=never, $/cancelRequest is recorded but never
 answered.
 
@@ -186,6 +188,10 @@ def handle(msg):
         result = {"ready": True, "version": "fake-1", "message": MODE}
         if MODE != "seed":
             result["stream_request_id"] = True
+        if "FAKE_SIDECAR_MAX_SEQUENCES" in os.environ:
+            result["capabilities"] = {
+                "max_sequences": int(os.environ["FAKE_SIDECAR_MAX_SEQUENCES"])
+            }
         reply(rid, result)
         return
     if method == "$/cancelRequest":

@@ -382,10 +382,14 @@ func (*ResponseFormat_JsonObject_) isResponseFormat_Format() {}
 func (*ResponseFormat_JsonSchema_) isResponseFormat_Format() {}
 
 type Usage struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	InputTokens   int32                  `protobuf:"varint,1,opt,name=input_tokens,json=inputTokens,proto3" json:"input_tokens,omitempty"`
-	OutputTokens  int32                  `protobuf:"varint,2,opt,name=output_tokens,json=outputTokens,proto3" json:"output_tokens,omitempty"`
-	TotalTokens   int32                  `protobuf:"varint,3,opt,name=total_tokens,json=totalTokens,proto3" json:"total_tokens,omitempty"`
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	InputTokens  int32                  `protobuf:"varint,1,opt,name=input_tokens,json=inputTokens,proto3" json:"input_tokens,omitempty"`
+	OutputTokens int32                  `protobuf:"varint,2,opt,name=output_tokens,json=outputTokens,proto3" json:"output_tokens,omitempty"`
+	TotalTokens  int32                  `protobuf:"varint,3,opt,name=total_tokens,json=totalTokens,proto3" json:"total_tokens,omitempty"`
+	// Of input_tokens, those whose evaluation was reused from the backend's
+	// prefix cache (gguf: the same system prompt or earlier turns of a
+	// conversation still in the KV cache). 0 when none, or not reported.
+	CachedTokens  int32 `protobuf:"varint,4,opt,name=cached_tokens,json=cachedTokens,proto3" json:"cached_tokens,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -437,6 +441,13 @@ func (x *Usage) GetOutputTokens() int32 {
 func (x *Usage) GetTotalTokens() int32 {
 	if x != nil {
 		return x.TotalTokens
+	}
+	return 0
+}
+
+func (x *Usage) GetCachedTokens() int32 {
+	if x != nil {
+		return x.CachedTokens
 	}
 	return 0
 }
@@ -1961,11 +1972,12 @@ const file_llmbridge_v1_llmbridge_proto_rawDesc = "" +
 	"\x06schema\x18\x01 \x01(\tR\x06schema\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x16\n" +
 	"\x06strict\x18\x03 \x01(\bR\x06strictB\b\n" +
-	"\x06format\"r\n" +
+	"\x06format\"\x97\x01\n" +
 	"\x05Usage\x12!\n" +
 	"\finput_tokens\x18\x01 \x01(\x05R\vinputTokens\x12#\n" +
 	"\routput_tokens\x18\x02 \x01(\x05R\foutputTokens\x12!\n" +
-	"\ftotal_tokens\x18\x03 \x01(\x05R\vtotalTokens\"\xc2\x02\n" +
+	"\ftotal_tokens\x18\x03 \x01(\x05R\vtotalTokens\x12#\n" +
+	"\rcached_tokens\x18\x04 \x01(\x05R\fcachedTokens\"\xc2\x02\n" +
 	"\x10CompleteResponse\x12\x18\n" +
 	"\acontent\x18\x01 \x01(\tR\acontent\x12\x12\n" +
 	"\x04done\x18\x02 \x01(\bR\x04done\x12)\n" +

@@ -270,10 +270,10 @@ int PoolCore::Capacity(const Slot& slot) const {
   // more would only wait inside it, out of admission's sight.
   if (slot.sidecar != nullptr) {
     const Json& caps = slot.sidecar->init_result().capabilities;
-    auto it = caps.is_object() ? caps.find("max_sequences") : caps.end();
-    if (caps.is_object() && it != caps.end() && it->is_number_integer() &&
-        it->get<int64_t>() >= 1 && it->get<int64_t>() <= 4096) {
-      return static_cast<int>(it->get<int64_t>());
+    const Json reported = caps.is_object() ? caps.value("max_sequences", Json()) : Json();
+    if (reported.is_number_integer() && reported.get<int64_t>() >= 1 &&
+        reported.get<int64_t>() <= 4096) {
+      return static_cast<int>(reported.get<int64_t>());
     }
   }
   return options_.unreported_concurrent > 0 ? options_.unreported_concurrent : INT_MAX;

@@ -55,7 +55,6 @@ class CallLifecycle {
   CallLifecycle& operator=(const CallLifecycle&) = delete;
 
   const std::string& request_id() const { return request_id_; }
-  const std::string& method() const { return method_; }
   Metrics::Call& observer() { return observer_; }
 
   // Counts the call in flight: OK, or the status to end it with at once
